@@ -1,0 +1,11 @@
+"""caffepy: Caffe's training engine rebuilt in Python (pycaffe-compatible names)."""
+__version__ = "0.1.0"
+
+from .proto import caffe_pb2  # noqa: F401
+from .backend import set_mode_cpu, set_mode_gpu, set_device, set_random_seed  # noqa: F401
+from .blob import Blob  # noqa: F401
+from .layer import Layer, LossLayer, NeuronLayer, register_layer, layer_type_list, LayerError  # noqa: F401
+from . import layers  # noqa: F401  (registers the built-in layer types)
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST

@@ -1,0 +1,179 @@
+"""Blob: an N-D float32 array pair (data, diff), Caffe's unit of storage.
+
+Like Caffe, a Blob keeps its buffers while a reshape fits in its capacity, so
+forward/backward can write into preallocated memory. Storage is a flat buffer; the
+``data``/``diff`` accessors hand out shaped views of it, so the storage choice
+lives in this one class.
+"""
+from . import backend
+
+MAX_BLOB_AXES = 32
+
+
+class _Memory:
+    """One flat float32 buffer, shareable between blobs (Caffe's SyncedMemory)."""
+    __slots__ = ("array",)
+
+    def __init__(self, size, xp):
+        self.array = xp.zeros(max(size, 1), dtype=xp.float32)
+
+
+class Blob:
+    def __init__(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        self._shape = ()
+        self._count = 0
+        self._data_mem = None
+        self._diff_mem = None
+        self._data_view = None
+        self._diff_view = None
+        if shape:
+            self.reshape(shape)
+
+    # -- shape ---------------------------------------------------------------
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        shape = tuple(int(d) for d in shape)
+        if len(shape) > MAX_BLOB_AXES:
+            raise ValueError("blob shape %s has more than %d axes" % (shape, MAX_BLOB_AXES))
+        for d in shape:
+            if d < 0:
+                raise ValueError("blob dimensions must be non-negative, got %s" % (shape,))
+        count = 1
+        for d in shape:
+            count *= d
+        self._shape = shape
+        self._count = count
+        if (self._data_mem is None or count > self._data_mem.array.size
+                or count > self._diff_mem.array.size):
+            xp = backend.xp()
+            self._data_mem = _Memory(count, xp)
+            self._diff_mem = _Memory(count, xp)
+        self._make_views()
+
+    def reshape_like(self, other):
+        self.reshape(other.shape)
+
+    def _make_views(self):
+        n = self._count
+        self._data_view = self._data_mem.array[:n].reshape(self._shape)
+        self._diff_view = self._diff_mem.array[:n].reshape(self._shape)
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def count(self):
+        return self._count
+
+    @property
+    def num_axes(self):
+        return len(self._shape)
+
+    def canonical_axis(self, axis):
+        n = len(self._shape)
+        if not -n <= axis < max(n, 1):
+            raise IndexError("axis %d out of range for %d-D blob with shape %s" % (axis, n, self._shape))
+        return axis + n if axis < 0 else axis
+
+    def count_range(self, start, end=None):
+        end = len(self._shape) if end is None else end
+        c = 1
+        for d in self._shape[start:end]:
+            c *= d
+        return c
+
+    def _legacy(self, i):
+        n = len(self._shape)
+        if n > 4:
+            raise ValueError("legacy accessor on a %d-D blob" % n)
+        # Caffe's LegacyShape: missing leading axes read as 1 (right-aligned to 4-D).
+        idx = i - (4 - n)
+        return 1 if idx < 0 else self._shape[idx]
+
+    @property
+    def num(self):
+        return self._legacy(0) if len(self._shape) <= 4 else self._shape[0]
+
+    @property
+    def channels(self):
+        return self._legacy(1)
+
+    @property
+    def height(self):
+        return self._legacy(2)
+
+    @property
+    def width(self):
+        return self._legacy(3)
+
+    # -- data ----------------------------------------------------------------
+    @property
+    def data(self):
+        return self._data_view
+
+    @data.setter
+    def data(self, value):
+        self._data_view[...] = value
+
+    @property
+    def diff(self):
+        return self._diff_view
+
+    @diff.setter
+    def diff(self, value):
+        self._diff_view[...] = value
+
+    @property
+    def flat_data(self):
+        return self._data_mem.array[:self._count]
+
+    @property
+    def flat_diff(self):
+        return self._diff_mem.array[:self._count]
+
+    def share_data(self, other):
+        """Use ``other``'s data memory (the counts must be equal)."""
+        if other.count != self._count:
+            raise ValueError("share_data: count %d != %d" % (other.count, self._count))
+        self._data_mem = other._data_mem
+        self._make_views()
+
+    def share_diff(self, other):
+        if other.count != self._count:
+            raise ValueError("share_diff: count %d != %d" % (other.count, self._count))
+        self._diff_mem = other._diff_mem
+        self._make_views()
+
+    def shares_data_with(self, other):
+        return self._data_mem is other._data_mem
+
+    def update(self):
+        """data -= diff (Caffe's Blob::Update)."""
+        self.flat_data -= self.flat_diff
+
+    def asum_data(self):
+        return float(abs(self.flat_data).sum())
+
+    def asum_diff(self):
+        return float(abs(self.flat_diff).sum())
+
+    def sumsq_data(self):
+        d = self.flat_data
+        return float((d * d).sum())
+
+    def sumsq_diff(self):
+        d = self.flat_diff
+        return float((d * d).sum())
+
+    def scale_diff(self, factor):
+        self.flat_diff[...] *= factor
+
+    def __repr__(self):
+        return "Blob(%s)" % (", ".join(str(d) for d in self._shape))
+
+    def shape_string(self):
+        return " ".join(str(d) for d in self._shape) + " (%d)" % self._count

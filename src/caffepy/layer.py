@@ -1,0 +1,222 @@
+"""The Layer base class, the layer registry and the loss-weight mechanics.
+
+A layer is written like this (built-in and user layers alike)::
+
+    @register_layer("MyLoss")
+    class MyLoss(caffepy.LossLayer):
+        def reshape(self, bottom, top):
+            top[0].reshape(())                       # a scalar loss
+        def forward_impl(self, bottom, top):
+            top[0].data[...] = ...
+        def backward_impl(self, top, propagate_down, bottom):
+            bottom[0].diff[...] = ... * top[0].diff  # top diff holds the loss weight
+
+The framework methods ``setup``, ``forward`` and ``backward`` wrap those hooks exactly
+as Caffe's Layer::SetUp/Forward/Backward do: ``setup`` = check blob counts ->
+``layer_setup`` -> ``reshape`` -> set loss weights (writing each non-zero loss weight
+into that top's diff); ``forward`` = ``reshape`` -> ``forward_impl`` -> returns
+Σ dot(top.data, top.diff) over the tops with a loss weight.
+"""
+from . import backend
+from .blob import Blob
+
+
+class LayerError(Exception):
+    """A user mistake in a layer's configuration or inputs; the message names the layer."""
+
+
+class BlobList(list):
+    """A layer's learnable blobs; ``add_blob(*shape)`` as in pycaffe's Python layers."""
+
+    def add_blob(self, *shape):
+        b = Blob(*shape)
+        self.append(b)
+        return b
+
+
+_REGISTRY = {}
+
+
+def register_layer(type_name, cls=None):
+    """Register a Layer class under a Caffe type name (usable as a decorator)."""
+    def deco(c):
+        _REGISTRY[type_name] = c
+        c.type_name = type_name
+        return c
+    return deco(cls) if cls is not None else deco
+
+
+def layer_type_list():
+    return sorted(_REGISTRY)
+
+
+def get_layer_class(type_name):
+    return _REGISTRY.get(type_name)
+
+
+def create_layer(layer_param, phase=None):
+    cls = _REGISTRY.get(layer_param.type)
+    if cls is None:
+        raise LayerError("Layer '%s': unknown layer type '%s' (known types: %s)"
+                         % (layer_param.name, layer_param.type, ", ".join(layer_type_list())))
+    return cls(layer_param, phase)
+
+
+class Layer:
+    # Blob-count constraints (Caffe's ExactNumBottomBlobs & co.); -1 = unconstrained.
+    exact_num_bottom_blobs = -1
+    min_bottom_blobs = -1
+    max_bottom_blobs = -1
+    exact_num_top_blobs = -1
+    min_top_blobs = -1
+    max_top_blobs = -1
+    equal_num_bottom_top_blobs = False
+    auto_top_blobs = False
+    # LossLayer subclasses get loss_weight 1 on top 0 when none is given.
+    is_loss = False
+    type_name = None
+
+    def __init__(self, layer_param, phase=None):
+        from .proto import caffe_pb2
+        self.layer_param = layer_param
+        if phase is None:
+            phase = layer_param.phase if layer_param.HasField("phase") else caffe_pb2.TRAIN
+        self.phase = phase
+        self.blobs = BlobList()
+        self.param_propagate_down = []
+        self.loss_weights = []
+        # Blobs stored in the prototxt/caffemodel are loaded as the layer's initial params.
+        if len(layer_param.blobs):
+            from .proto.io import blobproto_to_array
+            for bp in layer_param.blobs:
+                arr = blobproto_to_array(bp)
+                b = Blob(arr.shape)
+                b.data[...] = arr
+                self.blobs.append(b)
+
+    # -- hooks a layer implements -----------------------------------------------
+    def layer_setup(self, bottom, top):
+        """One-time setup: read params, create and fill ``self.blobs``."""
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError("Layer '%s' (%s) does not implement reshape"
+                                  % (self.name, self.type))
+
+    def forward_impl(self, bottom, top):
+        raise NotImplementedError
+
+    def backward_impl(self, top, propagate_down, bottom):
+        """Compute bottom diffs (overwrite) and param diffs (accumulate with +=)."""
+        if any(propagate_down):
+            raise LayerError("Layer '%s' (%s) has no backward pass (Caffe: NOT_IMPLEMENTED); "
+                             "it cannot propagate a gradient to its bottoms"
+                             % (self.name, self.type))
+
+    def allow_force_backward(self, bottom_index):
+        return True
+
+    # -- conveniences ---------------------------------------------------------
+    @property
+    def name(self):
+        return self.layer_param.name
+
+    @property
+    def type(self):
+        return self.layer_param.type
+
+    @property
+    def xp(self):
+        return backend.xp()
+
+    def error(self, msg, *args):
+        return LayerError("Layer '%s' (%s): %s" % (self.name, self.type, msg % args if args else msg))
+
+    def check(self, cond, msg, *args):
+        if not cond:
+            raise self.error(msg, *args)
+
+    def param_propagate(self, i):
+        return i < len(self.param_propagate_down) and self.param_propagate_down[i]
+
+    # -- framework ------------------------------------------------------------
+    def check_blob_counts(self, bottom, top):
+        def chk(n, exact, lo, hi, what):
+            if exact >= 0 and n != exact:
+                raise self.error("takes %d %s blob(s) as input, got %d", exact, what, n)
+            if lo >= 0 and n < lo:
+                raise self.error("takes at least %d %s blob(s), got %d", lo, what, n)
+            if hi >= 0 and n > hi:
+                raise self.error("takes at most %d %s blob(s), got %d", hi, what, n)
+        chk(len(bottom), self.exact_num_bottom_blobs, self.min_bottom_blobs,
+            self.max_bottom_blobs, "bottom")
+        chk(len(top), self.exact_num_top_blobs, self.min_top_blobs, self.max_top_blobs, "top")
+        if self.equal_num_bottom_top_blobs and len(bottom) != len(top):
+            raise self.error("needs as many tops as bottoms (%d bottoms, %d tops)",
+                             len(bottom), len(top))
+
+    def setup(self, bottom, top):
+        self.check_blob_counts(bottom, top)
+        if self.is_loss and len(self.layer_param.loss_weight) == 0:
+            self.layer_param.loss_weight.append(1.0)
+        self.layer_setup(bottom, top)
+        self.reshape(bottom, top)
+        self.set_loss_weights(top)
+
+    def set_loss_weights(self, top):
+        lw = self.layer_param.loss_weight
+        if len(lw):
+            if len(lw) != len(top):
+                raise self.error("loss_weight must be unspecified or given once per top "
+                                 "(%d given, %d tops)", len(lw), len(top))
+            self.loss_weights = [float(w) for w in lw]
+            for w, t in zip(self.loss_weights, top):
+                if w != 0:
+                    t.diff[...] = w
+        else:
+            self.loss_weights = [0.0] * len(top)
+
+    def loss(self, top_index):
+        return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
+
+    def forward(self, bottom, top):
+        self.reshape(bottom, top)
+        self.forward_impl(bottom, top)
+        loss = 0.0
+        for i, t in enumerate(top):
+            if self.loss(i) != 0:
+                loss += float(self.xp.vdot(t.flat_data, t.flat_diff))
+        return loss
+
+    def backward(self, top, propagate_down, bottom):
+        self.backward_impl(top, propagate_down, bottom)
+
+    def __repr__(self):
+        return "<%s layer '%s'>" % (self.type, self.name)
+
+
+class LossLayer(Layer):
+    """Base of the loss layers: 2+ bottoms, a scalar top 0 with default loss_weight 1."""
+    is_loss = True
+    min_bottom_blobs = 2
+    exact_num_top_blobs = -1
+    min_top_blobs = 1
+    max_top_blobs = 1
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1
+
+    def reshape(self, bottom, top):
+        if bottom[0].shape[:1] != bottom[1].shape[:1]:
+            raise self.error("the data and label should have the same first dimension "
+                             "(bottom '%s' %s vs %s)", "0", bottom[0].shape, bottom[1].shape)
+        top[0].reshape(())
+
+
+class NeuronLayer(Layer):
+    """One bottom -> one top of the same shape; in-place allowed."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def reshape(self, bottom, top):
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
