@@ -9,3 +9,7 @@ from . import layers  # noqa: F401  (registers the built-in layer types)
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+
+from .net import Net  # noqa: E402,F401
+from . import gradient_check, fillers  # noqa: E402,F401
+from .proto import io as proto_io  # noqa: E402,F401

@@ -1,0 +1,93 @@
+"""Every layer case under ../shared/conformance/layers: forward, backward, extra passes.
+
+A case is skipped only when its layer type is not registered in caffepy.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import caffepy
+from caffepy import backend
+from caffepy.proto import caffe_pb2
+from conformance import LAYER_DIR, assert_close, copy_case, list_cases, load_meta
+
+CASES = list_cases(LAYER_DIR)
+
+
+@pytest.mark.conformance
+@pytest.mark.parametrize("case", CASES)
+def test_layer_case(case, tmp_path, monkeypatch):
+    src = os.path.join(LAYER_DIR, case)
+    meta = load_meta(src)
+    if meta["layer_type"] not in caffepy.layer_type_list():
+        pytest.skip("layer type %s not implemented" % meta["layer_type"])
+    work = copy_case(src, tmp_path)
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(work)
+    data = dict(np.load(os.path.join(work, "data.npz")))
+    tol = meta["tolerance"]
+    phase = caffe_pb2.TRAIN if meta["phase"] == "TRAIN" else caffe_pb2.TEST
+    backend.set_random_seed(1701)
+    net = caffepy.Net(os.path.join(work, "net.prototxt"), phase)
+    try:
+        layer = net.layer_by_name(meta["layer_name"])
+        if "memory_data" in data:
+            net.set_input_arrays(data["memory_data"], data["memory_labels"])
+
+        def set_inputs():
+            for i, srcname in enumerate(meta["bottom_sources"]):
+                if srcname == "parameter":
+                    net.layer_by_name("input_b%d" % i).blobs[0].data[...] = data["bottom_%d" % i]
+                else:
+                    net.blobs[meta["bottoms"][i]].data[...] = data["bottom_%d" % i]
+
+        set_inputs()
+        for j in range(meta["num_params"]):
+            assert layer.blobs[j].shape == data["param_%d" % j].shape or \
+                layer.blobs[j].count == data["param_%d" % j].size, "param %d shape" % j
+            layer.blobs[j].data[...] = data["param_%d" % j].reshape(layer.blobs[j].shape)
+        net.forward_prefilled()
+        for k, top in enumerate(meta["tops"]):
+            if "top_%d" % k in data:
+                assert_close(net.blobs[top].data, data["top_%d" % k], tol, "%s top %d (%s)" % (case, k, top))
+        for j in range(meta["num_params"]):
+            key = "param_after_%d" % j
+            if key in data:
+                assert_close(layer.blobs[j].data, data[key], tol, "%s param %d after forward" % (case, j))
+        if meta["backward"]:
+            net.clear_param_diffs()
+            for j in range(len(layer.blobs)):
+                layer.blobs[j].diff[...] = 0
+            for k, top in enumerate(meta["tops"]):
+                if "top_diff_%d" % k in data:
+                    net.blobs[top].diff[...] = data["top_diff_%d" % k].reshape(net.blobs[top].shape)
+            net.backward_from_to(len(net.layers) - 1, 0)
+            for i in meta["grad_bottoms"]:
+                if meta["bottom_sources"][i] == "parameter":
+                    got = net.layer_by_name("input_b%d" % i).blobs[0].diff
+                else:
+                    got = net.blobs[meta["bottoms"][i]].diff
+                assert_close(got, data["bottom_diff_%d" % i], tol, "%s bottom diff %d" % (case, i))
+            for j in range(meta["num_params"]):
+                key = "param_diff_%d" % j
+                if key in data:
+                    assert_close(layer.blobs[j].diff, data[key], tol, "%s param diff %d" % (case, j))
+        for m in range(1, meta.get("forward_passes", 1)):
+            set_inputs()
+            net.forward_prefilled()
+            for k, top in enumerate(meta["tops"]):
+                key = "top_%d_pass%d" % (k, m)
+                if key in data:
+                    assert_close(net.blobs[top].data, data[key], tol, "%s top %d pass %d" % (case, k, m))
+            for j in range(meta["num_params"]):
+                key = "param_after_%d_pass%d" % (j, m)
+                if key in data:
+                    assert_close(layer.blobs[j].data, data[key], tol,
+                                 "%s param %d after pass %d" % (case, j, m))
+    finally:
+        for l in net.layers:
+            close = getattr(l, "close", None)
+            if close:
+                close()
