@@ -87,16 +87,15 @@ class Blob:
         return c
 
     def _legacy(self, i):
-        n = len(self._shape)
-        if n > 4:
-            raise ValueError("legacy accessor on a %d-D blob" % n)
-        # Caffe's LegacyShape: missing leading axes read as 1 (right-aligned to 4-D).
-        idx = i - (4 - n)
-        return 1 if idx < 0 else self._shape[idx]
+        # Caffe's LegacyShape(i) for i in 0..3: the i-th axis, or 1 past the last axis.
+        if len(self._shape) > 4:
+            raise ValueError("legacy num/channels/height/width accessor on a %d-D blob"
+                             % len(self._shape))
+        return self._shape[i] if i < len(self._shape) else 1
 
     @property
     def num(self):
-        return self._legacy(0) if len(self._shape) <= 4 else self._shape[0]
+        return self._legacy(0)
 
     @property
     def channels(self):

@@ -159,6 +159,9 @@ class Layer:
         if self.is_loss and len(self.layer_param.loss_weight) == 0:
             self.layer_param.loss_weight.append(1.0)
         self.layer_setup(bottom, top)
+        # Like every Caffe LayerSetUp: params propagate unless the Net says otherwise.
+        if len(self.param_propagate_down) < len(self.blobs):
+            self.param_propagate_down.extend([True] * (len(self.blobs) - len(self.param_propagate_down)))
         self.reshape(bottom, top)
         self.set_loss_weights(top)
 

@@ -1,1 +1,832 @@
-"""common layers."""
+"""Common / utility layers: InnerProduct, Eltwise, Concat, Slice, Split, Reshape, Flatten,
+Embed, Tile, Filter, BatchReindex, Silence, Parameter.
+
+Each class reproduces the arithmetic (and the order of floating-point operations, where
+it matters) of the Caffe 1.0 layer of the same name.
+"""
+from ..blob import Blob
+from ..fillers import FillerError, fill
+from ..layer import Layer, register_layer
+from ..proto import caffe_pb2
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def _prod(dims):
+    c = 1
+    for d in dims:
+        c *= int(d)
+    return c
+
+
+def _canonical_axis(layer, blob, axis, what="axis"):
+    """Caffe's Blob::CanonicalAxisIndex, with a LayerError naming the layer."""
+    n = blob.num_axes
+    if not -n <= axis < n:
+        raise layer.error("%s %d is out of range for a bottom with %d axes (shape %s); "
+                          "it must lie in [%d, %d]", what, axis, n, blob.shape, -n, n - 1)
+    return axis + n if axis < 0 else axis
+
+
+def _init_param_propagate(layer):
+    """Every blob takes a gradient unless the net already said otherwise (lr_mult 0)."""
+    ppd = layer.param_propagate_down
+    if len(ppd) < len(layer.blobs):
+        ppd.extend([True] * (len(layer.blobs) - len(ppd)))
+
+
+def _check_param_shape(layer, j, expected, what):
+    """Check a preloaded blob's shape. Legacy 4-D shapes (leading 1s, as old caffemodels
+    store them) with the right trailing dims are accepted and reshaped."""
+    b = layer.blobs[j]
+    expected = tuple(int(d) for d in expected)
+    if b.shape == expected:
+        return
+    if len(b.shape) == 4 and len(expected) <= 4:
+        padded = (1,) * (4 - len(expected)) + expected
+        if b.shape == padded:
+            b.reshape(expected)
+            return
+    raise layer.error("the %s blob (blobs[%d]) has shape %s, but the layer's parameters "
+                      "need shape %s", what, j, b.shape, expected)
+
+
+def _fill(layer, filler_param, blob, what):
+    try:
+        fill(filler_param, blob)
+    except FillerError as e:
+        raise layer.error("%s: %s", what, e) from None
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+# -- InnerProduct -------------------------------------------------------------------------
+
+@register_layer("InnerProduct")
+class InnerProductLayer(Layer):
+    """y = x·Wᵀ + b with x flattened to M×K from ``axis`` (W is N×K, or K×N if transpose)."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.inner_product_param
+        self.N = int(p.num_output)
+        if self.N <= 0:
+            raise self.error("num_output must be positive (set inner_product_param "
+                             "{ num_output: ... })")
+        self.bias_term = p.bias_term
+        self.transpose = p.transpose
+        axis = _canonical_axis(self, bottom[0], p.axis)
+        self.K = bottom[0].count_range(axis)
+        wshape = (self.K, self.N) if self.transpose else (self.N, self.K)
+        nblobs = 2 if self.bias_term else 1
+        if len(self.blobs) == 0:
+            w = self.blobs.add_blob(*wshape)
+            _fill(self, p.weight_filler, w, "weight_filler")
+            if self.bias_term:
+                b = self.blobs.add_blob(self.N)
+                _fill(self, p.bias_filler, b, "bias_filler")
+        else:
+            if len(self.blobs) != nblobs:
+                raise self.error("expects %d parameter blob(s) (weights%s) but %d were given",
+                                 nblobs, " and bias" if self.bias_term else "", len(self.blobs))
+            _check_param_shape(self, 0, wshape, "weight")
+            if self.bias_term:
+                _check_param_shape(self, 1, (self.N,), "bias")
+        _init_param_propagate(self)
+        self._wtmp = None
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.inner_product_param
+        axis = _canonical_axis(self, bottom[0], p.axis)
+        k = bottom[0].count_range(axis)
+        if k != self.K:
+            raise self.error("input size incompatible with inner product parameters: the layer "
+                             "was set up for %d inputs per item (product of bottom dims from "
+                             "axis %d) but bottom '%s' has shape %s, i.e. %d",
+                             self.K, axis, "0", _fmt_shape(bottom[0].shape), k)
+        self.M = bottom[0].count_range(0, axis)
+        top[0].reshape(tuple(bottom[0].shape[:axis]) + (self.N,))
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        x = bottom[0].flat_data.reshape(self.M, self.K)
+        y = top[0].flat_data.reshape(self.M, self.N)
+        w = self.blobs[0].data
+        xp.matmul(x, w if self.transpose else w.T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward_impl(self, top, propagate_down, bottom):
+        xp = self.xp
+        dy = top[0].flat_diff.reshape(self.M, self.N)
+        x = bottom[0].flat_data.reshape(self.M, self.K)
+        if self.param_propagate(0):
+            wdiff = self.blobs[0].diff
+            # A fixed-shape scratch buffer (the weight's shape never changes), made on the
+            # first backward so that inference-only nets do not pay for it.
+            if self._wtmp is None or self._wtmp.shape != wdiff.shape:
+                self._wtmp = xp.empty(wdiff.shape, dtype=xp.float32)
+            if self.transpose:
+                xp.matmul(x.T, dy, out=self._wtmp)
+            else:
+                xp.matmul(dy.T, x, out=self._wtmp)
+            wdiff += self._wtmp
+        if self.bias_term and self.param_propagate(1):
+            self.blobs[1].diff[...] += dy.sum(axis=0)
+        if propagate_down[0]:
+            w = self.blobs[0].data
+            dx = bottom[0].flat_diff.reshape(self.M, self.K)
+            xp.matmul(dy, w.T if self.transpose else w, out=dx)
+
+
+# -- Eltwise ------------------------------------------------------------------------------
+
+@register_layer("Eltwise")
+class EltwiseLayer(Layer):
+    """PROD / SUM (with coefficients) / MAX of two or more bottoms of identical shape."""
+    min_bottom_blobs = 2
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.eltwise_param
+        self.op = p.operation
+        if len(p.coeff) not in (0, len(bottom)):
+            raise self.error("Eltwise takes one coefficient per bottom blob (%d coeff given, "
+                             "%d bottoms)", len(p.coeff), len(bottom))
+        if self.op == caffe_pb2.EltwiseParameter.PROD and len(p.coeff):
+            raise self.error("Eltwise only takes coefficients for summation (operation: SUM), "
+                             "not for PROD")
+        if self.op == caffe_pb2.EltwiseParameter.MAX and len(p.coeff):
+            raise self.error("Eltwise only takes coefficients for summation (operation: SUM), "
+                             "not for MAX")
+        self.coeffs = [float(c) for c in p.coeff] if len(p.coeff) else [1.0] * len(bottom)
+        self.stable_prod_grad = p.stable_prod_grad
+        self.max_idx = None
+        self._tmp = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        for i in range(1, len(bottom)):
+            if bottom[i].shape != shape:
+                raise self.error("all bottoms must have the same shape: bottom 0 is %s, "
+                                 "bottom %d is %s", _fmt_shape(shape), i,
+                                 _fmt_shape(bottom[i].shape))
+        top[0].reshape(shape)
+        xp = self.xp
+        if self.op == caffe_pb2.EltwiseParameter.MAX:
+            if self.max_idx is None or self.max_idx.shape != shape:
+                self.max_idx = xp.empty(shape, dtype=xp.int32)
+        elif self.op == caffe_pb2.EltwiseParameter.SUM and any(c != 1.0 for c in self.coeffs):
+            if self._tmp is None or self._tmp.shape != shape:
+                self._tmp = xp.empty(shape, dtype=xp.float32)
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        y = top[0].data
+        E = caffe_pb2.EltwiseParameter
+        if self.op == E.PROD:
+            xp.multiply(bottom[0].data, bottom[1].data, out=y)
+            for i in range(2, len(bottom)):
+                xp.multiply(y, bottom[i].data, out=y)
+        elif self.op == E.SUM:
+            for i, b in enumerate(bottom):
+                c = self.coeffs[i]
+                if i == 0:
+                    if c == 1.0:
+                        y[...] = b.data
+                    else:
+                        xp.multiply(b.data, xp.float32(c), out=y)
+                elif c == 1.0:
+                    xp.add(y, b.data, out=y)
+                else:
+                    xp.multiply(b.data, xp.float32(c), out=self._tmp)
+                    xp.add(y, self._tmp, out=y)
+        elif self.op == E.MAX:
+            # Caffe: bottom 1 wins over bottom 0 unless bottom 0 is strictly greater;
+            # every later bottom must be strictly greater than the running max to win.
+            a, b = bottom[0].data, bottom[1].data
+            mask = self.max_idx
+            gt = xp.greater(a, b)
+            xp.copyto(y, b)
+            xp.copyto(y, a, where=gt)
+            mask[...] = 1
+            mask[gt] = 0
+            for i in range(2, len(bottom)):
+                bi = bottom[i].data
+                gt = xp.greater(bi, y)
+                xp.copyto(y, bi, where=gt)
+                mask[gt] = i
+        else:
+            raise self.error("unknown Eltwise operation %d", self.op)
+
+    def backward_impl(self, top, propagate_down, bottom):
+        xp = self.xp
+        E = caffe_pb2.EltwiseParameter
+        dy = top[0].diff
+        for i, b in enumerate(bottom):
+            if not propagate_down[i]:
+                continue
+            dx = b.diff
+            if self.op == E.PROD:
+                if self.stable_prod_grad:
+                    first = True
+                    for j, bj in enumerate(bottom):
+                        if j == i:
+                            continue
+                        if first:
+                            dx[...] = bj.data
+                            first = False
+                        else:
+                            xp.multiply(dx, bj.data, out=dx)
+                else:
+                    xp.divide(top[0].data, b.data, out=dx)
+                xp.multiply(dx, dy, out=dx)
+            elif self.op == E.SUM:
+                c = self.coeffs[i]
+                if c == 1.0:
+                    dx[...] = dy
+                else:
+                    xp.multiply(dy, xp.float32(c), out=dx)
+            else:  # MAX
+                dx[...] = 0
+                xp.copyto(dx, dy, where=(self.max_idx == i))
+
+
+# -- Concat / Slice -----------------------------------------------------------------------
+
+def _legacy_or_axis(layer, blob, param, legacy_name):
+    """Caffe's choice between the legacy ``<kind>_dim`` and ``axis``."""
+    if param.HasField(legacy_name):
+        ax = int(getattr(param, legacy_name))
+        if ax >= 2 ** 31:
+            raise layer.error("%s %d is out of range: it must satisfy 0 <= %s < %d",
+                              legacy_name, ax, legacy_name, blob.num_axes)
+        if ax >= blob.num_axes:
+            raise layer.error("%s %d is out of range for a bottom with %d axes (shape %s)",
+                              legacy_name, ax, blob.num_axes, _fmt_shape(blob.shape))
+        return ax
+    return _canonical_axis(layer, blob, param.axis)
+
+
+@register_layer("Concat")
+class ConcatLayer(Layer):
+    """Concatenate the bottoms along ``axis`` (all other dims must match)."""
+    min_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.concat_param
+        if p.HasField("axis") and p.HasField("concat_dim"):
+            raise self.error("either axis or concat_dim should be specified, not both")
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.concat_param
+        b0 = bottom[0]
+        axis = _legacy_or_axis(self, b0, p, "concat_dim")
+        self.axis = axis
+        shape = list(b0.shape)
+        for i in range(1, len(bottom)):
+            bs = bottom[i].shape
+            if len(bs) != len(shape):
+                raise self.error("all inputs must have the same number of axes: bottom 0 is %s, "
+                                 "bottom %d is %s", _fmt_shape(b0.shape), i, _fmt_shape(bs))
+            for j in range(len(shape)):
+                if j != axis and bs[j] != shape[j]:
+                    raise self.error("all inputs must have the same shape, except at the concat "
+                                     "axis %d: bottom 0 is %s, bottom %d is %s", axis,
+                                     _fmt_shape(b0.shape), i, _fmt_shape(bs))
+            shape[axis] += bs[axis]
+        top[0].reshape(shape)
+        self.num_concats = b0.count_range(0, axis)
+        self.inner = b0.count_range(axis + 1)
+        if len(bottom) == 1:
+            top[0].share_data(b0)
+            top[0].share_diff(b0)
+
+    def _views(self, blobs, top, diff):
+        n, inner = self.num_concats, self.inner
+        get = (lambda b: b.flat_diff) if diff else (lambda b: b.flat_data)
+        tv = get(top).reshape(n, top.shape[self.axis], inner)
+        off = 0
+        for b in blobs:
+            k = b.shape[self.axis]
+            yield b, get(b).reshape(n, k, inner), tv[:, off:off + k, :]
+            off += k
+
+    def forward_impl(self, bottom, top):
+        if len(bottom) == 1:
+            return
+        for _, bv, tv in self._views(bottom, top[0], False):
+            tv[...] = bv
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if len(bottom) == 1:
+            return
+        for i, (_, bv, tv) in enumerate(self._views(bottom, top[0], True)):
+            if propagate_down[i]:
+                bv[...] = tv
+
+
+@register_layer("Slice")
+class SliceLayer(Layer):
+    """Split the bottom along ``axis`` at ``slice_point`` (or into equal parts)."""
+    exact_num_bottom_blobs = 1
+    min_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.slice_param
+        if p.HasField("axis") and p.HasField("slice_dim"):
+            raise self.error("either axis or slice_dim should be specified, not both")
+        self.slice_points = [int(s) for s in p.slice_point]
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.slice_param
+        b = bottom[0]
+        axis = _legacy_or_axis(self, b, p, "slice_dim")
+        self.axis = axis
+        n_axis = b.shape[axis]
+        ntop = len(top)
+        if self.slice_points:
+            if len(self.slice_points) != ntop - 1:
+                raise self.error("slice_point must have exactly one entry fewer than the number "
+                                 "of tops (%d slice_point given, %d tops)",
+                                 len(self.slice_points), ntop)
+            if ntop > n_axis:
+                raise self.error("cannot slice axis %d of size %d into %d tops (bottom shape %s)",
+                                 axis, n_axis, ntop, _fmt_shape(b.shape))
+            sizes = []
+            prev = 0
+            for s in self.slice_points:
+                if s <= prev:
+                    raise self.error("slice_point values must be strictly increasing and "
+                                     "positive (got %s)", self.slice_points)
+                sizes.append(s - prev)
+                prev = s
+            if prev >= n_axis:
+                raise self.error("slice_point %d is beyond the end of axis %d (size %d, bottom "
+                                 "shape %s)", prev, axis, n_axis, _fmt_shape(b.shape))
+            sizes.append(n_axis - prev)
+        else:
+            if n_axis % ntop:
+                raise self.error("the number of tops (%d) should evenly divide the input slice "
+                                 "axis %d of size %d (bottom shape %s); or give slice_point",
+                                 ntop, axis, n_axis, _fmt_shape(b.shape))
+            sizes = [n_axis // ntop] * ntop
+        self.sizes = sizes
+        shape = list(b.shape)
+        for t, k in zip(top, sizes):
+            shape[axis] = k
+            t.reshape(shape)
+        self.num_slices = b.count_range(0, axis)
+        self.inner = b.count_range(axis + 1)
+        if ntop == 1:
+            top[0].share_data(b)
+            top[0].share_diff(b)
+
+    def _views(self, bottom, top, diff):
+        n, inner = self.num_slices, self.inner
+        get = (lambda bl: bl.flat_diff) if diff else (lambda bl: bl.flat_data)
+        bv = get(bottom).reshape(n, bottom.shape[self.axis], inner)
+        off = 0
+        for t, k in zip(top, self.sizes):
+            yield get(t).reshape(n, k, inner), bv[:, off:off + k, :]
+            off += k
+
+    def forward_impl(self, bottom, top):
+        if len(top) == 1:
+            return
+        for tv, bv in self._views(bottom[0], top, False):
+            tv[...] = bv
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0] or len(top) == 1:
+            return
+        for tv, bv in self._views(bottom[0], top, True):
+            bv[...] = tv
+
+
+# -- Split --------------------------------------------------------------------------------
+
+@register_layer("Split")
+class SplitLayer(Layer):
+    """Every top shares the bottom's data; backward sums the top diffs into the bottom diff."""
+    exact_num_bottom_blobs = 1
+    min_top_blobs = 1
+
+    def reshape(self, bottom, top):
+        for i, t in enumerate(top):
+            if t is bottom[0]:
+                raise self.error("Split does not allow in-place computation (top %d is the "
+                                 "bottom)", i)
+            t.reshape(bottom[0].shape)
+            t.share_data(bottom[0])
+
+    def forward_impl(self, bottom, top):
+        pass  # the tops share the bottom's data
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp
+        dx = bottom[0].diff
+        if len(top) == 1:
+            dx[...] = top[0].diff
+            return
+        xp.add(top[0].diff, top[1].diff, out=dx)
+        for t in top[2:]:
+            xp.add(dx, t.diff, out=dx)
+
+
+# -- Reshape / Flatten --------------------------------------------------------------------
+
+@register_layer("Reshape")
+class ReshapeLayer(Layer):
+    """A new view of the bottom (0 copies a bottom dim, one -1 is inferred); shares data and
+    diff with the bottom."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        if top[0] is bottom[0]:
+            raise self.error("Reshape does not allow in-place computation: give the top a "
+                             "different name from the bottom")
+        dims = [int(d) for d in self.layer_param.reshape_param.shape.dim]
+        self.copy_axes = []
+        self.inferred_axis = -1
+        self.constant_count = 1
+        for i, d in enumerate(dims):
+            if d == 0:
+                self.copy_axes.append(i)
+            elif d == -1:
+                if self.inferred_axis != -1:
+                    raise self.error("new shape %s contains more than one -1 dim; at most a "
+                                     "single -1 may be given", dims)
+                self.inferred_axis = i
+            elif d < -1:
+                raise self.error("new shape %s has dim %d; dims must be positive, 0 (copy the "
+                                 "bottom dim) or -1 (infer)", dims, d)
+            else:
+                self.constant_count *= d
+        self.dims = dims
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.reshape_param
+        b = bottom[0]
+        nb = b.num_axes
+        in_axis = int(p.axis)
+        start = in_axis if in_axis >= 0 else nb + in_axis + 1
+        if not 0 <= start <= nb:
+            raise self.error("axis %d out of range for a bottom with %d axes (shape %s)",
+                             in_axis, nb, _fmt_shape(b.shape))
+        num_axes = int(p.num_axes)
+        if num_axes < -1:
+            raise self.error("num_axes must be >= 0, or -1 for all (got %d)", num_axes)
+        end = nb if num_axes == -1 else start + num_axes
+        if end > nb:
+            raise self.error("end axis = axis + num_axes = %d is out of range for a bottom with "
+                             "%d axes (shape %s)", end, nb, _fmt_shape(b.shape))
+        shape = list(b.shape[:start]) + list(self.dims) + list(b.shape[end:])
+        for ci in self.copy_axes:
+            if start + ci >= nb:
+                raise self.error("new shape contains a 0 at position %d, but there is no "
+                                 "corresponding bottom axis to copy (bottom shape %s)",
+                                 ci, _fmt_shape(b.shape))
+            shape[start + ci] = b.shape[start + ci]
+        if self.inferred_axis >= 0:
+            explicit = self.constant_count * b.count_range(0, start) * b.count_range(end)
+            for ci in self.copy_axes:
+                explicit *= shape[start + ci]
+            if explicit == 0 or b.count % explicit:
+                raise self.error("bottom count (%d, shape %s) must be divisible by the product "
+                                 "of the specified dimensions (%d)", b.count,
+                                 _fmt_shape(b.shape), explicit)
+            shape[start + self.inferred_axis] = b.count // explicit
+        if _prod(shape) != b.count:
+            raise self.error("output count must match input count: new shape %s has %d "
+                             "elements, bottom shape %s has %d", _fmt_shape(shape), _prod(shape),
+                             _fmt_shape(b.shape), b.count)
+        top[0].reshape(shape)
+        top[0].share_data(b)
+        top[0].share_diff(b)
+
+    def forward_impl(self, bottom, top):
+        pass
+
+    def backward_impl(self, top, propagate_down, bottom):
+        pass
+
+
+@register_layer("Flatten")
+class FlattenLayer(Layer):
+    """Collapse axes [axis, end_axis] into one; shares data and diff with the bottom."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def reshape(self, bottom, top):
+        if top[0] is bottom[0]:
+            raise self.error("Flatten does not allow in-place computation: give the top a "
+                             "different name from the bottom")
+        p = self.layer_param.flatten_param
+        b = bottom[0]
+        start = _canonical_axis(self, b, p.axis)
+        end = _canonical_axis(self, b, p.end_axis, "end_axis")
+        shape = list(b.shape[:start]) + [b.count_range(start, end + 1)] + list(b.shape[end + 1:])
+        top[0].reshape(shape)
+        top[0].share_data(b)
+        top[0].share_diff(b)
+
+    def forward_impl(self, bottom, top):
+        pass
+
+    def backward_impl(self, top, propagate_down, bottom):
+        pass
+
+
+# -- Embed --------------------------------------------------------------------------------
+
+@register_layer("Embed")
+class EmbedLayer(Layer):
+    """Lookup table: each integer index in the bottom selects a row of W (input_dim ×
+    num_output), plus an optional bias. The top has the bottom's shape + (num_output,)."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.embed_param
+        self.N = int(p.num_output)
+        if self.N <= 0:
+            raise self.error("num_output must be positive (set embed_param { num_output: ... })")
+        self.K = int(p.input_dim)
+        if self.K <= 0:
+            raise self.error("input_dim must be positive (set embed_param { input_dim: ... }, "
+                             "the number of distinct indices)")
+        self.bias_term = p.bias_term
+        nblobs = 2 if self.bias_term else 1
+        if len(self.blobs) == 0:
+            w = self.blobs.add_blob(self.K, self.N)
+            _fill(self, p.weight_filler, w, "weight_filler")
+            if self.bias_term:
+                b = self.blobs.add_blob(self.N)
+                _fill(self, p.bias_filler, b, "bias_filler")
+        else:
+            if len(self.blobs) != nblobs:
+                raise self.error("expects %d parameter blob(s) (weights%s) but %d were given",
+                                 nblobs, " and bias" if self.bias_term else "", len(self.blobs))
+            _check_param_shape(self, 0, (self.K, self.N), "weight")
+            if self.bias_term:
+                _check_param_shape(self, 1, (self.N,), "bias")
+        _init_param_propagate(self)
+
+    def reshape(self, bottom, top):
+        self.M = bottom[0].count
+        top[0].reshape(tuple(bottom[0].shape) + (self.N,))
+
+    def _indices(self, bottom):
+        xp = self.xp
+        v = bottom[0].flat_data
+        idx = v.astype(xp.int32)
+        if self.M:
+            bad = xp.logical_or(idx.astype(xp.float32) != v, xp.logical_or(idx < 0, idx >= self.K))
+            if bool(bad.any()):
+                k = int(xp.argmax(bad))
+                raise self.error("input %d holds %r, which is not an integer index in [0, %d) "
+                                 "(input_dim %d)", k, float(v[k]), self.K, self.K)
+        return idx
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        idx = self._indices(bottom)
+        y = top[0].flat_data.reshape(self.M, self.N)
+        xp.take(self.blobs[0].data, idx, axis=0, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            raise self.error("cannot backpropagate to the Embed input (bottom 0 holds indices); "
+                             "do not set force_backward on a net whose Embed input would need "
+                             "a gradient")
+        xp = self.xp
+        dy = top[0].flat_diff.reshape(self.M, self.N)
+        if self.param_propagate(0):
+            idx = self._indices(bottom)
+            xp.add.at(self.blobs[0].diff, idx, dy)
+        if self.bias_term and self.param_propagate(1):
+            self.blobs[1].diff[...] += dy.sum(axis=0)
+
+
+# -- Tile ---------------------------------------------------------------------------------
+
+@register_layer("Tile")
+class TileLayer(Layer):
+    """Repeat the bottom ``tiles`` times along ``axis``; backward sums the copies."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.tile_param
+        b = bottom[0]
+        self.axis = _canonical_axis(self, b, p.axis)
+        self.tiles = int(p.tiles)
+        if self.tiles <= 0:
+            raise self.error("the number of tiles must be positive (set tile_param { tiles: ... }, "
+                             "got %d)", self.tiles)
+        shape = list(b.shape)
+        shape[self.axis] *= self.tiles
+        top[0].reshape(shape)
+        self.outer = b.count_range(0, self.axis)
+        self.inner = b.count_range(self.axis)
+
+    def forward_impl(self, bottom, top):
+        y = top[0].flat_data.reshape(self.outer, self.tiles, self.inner)
+        y[...] = bottom[0].flat_data.reshape(self.outer, 1, self.inner)
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy = top[0].flat_diff.reshape(self.outer, self.tiles, self.inner)
+        dx = bottom[0].flat_diff.reshape(self.outer, self.inner)
+        self.xp.sum(dy, axis=1, out=dx)
+
+
+# -- Filter -------------------------------------------------------------------------------
+
+@register_layer("Filter")
+class FilterLayer(Layer):
+    """Keep the items (axis 0) of bottoms 0..k-1 whose selector (the last bottom) is non-zero.
+    The tops' first dimension follows the selector."""
+    min_bottom_blobs = 2
+    min_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        if len(top) != len(bottom) - 1:
+            raise self.error("needs one top per filtered bottom: the last bottom is the selector, "
+                             "so there must be %d top(s), got %d", len(bottom) - 1, len(top))
+        self.first_reshape = True
+        self.indices = None
+        self.n_fwd = 0
+
+    def reshape(self, bottom, top):
+        xp = self.xp
+        sel = bottom[-1]
+        if sel.num_axes < 1:
+            raise self.error("the selector (last bottom) needs at least one axis")
+        for i in range(1, sel.num_axes):
+            if sel.shape[i] != 1:
+                raise self.error("selector (last bottom) dimensions must be 1 except the first; "
+                                 "its shape is %s", _fmt_shape(sel.shape))
+        n = sel.shape[0]
+        for i, b in enumerate(bottom[:-1]):
+            if b.num_axes < 1 or b.shape[0] != n:
+                raise self.error("each bottom must have the same first dimension as the selector "
+                                 "(%d): bottom %d has shape %s", n, i, _fmt_shape(b.shape))
+        self.indices = xp.nonzero(sel.flat_data != 0)[0]
+        self.n_fwd = int(self.indices.shape[0])
+        new_n = self.n_fwd
+        if self.first_reshape:
+            # Like Caffe, the tops get the full batch at setup.
+            new_n = n
+            self.first_reshape = False
+        for t, b in zip(top, bottom):
+            t.reshape((new_n,) + tuple(b.shape[1:]))
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        for t, b in zip(top, bottom):
+            n = b.shape[0]
+            dim = b.count // n if n else 0
+            xp.take(b.flat_data.reshape(n, dim), self.indices, axis=0,
+                    out=t.flat_data.reshape(self.n_fwd, dim))
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if propagate_down[-1]:
+            raise self.error("cannot backpropagate to the selector (last bottom); do not set "
+                             "force_backward on a net whose Filter selector would need a "
+                             "gradient")
+        for i, t in enumerate(top):
+            if not propagate_down[i]:
+                continue
+            b = bottom[i]
+            n = b.shape[0]
+            dim = b.count // n if n else 0
+            dx = b.flat_diff.reshape(n, dim)
+            dx[...] = 0
+            dx[self.indices] = t.flat_diff.reshape(self.n_fwd, dim)
+
+
+# -- BatchReindex -------------------------------------------------------------------------
+
+@register_layer("BatchReindex")
+class BatchReindexLayer(Layer):
+    """top[i] = bottom0[bottom1[i]] along axis 0; backward accumulates (repeated indices add)."""
+    exact_num_bottom_blobs = 2
+    exact_num_top_blobs = 1
+
+    def reshape(self, bottom, top):
+        if bottom[1].num_axes != 1:
+            raise self.error("the index bottom (bottom 1) must be 1-D, got shape %s",
+                             _fmt_shape(bottom[1].shape))
+        if bottom[0].num_axes < 1:
+            raise self.error("bottom 0 needs at least one axis")
+        top[0].reshape((bottom[1].shape[0],) + tuple(bottom[0].shape[1:]))
+
+    def _indices(self, bottom):
+        xp = self.xp
+        v = bottom[1].flat_data
+        n = bottom[0].shape[0]
+        if v.size:
+            if bool((v < 0).any()):
+                raise self.error("an index given to BatchReindex (bottom 1) is negative")
+            idx = v.astype(xp.int32)
+            if bool((idx >= n).any()):
+                raise self.error("an index given to BatchReindex (bottom 1) is not smaller than "
+                                 "the batch size %d of bottom 0", n)
+            return idx
+        return v.astype(xp.int32)
+
+    def _dims(self, bottom):
+        n = bottom[0].shape[0]
+        return n, (bottom[0].count // n if n else 0)
+
+    def forward_impl(self, bottom, top):
+        idx = self._indices(bottom)
+        n, dim = self._dims(bottom)
+        if top[0].count == 0:
+            return
+        self.xp.take(bottom[0].flat_data.reshape(n, dim), idx, axis=0,
+                     out=top[0].flat_data.reshape(idx.shape[0], dim))
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise self.error("cannot backpropagate to the index bottom (bottom 1)")
+        if not propagate_down[0]:
+            return
+        idx = self._indices(bottom)
+        n, dim = self._dims(bottom)
+        dx = bottom[0].flat_diff.reshape(n, dim)
+        dx[...] = 0
+        if idx.shape[0]:
+            self.xp.add.at(dx, idx, top[0].flat_diff.reshape(idx.shape[0], dim))
+
+
+# -- Silence ------------------------------------------------------------------------------
+
+@register_layer("Silence")
+class SilenceLayer(Layer):
+    """Consumes its bottoms (so they are not net outputs); backward writes zero diffs."""
+    min_bottom_blobs = 1
+    exact_num_top_blobs = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward_impl(self, bottom, top):
+        pass
+
+    def backward_impl(self, top, propagate_down, bottom):
+        for i, b in enumerate(bottom):
+            if propagate_down[i]:
+                b.diff[...] = 0
+
+
+# -- Parameter ----------------------------------------------------------------------------
+
+@register_layer("Parameter")
+class ParameterLayer(Layer):
+    """Exposes one learnable blob (parameter_param.shape, zero-initialised) as its top; the top
+    shares data and diff with the blob."""
+    exact_num_bottom_blobs = 0
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        shape = tuple(int(d) for d in self.layer_param.parameter_param.shape.dim)
+        for d in shape:
+            if d < 0:
+                raise self.error("parameter_param shape %s has a negative dimension",
+                                 _fmt_shape(shape))
+        if len(self.blobs) == 0:
+            blob = Blob()
+            blob.reshape(shape)
+            self.blobs.append(blob)
+        else:
+            if len(self.blobs) != 1:
+                raise self.error("expects 1 parameter blob but %d were given", len(self.blobs))
+            _check_param_shape(self, 0, shape, "parameter")
+        _init_param_propagate(self)
+
+    def reshape(self, bottom, top):
+        # Shared again at every reshape, so that a blob replaced or resized after setup
+        # (e.g. weights loaded from a caffemodel) stays the one the top shows.
+        blob = self.blobs[0]
+        top[0].reshape(blob.shape)
+        top[0].share_data(blob)
+        top[0].share_diff(blob)
+
+    def forward_impl(self, bottom, top):
+        pass
+
+    def backward_impl(self, top, propagate_down, bottom):
+        pass
