@@ -1,1 +1,545 @@
-"""data layers."""
+"""Data and input layers: Input, DummyData, MemoryData, HDF5Data, HDF5Output, Data.
+
+None of them has a gradient: their backward does nothing (Caffe's empty Backward_cpu).
+Like Caffe's data layers, their ``reshape`` does nothing: the tops get their shapes at
+setup and each forward writes (and, where the data decides, reshapes) them.
+"""
+import os
+
+import numpy as np
+
+from .. import backend
+from ..fillers import FillerError, fill_array
+from ..layer import Layer, register_layer
+from ..proto import caffe_pb2
+
+
+def _write(blob, arr):
+    """Copy a host array into a blob's data (NumPy or CuPy)."""
+    xp = backend.array_module(blob.data)
+    blob.data[...] = xp.asarray(arr)
+
+
+def _shape_str(shape):
+    return " x ".join(str(d) for d in shape) if len(shape) else "(scalar)"
+
+
+class _NoGradLayer(Layer):
+    """Base of the data layers: no bottoms, Reshape and Backward do nothing."""
+    exact_num_bottom_blobs = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def backward_impl(self, top, propagate_down, bottom):
+        pass
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+
+# -- Input -----------------------------------------------------------------------------
+
+@register_layer("Input")
+class InputLayer(_NoGradLayer):
+    """Declares net inputs: tops shaped by input_param.shape (one for all tops or one per top)."""
+    min_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        shapes = self.layer_param.input_param.shape
+        if len(shapes) not in (0, 1, len(top)):
+            raise self.error("must specify 'shape' once, once per top blob, or not at all: "
+                             "%d tops vs. %d shapes", len(top), len(shapes))
+        for i, t in enumerate(top):
+            if len(shapes):
+                dims = shapes[0 if len(shapes) == 1 else i].dim
+                if any(d < 0 for d in dims):
+                    raise self.error("input shape dimensions must be non-negative, got %s",
+                                     list(dims))
+                t.reshape(tuple(int(d) for d in dims))
+
+    def forward_impl(self, bottom, top):
+        pass
+
+
+# -- DummyData -------------------------------------------------------------------------
+
+@register_layer("DummyData")
+class DummyDataLayer(_NoGradLayer):
+    """Tops filled by fillers: constant-filled tops once at setup, the others every forward."""
+    min_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.dummy_data_param
+        num_top = len(top)
+        nf = len(p.data_filler)
+        if nf not in (0, 1, num_top):
+            raise self.error("number of data fillers must be 0, 1 or equal to the number of tops: "
+                             "%d; you specified %d data fillers", num_top, nf)
+        legacy = len(p.num) or len(p.channels) or len(p.height) or len(p.width)
+        if legacy:
+            if len(p.shape):
+                raise self.error("both shape and legacy fields (num, channels, height, width) "
+                                 "were specified")
+            for field in ("num", "channels", "height", "width"):
+                k = len(getattr(p, field))
+                if k not in (1, num_top):
+                    raise self.error("must specify '%s' once, or once per top blob (%d); "
+                                     "specified %d", field, num_top, k)
+        elif len(p.shape) not in (1, num_top):
+            raise self.error("must specify 'shape' once, or once per top blob (%d); specified %d",
+                             num_top, len(p.shape))
+        if nf == 0:
+            fp = caffe_pb2.FillerParameter()
+            fp.type = "constant"
+            fp.value = 0
+            self.fillers = [fp]
+        elif nf == 1:
+            self.fillers = [p.data_filler[0]]
+        else:
+            self.fillers = list(p.data_filler)
+        self.refill = [f.type != "constant" for f in self.fillers]
+        for i, t in enumerate(top):
+            if legacy:
+                def pick(field):
+                    vals = getattr(p, field)
+                    return int(vals[0] if len(vals) == 1 else vals[i])
+                t.reshape((pick("num"), pick("channels"), pick("height"), pick("width")))
+            else:
+                t.reshape(tuple(int(d) for d in p.shape[0 if len(p.shape) == 1 else i].dim))
+        # Fill the constant tops now; they are never filled again.
+        self._fill(top, constant=True)
+
+    def _fill(self, top, constant):
+        for i, t in enumerate(top):
+            fid = i if len(self.fillers) > 1 else 0
+            if self.refill[fid] != constant:
+                try:
+                    _write(t, fill_array(self.fillers[fid], t.shape))
+                except FillerError as e:
+                    raise self.error("data_filler: %s", e) from None
+
+    def forward_impl(self, bottom, top):
+        self._fill(top, constant=False)
+
+
+# -- MemoryData ------------------------------------------------------------------------
+
+@register_layer("MemoryData")
+class MemoryDataLayer(_NoGradLayer):
+    """Serves batches of arrays handed over with ``reset``/``set_input_arrays`` (no transform),
+    or of Datums added with ``add_datum_vector`` (transformed). Wraps around at the end."""
+    exact_num_top_blobs = 2
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.memory_data_param
+        self.batch_size = int(p.batch_size)
+        self.channels = int(p.channels)
+        self.height = int(p.height)
+        self.width = int(p.width)
+        self.size = self.channels * self.height * self.width
+        if self.batch_size * self.size <= 0:
+            raise self.error("batch_size, channels, height, and width must be specified and "
+                             "positive in memory_data_param")
+        top[0].reshape((self.batch_size, self.channels, self.height, self.width))
+        top[1].reshape((self.batch_size,))
+        self._data = None
+        self._labels = None
+        self.n = 0
+        self.pos = 0
+        self.has_new_data = False
+        self._transformer = None
+
+    def reset(self, data, labels, n=None):
+        """Serve ``data`` (N×C×H×W float32) and ``labels`` (N) from the next forward on.
+
+        N must be a multiple of batch_size. The arrays are used as they are (no transform).
+        """
+        if data is None or labels is None:
+            raise self.error("reset needs both data and labels")
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+        if n is None:
+            n = data.shape[0] if data.ndim else 0
+        n = int(n)
+        if n <= 0:
+            raise self.error("reset needs at least one item (got %d)", n)
+        if n % self.batch_size != 0:
+            raise self.error("the number of items (%d) must be a multiple of batch_size (%d)",
+                             n, self.batch_size)
+        if data.size < n * self.size:
+            raise self.error("data holds %d values, but %d items of %d x %d x %d need %d",
+                             data.size, n, self.channels, self.height, self.width, n * self.size)
+        if labels.size < n:
+            raise self.error("labels hold %d values, but there are %d items", labels.size, n)
+        if self.layer_param.HasField("transform_param"):
+            import logging
+            logging.getLogger("caffepy").warning(
+                "%s does not transform array data on reset()", self.type)
+        self._data = np.ascontiguousarray(data, dtype=np.float32).reshape(-1)[:n * self.size] \
+            .reshape(n, self.channels, self.height, self.width)
+        self._labels = np.ascontiguousarray(labels, dtype=np.float32).reshape(-1)[:n]
+        self.n = n
+        self.pos = 0
+
+    def set_input_arrays(self, data, labels):
+        """pycaffe's Net.set_input_arrays: data N×C×H×W float32, labels N (or N×1×1×1)."""
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+        if data.ndim != 4:
+            raise self.error("data array must be 4-d (N x C x H x W), got shape %s", data.shape)
+        if data.shape[1:] != (self.channels, self.height, self.width):
+            raise self.error("data array has wrong dimensions %s: this layer takes N x %d x %d x %d",
+                             _shape_str(data.shape), self.channels, self.height, self.width)
+        if labels.ndim == 4 and labels.shape[1:] == (1, 1, 1):
+            labels = labels.reshape(labels.shape[0])
+        if labels.ndim != 1:
+            raise self.error("labels array must be 1-d (N) or N x 1 x 1 x 1, got shape %s",
+                             labels.shape)
+        if labels.shape[0] != data.shape[0]:
+            raise self.error("data and labels must have the same first dimension (%d vs %d)",
+                             data.shape[0], labels.shape[0])
+        if data.shape[0] % self.batch_size != 0:
+            raise self.error("first dimensions of input arrays (%d) must be a multiple of "
+                             "batch size (%d)", data.shape[0], self.batch_size)
+        self.reset(data, labels, data.shape[0])
+
+    def add_datum_vector(self, datums):
+        """Serve transformed Datums (their number must be a multiple of batch_size)."""
+        if self.has_new_data:
+            raise self.error("can't add data until current data has been consumed")
+        num = len(datums)
+        if num == 0:
+            raise self.error("there is no datum to add")
+        if num % self.batch_size != 0:
+            raise self.error("the added data (%d items) must be a multiple of the batch size (%d)",
+                             num, self.batch_size)
+        if self._transformer is None:
+            from ..data import DataTransformer
+            self._transformer = DataTransformer(self.layer_param.transform_param, self.phase,
+                                                error=self.error)
+        items = [self._transformer.decode(d) for d in datums]
+        data = self._transformer.transform_items(items)
+        if data.shape[1:] != (self.channels, self.height, self.width):
+            raise self.error("the transformed datums are %s, but this layer takes %d x %d x %d",
+                             _shape_str(data.shape[1:]), self.channels, self.height, self.width)
+        labels = np.array([d.label for d in datums], dtype=np.float32)
+        self._data, self._labels, self.n, self.pos = data, labels, num, 0
+        self.has_new_data = True
+
+    def set_batch_size(self, new_size):
+        if self.has_new_data:
+            raise self.error("can't change batch_size until current data has been consumed")
+        self.batch_size = int(new_size)
+
+    def forward_impl(self, bottom, top):
+        if self._data is None:
+            raise self.error("no input arrays: call set_input_arrays(data, labels) (pycaffe) or "
+                             "reset(data, labels, n) before the first forward")
+        b = self.batch_size
+        if self.n % b != 0:
+            raise self.error("the number of items (%d) must be a multiple of batch_size (%d)",
+                             self.n, b)
+        top[0].reshape((b, self.channels, self.height, self.width))
+        top[1].reshape((b, 1, 1, 1))
+        _write(top[0], self._data[self.pos:self.pos + b])
+        _write(top[1], self._labels[self.pos:self.pos + b].reshape(b, 1, 1, 1))
+        self.pos = (self.pos + b) % self.n
+        if self.pos == 0:
+            self.has_new_data = False
+
+
+# -- HDF5Data --------------------------------------------------------------------------
+
+def _h5py(layer):
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py is a dependency
+        raise layer.error("needs the h5py package (pip install h5py)") from None
+    return h5py
+
+
+@register_layer("HDF5Data")
+class HDF5DataLayer(_NoGradLayer):
+    """Reads the datasets named after its tops from the .h5 files listed in a text file."""
+    min_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        if self.layer_param.HasField("transform_param"):
+            raise self.error("HDF5Data does not transform data: remove transform_param")
+        p = self.layer_param.hdf5_data_param
+        self.batch_size = int(p.batch_size)
+        if self.batch_size <= 0:
+            raise self.error("hdf5_data_param.batch_size must be positive")
+        self.shuffle = bool(p.shuffle)
+        self.top_names = list(self.layer_param.top)
+        if len(self.top_names) != len(top):
+            raise self.error("each top reads the dataset of its name, but the layer parameter "
+                             "names %d tops and %d top blobs were given",
+                             len(self.top_names), len(top))
+        source = p.source
+        try:
+            with open(source, "r") as f:
+                self.filenames = f.read().split()
+        except OSError as e:
+            raise self.error("failed to open source file '%s': %s", source,
+                             e.strerror or e) from None
+        self.source = source
+        if not self.filenames:
+            raise self.error("must have at least 1 HDF5 filename listed in '%s'", source)
+        self.file_permutation = np.arange(len(self.filenames))
+        if self.shuffle:
+            self.file_permutation = backend.rng().permutation(len(self.filenames))
+        self.current_file = 0
+        self._load(self.filenames[self.file_permutation[0]])
+        self.current_row = 0
+        for t, arr in zip(top, self.file_data):
+            t.reshape((self.batch_size,) + arr.shape[1:])
+        self.row_shapes = [arr.shape[1:] for arr in self.file_data]
+
+    def _load(self, filename):
+        h5py = _h5py(self)
+        if not os.path.isfile(filename):
+            raise self.error("failed opening HDF5 file '%s' (listed in '%s'): no such file",
+                             filename, self.source)
+        try:
+            f = h5py.File(filename, "r")
+        except OSError as e:
+            raise self.error("failed opening HDF5 file '%s' (listed in '%s'): %s",
+                             filename, self.source, e) from None
+        arrays = []
+        with f:
+            for name in self.top_names:
+                if name not in f or not isinstance(f[name], h5py.Dataset):
+                    raise self.error("HDF5 file '%s' has no dataset '%s' (the dataset read into "
+                                     "top '%s'; it has: %s)", filename, name, name,
+                                     ", ".join(sorted(f.keys())) or "nothing")
+                ds = f[name]
+                if ds.dtype.kind not in "fiu":
+                    raise self.error("dataset '%s' in '%s' has unsupported type %s (need float or "
+                                     "integer data)", name, filename, ds.dtype)
+                if ds.ndim < 1:
+                    raise self.error("dataset '%s' in '%s' must have at least 1 axis", name, filename)
+                arrays.append(np.asarray(ds[()], dtype=np.float32))
+        num = arrays[0].shape[0]
+        for name, arr in zip(self.top_names, arrays):
+            if arr.shape[0] != num:
+                raise self.error("datasets in '%s' must have the same number of rows: '%s' has %d, "
+                                 "'%s' has %d", filename, self.top_names[0], num, name, arr.shape[0])
+        if num == 0:
+            raise self.error("HDF5 file '%s' has no rows", filename)
+        if hasattr(self, "row_shapes"):
+            for name, arr, shp in zip(self.top_names, arrays, self.row_shapes):
+                if arr.shape[1:] != shp:
+                    raise self.error("dataset '%s' in '%s' has rows of shape %s, but the first file "
+                                     "had %s: every file must have the same row shape", name,
+                                     filename, _shape_str(arr.shape[1:]), _shape_str(shp))
+        self.file_data = arrays
+        self.current_filename = filename
+        self.data_permutation = np.arange(num)
+        if self.shuffle:
+            self.data_permutation = backend.rng().permutation(num)
+
+    def _next_file(self):
+        """Caffe's Next() at the end of the current file's rows."""
+        if len(self.filenames) > 1:
+            self.current_file += 1
+            if self.current_file == len(self.filenames):
+                self.current_file = 0
+                if self.shuffle:
+                    backend.rng().shuffle(self.file_permutation)
+            self._load(self.filenames[self.file_permutation[self.current_file]])
+        self.current_row = 0
+        if self.shuffle:
+            backend.rng().shuffle(self.data_permutation)
+
+    def forward_impl(self, bottom, top):
+        b = self.batch_size
+        filled = 0
+        while filled < b:
+            rows = self.file_data[0].shape[0]
+            k = min(b - filled, rows - self.current_row)
+            if self.shuffle:
+                idx = self.data_permutation[self.current_row:self.current_row + k]
+                for t, arr in zip(top, self.file_data):
+                    _write_rows(t, filled, arr[idx])
+            else:
+                for t, arr in zip(top, self.file_data):
+                    _write_rows(t, filled, arr[self.current_row:self.current_row + k])
+            filled += k
+            self.current_row += k
+            if self.current_row == rows:
+                self._next_file()
+
+
+def _write_rows(blob, start, rows):
+    xp = backend.array_module(blob.data)
+    blob.data[start:start + rows.shape[0]] = xp.asarray(rows)
+
+
+# -- HDF5Output ------------------------------------------------------------------------
+
+@register_layer("HDF5Output")
+class HDF5OutputLayer(Layer):
+    """Writes bottom 0 to dataset "data" and bottom 1 to "label" of hdf5_output_param.file_name.
+
+    The datasets get the blobs' legacy 4-D shape (num, channels, height, width). The file is
+    created at setup and stays open until ``close()`` (or the layer is destroyed). Each forward
+    replaces the datasets with the current batch (Caffe itself aborts on a second forward).
+    """
+    exact_num_bottom_blobs = 2
+    exact_num_top_blobs = 0
+
+    def layer_setup(self, bottom, top):
+        h5py = _h5py(self)
+        self.file_name = self.layer_param.hdf5_output_param.file_name
+        if not self.file_name:
+            raise self.error("hdf5_output_param.file_name must be set")
+        try:
+            self._file = h5py.File(self.file_name, "w")
+        except OSError as e:
+            raise self.error("failed to open HDF5 file '%s' for writing: %s",
+                             self.file_name, e) from None
+
+    def reshape(self, bottom, top):
+        pass
+
+    @staticmethod
+    def _legacy_shape(shape):
+        return tuple(shape) + (1,) * (4 - len(shape))
+
+    def forward_impl(self, bottom, top):
+        if self._file is None:
+            raise self.error("the output file '%s' was closed", self.file_name)
+        for i, b in enumerate(bottom):
+            if b.num_axes > 4:
+                raise self.error("cannot save bottom %d of shape %s: HDF5Output stores blobs "
+                                 "with at most 4 axes", i, _shape_str(b.shape))
+        dshape = self._legacy_shape(bottom[0].shape)
+        lshape = self._legacy_shape(bottom[1].shape)
+        if dshape[0] != lshape[0]:
+            raise self.error("data blob and label blob must have the same batch size (%d vs %d)",
+                             dshape[0], lshape[0])
+        f = self._file
+        for name, b, shp in (("data", bottom[0], dshape), ("label", bottom[1], lshape)):
+            arr = np.asarray(backend.to_numpy(b.data), dtype=np.float32).reshape(shp)
+            if name in f:
+                del f[name]
+            f.create_dataset(name, data=arr)
+        f.flush()
+
+    def backward_impl(self, top, propagate_down, bottom):
+        pass
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+    def close(self):
+        f = getattr(self, "_file", None)
+        if f is not None:
+            self._file = None
+            try:
+                f.close()
+            except Exception:
+                pass
+
+    def __del__(self):
+        self.close()
+
+
+# -- Data (LMDB / LevelDB) -------------------------------------------------------------
+
+def _transform_param(layer_param):
+    """transform_param, with the deprecated data_param transformation fields merged in."""
+    tp = caffe_pb2.TransformationParameter()
+    tp.CopyFrom(layer_param.transform_param)
+    dp = layer_param.data_param
+    for field in ("scale", "mean_file", "crop_size", "mirror"):
+        if dp.HasField(field) and not tp.HasField(field):
+            setattr(tp, field, getattr(dp, field))
+    return tp
+
+
+class DatumBatchReader:
+    """Reads batches of Datums from a database cursor (wrapping at the end) and transforms them.
+
+    ``load_batch()`` returns host arrays (data N×C×h×w float32, labels N float32); a
+    prefetching thread can call it ahead of the forward passes.
+    """
+
+    def __init__(self, source, backend_kind, batch_size, transformer, rand_skip=0, error=None):
+        from ..data.db import WrappingCursor, open_db, _default_error
+        self._error = error or _default_error
+        self.db = open_db(source, backend_kind, self._error)
+        self.cursor = WrappingCursor(self.db, self._error)
+        self.batch_size = int(batch_size)
+        self.transformer = transformer
+        if rand_skip:
+            skip = int(backend.rng().integers(rand_skip))
+            self.cursor.skip(skip)
+
+    def peek_datum(self):
+        from ..data.db import parse_datum
+        return parse_datum(self.cursor.value(), self.cursor.key(), self._error)
+
+    def load_batch(self):
+        from ..data.db import parse_datum
+        items, labels = [], []
+        t = self.transformer
+        for _ in range(self.batch_size):
+            key, value = self.cursor.read()
+            datum = parse_datum(value, key, self._error)
+            items.append(t.decode(datum, key))
+            labels.append(datum.label)
+        data = t.transform_items(items)
+        return data, np.asarray(labels, dtype=np.float32)
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+@register_layer("Data")
+class DataLayer(_NoGradLayer):
+    """Reads Datum records in key order from an LMDB or LevelDB (data_param), transforms them
+    (transform_param) and serves batches: top 0 the data, optional top 1 the labels."""
+    min_top_blobs = 1
+    max_top_blobs = 2
+
+    def layer_setup(self, bottom, top):
+        from ..data import DataTransformer
+        p = self.layer_param.data_param
+        if p.batch_size <= 0:
+            raise self.error("data_param.batch_size must be positive")
+        if not p.source:
+            raise self.error("data_param.source must name a database")
+        self.batch_size = int(p.batch_size)
+        self.output_labels = len(top) > 1
+        self.transformer = DataTransformer(_transform_param(self.layer_param), self.phase,
+                                           error=self.error)
+        self.reader = DatumBatchReader(p.source, p.backend, self.batch_size, self.transformer,
+                                       rand_skip=p.rand_skip, error=self.error)
+        first = self.reader.peek_datum()
+        item = self.transformer.decode(first, self.reader.cursor.key())
+        shape = self.transformer.infer_shape(item.shape)
+        top[0].reshape((self.batch_size,) + shape)
+        if self.output_labels:
+            top[1].reshape((self.batch_size,))
+
+    def load_batch(self):
+        return self.reader.load_batch()
+
+    def forward_impl(self, bottom, top):
+        data, labels = self.load_batch()
+        top[0].reshape(data.shape)
+        _write(top[0], data)
+        if self.output_labels:
+            top[1].reshape(labels.shape)
+            _write(top[1], labels)
+
+    def close(self):
+        r = getattr(self, "reader", None)
+        if r is not None:
+            r.close()
+            self.reader = None
