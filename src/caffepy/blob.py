@@ -20,7 +20,8 @@ class _Memory:
 
 class Blob:
     def __init__(self, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        explicit = len(shape) == 1 and isinstance(shape[0], (tuple, list))
+        if explicit:
             shape = tuple(shape[0])
         self._shape = ()
         self._count = 0
@@ -28,7 +29,7 @@ class Blob:
         self._diff_mem = None
         self._data_view = None
         self._diff_view = None
-        if shape:
+        if shape or explicit:          # Blob(()) is a scalar blob with count 1, as in Caffe
             self.reshape(shape)
 
     # -- shape ---------------------------------------------------------------

@@ -1,1 +1,514 @@
-"""normalization layers."""
+"""Normalization and reduction layers: Softmax, BatchNorm, Scale, Bias, MVN, Reduction, ArgMax."""
+import numpy as np
+
+from ..layer import Layer, register_layer
+
+_f32 = np.float32
+
+
+def _c(v):
+    """A constant as a Python float holding a float32 value (Caffe's Dtype arithmetic),
+    so it mixes with NumPy and CuPy float32 arrays without upcasting."""
+    return float(np.float32(v))
+
+
+def _canonical_axis(layer, blob, axis, what="axis"):
+    n = blob.num_axes
+    if not -n <= axis < max(n, 1) or (n == 0 and axis != 0):
+        raise layer.error("%s %d out of range for the %d-D bottom blob with shape %s",
+                          what, axis, n, blob.shape)
+    return axis + n if axis < 0 else axis
+
+
+def _prod(dims):
+    c = 1
+    for d in dims:
+        c *= int(d)
+    return c
+
+
+def _ensure_param_propagate(layer):
+    if len(layer.param_propagate_down) < len(layer.blobs):
+        layer.param_propagate_down = (list(layer.param_propagate_down)
+                                      + [True] * (len(layer.blobs) - len(layer.param_propagate_down)))
+
+
+@register_layer("Softmax")
+class SoftmaxLayer(Layer):
+    """Softmax along softmax_param.axis (default 1), max-subtracted."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        self.axis = _canonical_axis(self, b, self.layer_param.softmax_param.axis)
+        self.outer = b.count_range(0, self.axis)
+        self.channels = b.shape[self.axis] if b.num_axes else 1
+        self.inner = b.count_range(self.axis + 1)
+        if top[0] is not b:
+            top[0].reshape(b.shape)
+
+    def _view(self, a):
+        return a.reshape(self.outer, self.channels, self.inner)
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        x = self._view(bottom[0].data)
+        y = self._view(top[0].data)
+        e = xp.exp(x - x.max(axis=1, keepdims=True))
+        xp.divide(e, e.sum(axis=1, keepdims=True), out=y)
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        y = self._view(top[0].data)
+        dy = self._view(top[0].diff)
+        dot = (dy * y).sum(axis=1, keepdims=True)
+        self.xp.multiply(dy - dot, y, out=self._view(bottom[0].diff))
+
+
+@register_layer("BatchNorm")
+class BatchNormLayer(Layer):
+    """Caffe's BatchNorm: no affine part; blobs = [mean sum, variance sum, scale factor]."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        from ..proto import caffe_pb2
+        p = self.layer_param.batch_norm_param
+        self.moving_average_fraction = _c(p.moving_average_fraction)
+        self.use_global_stats = self.phase == caffe_pb2.TEST
+        if p.HasField("use_global_stats"):
+            self.use_global_stats = bool(p.use_global_stats)
+        self.eps = _c(p.eps)
+        b = bottom[0]
+        if b.num_axes == 0:
+            raise self.error("bottom blob must have at least one axis")
+        self.channels = 1 if b.num_axes == 1 else b.shape[1]
+        if not self.blobs:
+            for shape in ((self.channels,), (self.channels,), (1,)):
+                blob = self.blobs.add_blob(*shape)
+                blob.data[...] = 0
+        if len(self.blobs) != 3:
+            raise self.error("expects 3 blobs (mean sum, variance sum, scale factor), got %d",
+                             len(self.blobs))
+        for j, want in enumerate((self.channels, self.channels, 1)):
+            if self.blobs[j].count != want:
+                raise self.error("blob %d has shape %s (%d values); expected %d values for %d "
+                                 "channels", j, self.blobs[j].shape, self.blobs[j].count, want,
+                                 self.channels)
+        # Mask the statistics from the solver: lr_mult 0 for all three blobs.
+        params = self.layer_param.param
+        for i in range(len(self.blobs)):
+            if len(params) == i:
+                params.add().lr_mult = 0.0
+            elif params[i].lr_mult != 0:
+                raise self.error("Cannot configure batch normalization statistics as layer "
+                                 "parameters (param %d has lr_mult %g; it must be 0)",
+                                 i, params[i].lr_mult)
+        self._x_norm = None
+        self._std = None
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        c = 1 if b.num_axes == 1 else (b.shape[1] if b.num_axes >= 2 else 0)
+        if c != self.channels:
+            raise self.error("bottom has %d channels, the layer was set up for %d (shape %s)",
+                             c, self.channels, b.shape)
+        if top[0] is not b:
+            top[0].reshape(b.shape)
+        self.num = b.shape[0]
+        self.spatial = b.count // max(self.num * self.channels, 1)
+        xp = self.xp
+        if self._x_norm is None or self._x_norm.size != b.count:
+            self._x_norm = xp.zeros(b.count, dtype=xp.float32)
+
+    def _view(self, a):
+        return a.reshape(self.num, self.channels, self.spatial)
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        x = self._view(bottom[0].data)
+        y = self._view(top[0].data)
+        axes = (0, 2)
+        m = self.num * self.spatial
+        if self.use_global_stats:
+            s = float(self.blobs[2].data.reshape(-1)[0])
+            sf = 0.0 if s == 0 else _c(_f32(1) / _f32(s))
+            mean = self.blobs[0].data.reshape(-1) * sf
+            var = self.blobs[1].data.reshape(-1) * sf
+            xc = x - mean.reshape(1, -1, 1)
+        else:
+            mean = x.sum(axis=axes, dtype=xp.float32) * _c(1.0 / m)
+            xc = x - mean.reshape(1, -1, 1)
+            var = (xc * xc).sum(axis=axes, dtype=xp.float32) * _c(1.0 / m)
+            # running averages
+            lam = self.moving_average_fraction
+            b0, b1, b2 = (blob.data.reshape(-1) for blob in self.blobs)
+            b2 *= lam
+            b2 += 1
+            b0[...] = mean + b0 * lam
+            cnt = bottom[0].count // self.channels
+            corr = _c(_f32(cnt) / _f32(cnt - 1)) if cnt > 1 else 1.0
+            b1[...] = var * corr + b1 * lam
+        self._std = xp.sqrt(var + self.eps)
+        xp.divide(xc, self._std.reshape(1, -1, 1), out=y)
+        self._x_norm[...] = top[0].flat_data
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp
+        dy = self._view(top[0].diff)
+        dx = self._view(bottom[0].diff)
+        std = self._std.reshape(1, -1, 1)
+        if self.use_global_stats:
+            xp.divide(dy, std, out=dx)
+            return
+        y = self._view(self._x_norm)
+        axes = (0, 2)
+        m = self.num * self.spatial
+        sum_dyy = (dy * y).sum(axis=axes, dtype=xp.float32).reshape(1, -1, 1)
+        sum_dy = dy.sum(axis=axes, dtype=xp.float32).reshape(1, -1, 1)
+        g = dy - (y * sum_dyy + sum_dy) * _c(1.0 / m)
+        xp.divide(g, std, out=dx)
+
+
+class _BroadcastParam(Layer):
+    """Shared plumbing of Scale and Bias: a param (learned or bottom[1]) broadcast over
+    bottom[0] axes [axis, axis + num_axes)."""
+    min_bottom_blobs = 1
+    max_bottom_blobs = 2
+    exact_num_top_blobs = 1
+
+    def _param_shape(self, bottom, axis_field, num_axes, what):
+        b = bottom[0]
+        axis = _canonical_axis(self, b, axis_field)
+        if num_axes < -1:
+            raise self.error("num_axes must be non-negative, or -1 to extend to the end of "
+                             "bottom[0] (got %d)", num_axes)
+        if num_axes >= 0 and b.num_axes < axis + num_axes:
+            raise self.error("%s blob's shape extends past bottom[0]'s shape %s when applied "
+                             "starting with bottom[0] axis = %d", what, b.shape, axis)
+        end = b.num_axes if num_axes == -1 else axis + num_axes
+        return tuple(b.shape[axis:end])
+
+    def _dims(self, bottom, pshape, axis_field, what):
+        """outer, param, inner dims for a param of shape pshape over bottom[0]."""
+        b = bottom[0]
+        axis = 0 if len(pshape) == 0 else _canonical_axis(self, b, axis_field)
+        if b.num_axes < axis + len(pshape):
+            raise self.error("%s blob's shape %s extends past bottom[0]'s shape %s when applied "
+                             "starting with bottom[0] axis = %d", what, pshape, b.shape, axis)
+        for i, d in enumerate(pshape):
+            if b.shape[axis + i] != d:
+                raise self.error("dimension mismatch between bottom[0]->shape(%d) = %d and "
+                                 "%s->shape(%d) = %d (bottom shape %s, %s shape %s)",
+                                 axis + i, b.shape[axis + i], what, i, d, b.shape, what, pshape)
+        outer = b.count_range(0, axis)
+        pdim = _prod(pshape)
+        inner = b.count_range(axis + len(pshape))
+        return outer, pdim, inner
+
+
+@register_layer("Bias")
+class BiasLayer(_BroadcastParam):
+    """y = x + b, b (learned blob or bottom[1]) broadcast from `axis`."""
+
+    def layer_setup(self, bottom, top):
+        from ..fillers import fill
+        p = self.layer_param.bias_param
+        if len(bottom) == 1 and not self.blobs:
+            shape = self._param_shape(bottom, p.axis, p.num_axes, "bias")
+            blob = self.blobs.add_blob()
+            blob.reshape(shape)
+            fill(p.filler, blob)
+        _ensure_param_propagate(self)
+
+    def _bias_blob(self, bottom):
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def reshape(self, bottom, top):
+        bias = self._bias_blob(bottom)
+        self.outer, self.dim, self.inner = self._dims(bottom, bias.shape,
+                                                      self.layer_param.bias_param.axis, "bias")
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def forward_impl(self, bottom, top):
+        bias = self._bias_blob(bottom).data.reshape(1, self.dim, 1)
+        x = bottom[0].data.reshape(self.outer, self.dim, self.inner)
+        self.xp.add(x, bias, out=top[0].data.reshape(self.outer, self.dim, self.inner))
+
+    def backward_impl(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.outer, self.dim, self.inner)
+        if len(bottom) == 1 and self.param_propagate(0):
+            self.blobs[0].diff[...] += dy.sum(axis=(0, 2), dtype=self.xp.float32).reshape(
+                self.blobs[0].shape)
+        if len(bottom) > 1 and propagate_down[1]:
+            bottom[1].diff[...] = dy.sum(axis=(0, 2), dtype=self.xp.float32).reshape(
+                bottom[1].shape)
+        if propagate_down[0] and bottom[0] is not top[0]:
+            bottom[0].diff[...] = top[0].diff
+
+
+@register_layer("Scale")
+class ScaleLayer(_BroadcastParam):
+    """y = x * s (+ b): s learned (blob 0) or bottom[1]; optional learned bias (last blob)."""
+
+    def layer_setup(self, bottom, top):
+        from ..fillers import fill
+        from ..proto import caffe_pb2
+        p = self.layer_param.scale_param
+        if len(bottom) == 1 and not self.blobs:
+            shape = self._param_shape(bottom, p.axis, p.num_axes, "scale")
+            blob = self.blobs.add_blob()
+            blob.reshape(shape)
+            fp = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(
+                type="constant", value=1.0)
+            fill(fp, blob)
+        self.bias_param_id = None
+        if p.bias_term:
+            if len(self.blobs) + len(bottom) < 3:
+                # no preloaded bias: create it (shape as the internal Bias layer would)
+                num_axes = bottom[1].num_axes if len(bottom) > 1 else p.num_axes
+                shape = self._param_shape(bottom, p.axis, num_axes, "bias")
+                blob = self.blobs.add_blob()
+                blob.reshape(shape)
+                fill(p.bias_filler, blob)
+            self.bias_param_id = len(self.blobs) - 1
+        _ensure_param_propagate(self)
+        self._x_copy = None
+
+    def _scale_blob(self, bottom):
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.scale_param
+        scale = self._scale_blob(bottom)
+        self.outer, self.dim, self.inner = self._dims(bottom, scale.shape, p.axis, "scale")
+        if self.bias_param_id is not None:
+            bias = self.blobs[self.bias_param_id]
+            self.b_outer, self.b_dim, self.b_inner = self._dims(bottom, bias.shape, p.axis, "bias")
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def _v(self, a):
+        return a.reshape(self.outer, self.dim, self.inner)
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        if top[0] is bottom[0]:
+            if self._x_copy is None or self._x_copy.size != bottom[0].count:
+                self._x_copy = xp.empty(bottom[0].count, dtype=xp.float32)
+            self._x_copy[...] = bottom[0].flat_data
+        s = self._scale_blob(bottom).data.reshape(1, self.dim, 1)
+        y = self._v(top[0].data)
+        xp.multiply(self._v(bottom[0].data), s, out=y)
+        if self.bias_param_id is not None:
+            bias = self.blobs[self.bias_param_id].data.reshape(1, self.b_dim, 1)
+            yb = top[0].data.reshape(self.b_outer, self.b_dim, self.b_inner)
+            yb += bias
+
+    def backward_impl(self, top, propagate_down, bottom):
+        xp = self.xp
+        in_place = top[0] is bottom[0]
+        dy = self._v(top[0].diff)
+        if self.bias_param_id is not None and self.param_propagate(self.bias_param_id):
+            bb = self.blobs[self.bias_param_id]
+            dyb = top[0].diff.reshape(self.b_outer, self.b_dim, self.b_inner)
+            bb.diff[...] += dyb.sum(axis=(0, 2), dtype=xp.float32).reshape(bb.shape)
+        learned = len(bottom) == 1
+        if (learned and self.param_propagate(0)) or (not learned and propagate_down[1]):
+            x = self._x_copy if in_place else bottom[0].data
+            g = (dy * self._v(x)).sum(axis=(0, 2), dtype=xp.float32)
+            sblob = self._scale_blob(bottom)
+            if learned:
+                sblob.diff[...] += g.reshape(sblob.shape)
+            else:
+                sblob.diff[...] = g.reshape(sblob.shape)
+        if propagate_down[0]:
+            s = self._scale_blob(bottom).data.reshape(1, self.dim, 1)
+            xp.multiply(dy, s, out=self._v(bottom[0].diff))
+
+
+@register_layer("MVN")
+class MVNLayer(Layer):
+    """Mean-variance normalisation per (num, channel), or per num if across_channels."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.mvn_param
+        self.normalize_variance = bool(p.normalize_variance)
+        self.across_channels = bool(p.across_channels)
+        self.eps = _c(p.eps)
+        self._std = None
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes > 4:
+            raise self.error("MVN works on blobs of at most 4 axes (num, channels, height, "
+                             "width); bottom has shape %s", b.shape)
+        legacy = tuple(b.shape) + (1,) * (4 - b.num_axes)
+        # Caffe reshapes the top to the legacy 4-D shape (num, channels, height, width)
+        top[0].reshape(legacy)
+        n, c = legacy[0], legacy[1]
+        self.num = n if self.across_channels else n * c
+        self.dim = b.count // max(self.num, 1)
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        x = bottom[0].data.reshape(self.num, self.dim)
+        y = top[0].data.reshape(self.num, self.dim)
+        inv = _c(1.0 / self.dim)
+        mean = x.sum(axis=1, keepdims=True, dtype=xp.float32) * inv
+        xp.subtract(x, mean, out=y)
+        if self.normalize_variance:
+            var = (y * y).sum(axis=1, keepdims=True, dtype=xp.float32) * inv
+            self._std = xp.sqrt(var) + self.eps
+            y /= self._std
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp
+        dy = top[0].diff.reshape(self.num, self.dim)
+        dx = bottom[0].diff.reshape(self.num, self.dim)
+        inv = _c(1.0 / self.dim)
+        if self.normalize_variance:
+            y = top[0].data.reshape(self.num, self.dim)
+            s1 = (y * dy).sum(axis=1, keepdims=True, dtype=xp.float32)
+            s2 = dy.sum(axis=1, keepdims=True, dtype=xp.float32)
+            g = dy - (y * s1 + s2) * inv
+            xp.divide(g, self._std, out=dx)
+        else:
+            mean = dy.sum(axis=1, keepdims=True, dtype=xp.float32) * inv
+            xp.subtract(dy, mean, out=dx)
+
+
+@register_layer("Reduction")
+class ReductionLayer(Layer):
+    """SUM / ASUM / SUMSQ / MEAN over all axes from `axis` on, times coeff."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        from ..proto import caffe_pb2
+        p = self.layer_param.reduction_param
+        R = caffe_pb2.ReductionParameter
+        self.op = p.operation
+        if self.op not in (R.SUM, R.ASUM, R.SUMSQ, R.MEAN):
+            raise self.error("unknown reduction operation %d", self.op)
+        self._R = R
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        self.axis = 0 if b.num_axes == 0 else _canonical_axis(
+            self, b, self.layer_param.reduction_param.axis)
+        top[0].reshape(b.shape[:self.axis])
+        self.num = b.count_range(0, self.axis)
+        self.dim = b.count_range(self.axis)
+        coeff = _f32(self.layer_param.reduction_param.coeff)
+        if self.op == self._R.MEAN:
+            coeff = coeff / _f32(self.dim)
+        self.coeff = _c(coeff)
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        R = self._R
+        x = bottom[0].data.reshape(self.num, self.dim)
+        if self.op == R.ASUM:
+            r = xp.abs(x).sum(axis=1, dtype=xp.float32)
+        elif self.op == R.SUMSQ:
+            r = (x * x).sum(axis=1, dtype=xp.float32)
+        else:
+            r = x.sum(axis=1, dtype=xp.float32)
+        if self.coeff != 1:
+            r = r * self.coeff
+        top[0].data[...] = r.reshape(top[0].shape)
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp
+        R = self._R
+        c = (top[0].diff.reshape(self.num, 1) * self.coeff)
+        dx = bottom[0].diff.reshape(self.num, self.dim)
+        if self.op == R.ASUM:
+            x = bottom[0].data.reshape(self.num, self.dim)
+            xp.multiply(xp.sign(x), c, out=dx)
+        elif self.op == R.SUMSQ:
+            x = bottom[0].data.reshape(self.num, self.dim)
+            xp.multiply(x, c * 2, out=dx)
+        else:
+            dx[...] = c
+
+
+@register_layer("ArgMax")
+class ArgMaxLayer(Layer):
+    """Indices (and optionally values) of the top_k largest entries. No backward.
+
+    Ties rank the larger index first, as Caffe's partial_sort with std::greater on
+    (value, index) pairs does."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.argmax_param
+        self.out_max_val = bool(p.out_max_val)
+        self.top_k = int(p.top_k)
+        self.has_axis = p.HasField("axis")
+        if self.top_k < 1:
+            raise self.error("top_k must not be less than 1")
+        b = bottom[0]
+        if self.has_axis:
+            self.axis = _canonical_axis(self, b, p.axis)
+            if self.top_k > b.shape[self.axis]:
+                raise self.error("top_k (%d) must be less than or equal to the dimension of the "
+                                 "axis (%d)", self.top_k, b.shape[self.axis])
+        else:
+            if self.top_k > b.count_range(1):
+                raise self.error("top_k (%d) must be less than or equal to the dimension of the "
+                                 "flattened bottom blob per instance (%d)", self.top_k,
+                                 b.count_range(1))
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if self.has_axis:
+            shape = list(b.shape)
+            shape[self.axis] = self.top_k
+        else:
+            shape = [1] * max(b.num_axes, 3)
+            shape[0] = b.shape[0] if b.num_axes else 1
+            shape[2] = self.top_k
+            if self.out_max_val:
+                shape[1] = 2
+        top[0].reshape(shape)
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        b = bottom[0]
+        k = self.top_k
+        if self.has_axis:
+            outer = b.count_range(0, self.axis)
+            dim = b.shape[self.axis]
+            inner = b.count_range(self.axis + 1)
+        else:
+            outer = b.shape[0] if b.num_axes else 1
+            dim = b.count_range(1)
+            inner = 1
+        x = b.data.reshape(outer, dim, inner)
+        # descending by value, ties -> larger index first: a stable ascending sort, reversed
+        kw = {"kind": "stable"} if xp is np else {}
+        idx = xp.argsort(x, axis=1, **kw)[:, ::-1, :][:, :k, :]
+        vals = xp.take_along_axis(x, idx, axis=1)
+        if self.has_axis:
+            out = top[0].data.reshape(outer, k, inner)
+            out[...] = vals if self.out_max_val else idx
+        elif self.out_max_val:
+            out = top[0].data.reshape(outer, 2, k)
+            out[:, 0, :] = idx[:, :, 0]
+            out[:, 1, :] = vals[:, :, 0]
+        else:
+            top[0].data.reshape(outer, k)[...] = idx[:, :, 0]

@@ -1,0 +1,44 @@
+"""Binary files interoperate with Caffe's: the conformance solver cases' init.caffemodel
+files (written by Caffe) load into their nets, and what caffepy writes reads back exactly."""
+import os
+
+import numpy as np
+import pytest
+
+import caffepy
+from caffepy.proto import caffe_pb2
+from caffepy.proto.io import blobproto_to_array, read_binary
+from conformance import SOLVER_DIR, copy_case, list_cases
+
+CASES = [c for c in list_cases(SOLVER_DIR)
+         if os.path.exists(os.path.join(SOLVER_DIR, c, "init.caffemodel"))]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_init_caffemodel_loads_into_its_net(case, tmp_path, monkeypatch):
+    work = copy_case(os.path.join(SOLVER_DIR, case), tmp_path)
+    monkeypatch.chdir(work)
+    net = caffepy.Net("net.prototxt", caffepy.TRAIN)
+    try:
+        net.copy_from("init.caffemodel")
+        src = read_binary("init.caffemodel", caffe_pb2.NetParameter())
+        copied = 0
+        for layer in src.layer:
+            if layer.name not in net.layer_names_index or not len(layer.blobs):
+                continue
+            target = net.layer_by_name(layer.name).blobs
+            for j, bp in enumerate(layer.blobs):
+                assert np.array_equal(target[j].data.ravel(), blobproto_to_array(bp).ravel())
+                copied += 1
+        assert copied > 0
+        # and what caffepy writes back is the same numbers, bit for bit
+        out = os.path.join(str(tmp_path), "resaved.caffemodel")
+        net.save(out)
+        again = caffepy.Net("net.prototxt", caffepy.TRAIN, weights=out)
+        for name, blobs in net.params.items():
+            for a, b in zip(blobs, again.params[name]):
+                assert a.data.tobytes() == b.data.tobytes()
+    finally:
+        for l in net.layers:
+            if hasattr(l, "close"):
+                l.close()
