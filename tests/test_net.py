@@ -275,8 +275,8 @@ def test_copy_from_shape_mismatch_names_layer_and_shapes(tmp_path):
     other = caffepy.Net(net_param(LENET_TEST.replace("num_output: 30", "num_output: 31"),
                                   caffe_pb2.TRAIN))
     with pytest.raises(NetError, match=r"cannot copy param 0 weights from layer 'ip1'; shape "
-                                       r"mismatch. Source param shape is 30 720; target param "
-                                       r"shape is 31 720"):
+                                       r"mismatch. Source param shape is 30 2880; target param "
+                                       r"shape is 31 2880"):
         other.copy_from(path)
 
 
