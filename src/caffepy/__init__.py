@@ -13,3 +13,6 @@ TEST = caffe_pb2.TEST
 from .net import Net  # noqa: E402,F401
 from . import gradient_check, fillers  # noqa: E402,F401
 from .proto import io as proto_io  # noqa: E402,F401
+from .solver import (Solver, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: E402,F401
+                     AdaDeltaSolver, AdamSolver, get_solver, SolverError)
+from .regularizers import Regularizer, register_regularizer  # noqa: E402,F401

@@ -153,7 +153,8 @@ class Blob:
 
     def update(self):
         """data -= diff (Caffe's Blob::Update)."""
-        self.flat_data -= self.flat_diff
+        d = self.flat_data
+        d -= self.flat_diff
 
     def asum_data(self):
         return float(abs(self.flat_data).sum())
@@ -170,7 +171,8 @@ class Blob:
         return float((d * d).sum())
 
     def scale_diff(self, factor):
-        self.flat_diff[...] *= factor
+        d = self.flat_diff
+        d *= factor
 
     def __repr__(self):
         return "Blob(%s)" % (", ".join(str(d) for d in self._shape))
