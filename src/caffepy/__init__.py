@@ -16,3 +16,5 @@ from .proto import io as proto_io  # noqa: E402,F401
 from .solver import (Solver, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: E402,F401
                      AdaDeltaSolver, AdamSolver, get_solver, SolverError)
 from .regularizers import Regularizer, register_regularizer  # noqa: E402,F401
+from . import io, net_spec  # noqa: E402,F401
+from .net_spec import params, NetSpec, to_proto  # noqa: E402,F401

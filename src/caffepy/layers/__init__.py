@@ -3,3 +3,11 @@
 Importing this package registers every built-in type with the layer registry.
 """
 from . import data, vision, neuron, common, normalization, loss, recurrent, python_layer  # noqa: F401
+
+
+def __getattr__(name):
+    # pycaffe's net_spec pseudo-module: caffepy.layers.Convolution(...) == caffe.layers.Convolution
+    if name[:1].isupper():
+        from ..net_spec import layers as _ns_layers
+        return getattr(_ns_layers, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

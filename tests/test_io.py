@@ -1,0 +1,326 @@
+"""Tests of caffepy.io (pycaffe's caffe.io): proto/datum conversion, image loading and
+resizing, oversampling and the Transformer, with hand-computed values."""
+import io as _stdio
+
+import numpy as np
+import pytest
+
+from caffepy import io as cio
+from caffepy.proto import caffe_pb2
+
+
+@pytest.fixture
+def Image():
+    """PIL.Image (Pillow is the optional 'images' extra; image tests skip without it)."""
+    return pytest.importorskip("PIL.Image")
+
+
+# -- BlobProto -------------------------------------------------------------------------
+
+def test_array_blobproto_round_trip_exact():
+    rng = np.random.default_rng(0)
+    arr = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    diff = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    bp = cio.array_to_blobproto(arr, diff)
+    assert list(bp.shape.dim) == [2, 3, 4, 5]
+    assert not bp.HasField("num")
+    back = cio.blobproto_to_array(bp)
+    assert back.dtype == np.float64                     # as pycaffe (np.array of floats)
+    assert back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+    np.testing.assert_array_equal(cio.blobproto_to_array(bp, return_diff=True), diff)
+    # serialised and parsed again
+    bp2 = caffe_pb2.BlobProto.FromString(bp.SerializeToString())
+    np.testing.assert_array_equal(cio.blobproto_to_array(bp2), arr)
+
+
+def test_blobproto_legacy_shape_wins():
+    bp = caffe_pb2.BlobProto()
+    bp.num, bp.channels, bp.height, bp.width = 1, 2, 1, 3
+    bp.shape.dim.extend([6])                            # ignored: legacy fields are set
+    bp.data.extend([1, 2, 3, 4, 5, 6])
+    a = cio.blobproto_to_array(bp)
+    assert a.shape == (1, 2, 1, 3)
+    np.testing.assert_array_equal(a.ravel(), [1, 2, 3, 4, 5, 6])
+    # no legacy field set: shape.dim
+    bp = caffe_pb2.BlobProto()
+    bp.shape.dim.extend([2, 2])
+    bp.data.extend([0.5, -1.5, 2.25, 8])
+    np.testing.assert_array_equal(cio.blobproto_to_array(bp), [[0.5, -1.5], [2.25, 8]])
+
+
+def test_blobproto_wrong_count_is_an_error():
+    bp = caffe_pb2.BlobProto()
+    bp.shape.dim.extend([2, 2])
+    bp.data.extend([1, 2, 3])
+    with pytest.raises(ValueError):
+        cio.blobproto_to_array(bp)
+
+
+def test_blobprotovector_round_trip():
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3) / 7,
+              np.array([1e-30, -3.5, 65504.0], dtype=np.float32)]
+    s = cio.arraylist_to_blobprotovector_str(arrays)
+    assert isinstance(s, bytes)
+    back = cio.blobprotovector_str_to_arraylist(s)
+    assert len(back) == 2
+    for a, b in zip(arrays, back):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mean_binaryproto_reads_with_blobproto_to_array(tmp_path):
+    from caffepy.proto.io import write_mean_binaryproto
+    mean = np.arange(12, dtype=np.float32).reshape(3, 2, 2) * 0.25
+    path = str(tmp_path / "mean.binaryproto")
+    write_mean_binaryproto(mean, path)
+    bp = caffe_pb2.BlobProto()
+    with open(path, "rb") as f:
+        bp.ParseFromString(f.read())
+    a = cio.blobproto_to_array(bp)
+    assert a.shape == (1, 3, 2, 2)
+    np.testing.assert_array_equal(a[0], mean)
+
+
+# -- Datum -----------------------------------------------------------------------------
+
+def test_datum_uint8_round_trip():
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4) * 10
+    d = cio.array_to_datum(arr, label=7)
+    assert (d.channels, d.height, d.width, d.label) == (2, 3, 4, 7)
+    assert d.data == arr.tobytes() and len(d.float_data) == 0
+    back = cio.datum_to_array(caffe_pb2.Datum.FromString(d.SerializeToString()))
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, arr)
+    back[0, 0, 0] = 1                                   # writable, as pycaffe's
+    assert not d.HasField("encoded")
+
+
+def test_datum_float_round_trip():
+    arr = (np.arange(12, dtype=np.float32).reshape(3, 2, 2) - 5.5) / 3
+    d = cio.array_to_datum(arr)
+    assert not d.HasField("label") and d.data == b""
+    assert len(d.float_data) == 12
+    back = cio.datum_to_array(d)
+    assert back.dtype == np.float64 and back.shape == (3, 2, 2)
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_array_to_datum_needs_3d():
+    with pytest.raises(ValueError, match="Incorrect array shape"):
+        cio.array_to_datum(np.zeros((2, 2), np.uint8))
+
+
+def test_encoded_datum_is_decoded_to_bgr(Image):
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]],
+                    [[0, 0, 255], [10, 20, 30]]], dtype=np.uint8)       # H x W x RGB
+    buf = _stdio.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
+    d = caffe_pb2.Datum(data=buf.getvalue(), encoded=True, label=3)
+    a = cio.datum_to_array(d)
+    assert a.shape == (3, 2, 2) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, rgb[:, :, ::-1].transpose(2, 0, 1))   # BGR planes
+
+
+# -- load_image ------------------------------------------------------------------------
+
+RGB = np.array([[[0, 51, 255], [255, 255, 255]],
+                [[102, 0, 0], [1, 2, 3]],
+                [[10, 200, 100], [0, 0, 0]]], dtype=np.uint8)          # 3 x 2 x RGB
+
+
+def test_load_image_color(tmp_path, Image):
+    path = str(tmp_path / "im.png")
+    Image.fromarray(RGB, "RGB").save(path)
+    im = cio.load_image(path)
+    assert im.shape == (3, 2, 3) and im.dtype == np.float32
+    np.testing.assert_array_equal(im, (RGB / 255.0).astype(np.float32))
+    assert im[0, 0, 1] == np.float32(0.2) and im[0, 0, 2] == 1.0
+
+
+def test_load_image_gray_from_color(tmp_path, Image):
+    path = str(tmp_path / "im.png")
+    Image.fromarray(RGB, "RGB").save(path)
+    im = cio.load_image(path, color=False)
+    assert im.shape == (3, 2, 1) and im.dtype == np.float32
+    # skimage's rgb2gray: 0.2125 R + 0.7154 G + 0.0721 B of the [0, 1] image
+    assert im[0, 0, 0] == pytest.approx(0.7154 * 0.2 + 0.0721, abs=1e-7)
+    assert im[0, 1, 0] == pytest.approx(1.0, abs=1e-7)
+    assert im[1, 0, 0] == pytest.approx(0.2125 * 0.4, abs=1e-7)
+
+
+def test_load_image_grey_file_and_alpha(tmp_path, Image):
+    g = np.array([[0, 128], [255, 64]], dtype=np.uint8)
+    path = str(tmp_path / "g.png")
+    Image.fromarray(g, "L").save(path)
+    im = cio.load_image(path)                           # colour: the grey plane repeated
+    assert im.shape == (2, 2, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(im[:, :, c], (g / 255.0).astype(np.float32))
+    im1 = cio.load_image(path, color=False)
+    assert im1.shape == (2, 2, 1)
+    np.testing.assert_array_equal(im1[:, :, 0], (g / 255.0).astype(np.float32))
+    rgba = np.concatenate([RGB, np.full((3, 2, 1), 7, np.uint8)], axis=2)
+    path = str(tmp_path / "a.png")
+    Image.fromarray(rgba, "RGBA").save(path)
+    np.testing.assert_array_equal(cio.load_image(path), (RGB / 255.0).astype(np.float32))
+
+
+# -- resize_image ----------------------------------------------------------------------
+
+def test_resize_bilinear_hand_values():
+    im = np.array([[[-1.0], [3.0]]], dtype=np.float32)           # 1 x 2 x 1
+    out = cio.resize_image(im, (1, 4))
+    assert out.shape == (1, 4, 1) and out.dtype == np.float32
+    # sample x = (d + 0.5)/2 - 0.5 = -0.25, 0.25, 0.75, 1.25 on the [0, 1]-normalised
+    # image, with skimage's mode='constant' (0 outside): [0, .25, .75, .75] -> *4 - 1
+    np.testing.assert_allclose(out[0, :, 0], [-1, 0, 2, 2], atol=1e-6)
+    near = cio.resize_image(im, (1, 4), interp_order=0)
+    np.testing.assert_array_equal(near[0, :, 0], [-1, -1, 3, 3])
+
+
+def test_resize_2d_bilinear_and_shrink():
+    im = np.array([[0, 2], [4, 6]], dtype=np.float32)[:, :, None]  # min 0, max 6
+    out = cio.resize_image(im, (4, 4))[:, :, 0]
+    # per axis the normalised weights are [.75 v0, .75 v0 + .25 v1, .25 v0 + .75 v1, .75 v1]
+    w = np.array([[0.75, 0], [0.75, 0.25], [0.25, 0.75], [0, 0.75]])
+    np.testing.assert_allclose(out, w @ im[:, :, 0] @ w.T, atol=1e-5)
+    # a 2x shrink samples exactly between pixels
+    big = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+    small = cio.resize_image(big, (2, 2))[:, :, 0]
+    np.testing.assert_allclose(small, [[2.5, 4.5], [10.5, 12.5]], atol=1e-5)
+
+
+def test_resize_other_channel_counts_use_corner_aligned_zoom():
+    im = np.zeros((1, 2, 4), np.float32)
+    im[0, :, 0] = [-1, 3]
+    im[0, :, 3] = [5, 5]
+    out = cio.resize_image(im, (1, 4))
+    assert out.shape == (1, 4, 4)
+    np.testing.assert_allclose(out[0, :, 0], [-1, 1 / 3, 5 / 3, 3], atol=1e-6)
+    np.testing.assert_allclose(out[0, :, 3], 5, atol=1e-6)
+
+
+def test_resize_constant_image_and_errors():
+    im = np.full((3, 3, 3), 0.5, np.float32)
+    out = cio.resize_image(im, (5, 2))
+    assert out.shape == (5, 2, 3) and out.dtype == np.float32
+    assert np.all(out == 0.5)
+    with pytest.raises(ValueError):
+        cio.resize_image(im, (2, 2), interp_order=3)
+
+
+# -- oversample ------------------------------------------------------------------------
+
+def test_oversample_positions_and_order():
+    im = np.arange(5 * 6, dtype=np.float32).reshape(5, 6, 1)
+    im2 = -im
+    crops = cio.oversample([im, im2], (3, 4))
+    assert crops.shape == (20, 3, 4, 1) and crops.dtype == np.float32
+    # corners (0,0), (0,2), (2,0), (2,2); centre: floor(2.5 - 1.5), floor(3 - 2) = (1, 1)
+    starts = [(0, 0), (0, 2), (2, 0), (2, 2), (1, 1)]
+    for n, src in enumerate([im, im2]):
+        for k, (y, x) in enumerate(starts):
+            exp = src[y:y + 3, x:x + 4]
+            np.testing.assert_array_equal(crops[10 * n + k], exp)
+            np.testing.assert_array_equal(crops[10 * n + 5 + k], exp[:, ::-1])
+    assert crops[4, 0, 0, 0] == 7.0                      # im[1, 1]
+
+
+def test_oversample_odd_centre():
+    im = np.arange(7 * 7 * 2, dtype=np.float32).reshape(7, 7, 2)
+    crops = cio.oversample(np.array([im]), (4, 3))
+    # centre: rows floor(3.5 - 2) = 1 .. 5, cols floor(3.5 - 1.5) = 2 .. 5
+    np.testing.assert_array_equal(crops[4], im[1:5, 2:5])
+
+
+# -- Transformer -----------------------------------------------------------------------
+
+def _image():
+    # 2 x 2 x RGB in [0, 1]
+    return np.array([[[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]],
+                     [[0.7, 0.8, 0.9], [1.0, 0.0, 0.5]]], dtype=np.float32)
+
+
+def _caffenet_transformer(shape=(1, 3, 2, 2)):
+    t = cio.Transformer({"data": shape})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (2, 1, 0))
+    t.set_raw_scale("data", 255)
+    t.set_mean("data", np.array([10.0, 20.0, 30.0]))
+    t.set_input_scale("data", 0.5)
+    return t
+
+
+def test_transformer_preprocess_hand_values():
+    t = _caffenet_transformer()
+    im = _image()
+    before = im.copy()
+    out = t.preprocess("data", im)
+    assert out.shape == (3, 2, 2) and out.dtype == np.float32
+    np.testing.assert_array_equal(im, before)            # the caller's image is untouched
+    # out[c, h, w] = (im[h, w, 2 - c] * 255 - mean[c]) * 0.5
+    assert out[0, 0, 0] == pytest.approx((0.3 * 255 - 10) * 0.5, rel=1e-6)   # 33.25
+    assert out[1, 0, 1] == pytest.approx((0.5 * 255 - 20) * 0.5, rel=1e-6)   # 53.75
+    assert out[2, 1, 0] == pytest.approx((0.7 * 255 - 30) * 0.5, rel=1e-6)   # 74.25
+    assert out[0, 1, 1] == pytest.approx((0.5 * 255 - 10) * 0.5, rel=1e-6)   # 58.75
+    exp = (im[:, :, ::-1].transpose(2, 0, 1) * np.float32(255)
+           - np.array([10, 20, 30.0])[:, None, None]) * 0.5
+    np.testing.assert_allclose(out, exp, rtol=1e-6)
+
+
+def test_transformer_deprocess_inverts():
+    t = _caffenet_transformer()
+    im = _image()
+    out = t.preprocess("data", im)
+    back = t.deprocess("data", out[None])                # batch axis squeezed
+    assert back.shape == (2, 2, 3)
+    np.testing.assert_allclose(back, im, atol=1e-6)
+
+
+def test_transformer_resizes_to_blob_dims():
+    t = cio.Transformer({"data": (1, 3, 2, 2)})
+    t.set_transpose("data", (2, 0, 1))
+    im = np.tile(np.arange(16, dtype=np.float32).reshape(4, 4, 1), (1, 1, 3))
+    out = t.preprocess("data", im)
+    assert out.shape == (3, 2, 2)
+    np.testing.assert_allclose(out[0], [[2.5, 4.5], [10.5, 12.5]], atol=1e-5)
+    # same size: no resize, values unchanged
+    t2 = cio.Transformer({"data": (1, 3, 4, 4)})
+    np.testing.assert_array_equal(t2.preprocess("data", im), im)
+
+
+def test_transformer_elementwise_mean_and_errors():
+    t = cio.Transformer({"data": (1, 3, 2, 2)})
+    mean = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    t.set_mean("data", mean)
+    t.set_transpose("data", (2, 0, 1))
+    out = t.preprocess("data", np.ones((2, 2, 3), np.float32))
+    np.testing.assert_array_equal(out, 1 - mean)
+    with pytest.raises(Exception, match="is not one of the net inputs"):
+        t.preprocess("image", np.ones((2, 2, 3)))
+    with pytest.raises(ValueError, match="Mean channels incompatible with input."):
+        t.set_mean("data", np.zeros(4))
+    with pytest.raises(ValueError, match="Mean shape incompatible with input shape."):
+        t.set_mean("data", np.zeros((3, 3, 2)))
+    with pytest.raises(ValueError, match="Mean shape invalid"):
+        t.set_mean("data", np.zeros((1, 3, 2, 2)))
+    with pytest.raises(ValueError, match="Mean shape incompatible with input shape."):
+        t.set_mean("data", np.zeros((2, 2)))             # H x W is taken as 1 x H x W
+    with pytest.raises(Exception, match="Transpose order needs"):
+        t.set_transpose("data", (1, 0))
+    with pytest.raises(Exception, match="Channel swap needs"):
+        t.set_channel_swap("data", (1, 0))
+
+
+def test_transformer_grey_image():
+    t = cio.Transformer({"data": (2, 1, 3, 2)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_raw_scale("data", 255.0)
+    t.set_mean("data", np.array([100.0]))
+    im = np.array([[0.0, 0.5], [1.0, 0.25], [0.75, 0.125]], np.float32)[:, :, None]
+    out = t.preprocess("data", im)
+    assert out.shape == (1, 3, 2)
+    np.testing.assert_allclose(out[0], im[:, :, 0] * 255 - 100, rtol=1e-6)
+    t.set_mean("data", np.full((3, 2), 50.0))            # H x W mean for a 1-channel input
+    np.testing.assert_allclose(t.preprocess("data", im)[0], im[:, :, 0] * 255 - 50, rtol=1e-6)
