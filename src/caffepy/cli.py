@@ -8,6 +8,11 @@
     caffepy time -model lenet_train_test.prototxt -iterations 10
     caffepy device_query
     caffepy convert_mnist --bundled --split train examples/mnist/mnist_train_lmdb
+    caffepy convert_imageset --resize_height=256 --resize_width=256 --shuffle \
+        data/train/ data/train.txt train_lmdb
+    caffepy compute_image_mean -backend lmdb train_lmdb mean.binaryproto
+    caffepy extract_features net.caffemodel feat.prototxt fc7 fc7_lmdb 10 lmdb GPU 0
+    caffepy upgrade_net_proto_text old.prototxt new.prototxt
 
 Flags are read the way gflags reads them, so existing Caffe shell scripts work unchanged:
 ``-flag value``, ``-flag=value``, ``--flag value``, ``--flag=value``; boolean flags also as
@@ -92,13 +97,29 @@ FLAGS = [
          "Optional; action to take when a SIGHUP signal is received: snapshot, stop or none."),
     # convert_mnist (examples/mnist/convert_mnist_data.cpp, plus .npz input)
     Flag("backend", str, "lmdb", "The backend {lmdb, leveldb} for storing the result "
-         "(convert_mnist).", "convert_mnist"),
+         "(convert_mnist, convert_imageset) or holding the images (compute_image_mean).",
+         "convert_mnist"),
     Flag("npz", str, "", "convert_mnist: read {split}_images/{split}_labels from this .npz "
          "instead of idx files.", "convert_mnist"),
     Flag("bundled", bool, False, "convert_mnist: use the bundled 5,000-digit MNIST sample "
          "(4,000 train / 1,000 test).", "convert_mnist"),
     Flag("split", str, "", "convert_mnist with --npz/--bundled: 'train' or 'test'.",
          "convert_mnist"),
+    # convert_imageset (tools/convert_imageset.cpp)
+    Flag("gray", bool, False, "When this option is on, treat images as grayscale ones",
+         "convert_imageset"),
+    Flag("shuffle", bool, False, "Randomly shuffle the order of images and their labels",
+         "convert_imageset"),
+    Flag("shuffle_seed", int, 0, "caffepy: the seed of --shuffle (the same seed gives the same "
+         "order; -1 draws a fresh one, as Caffe's unseeded shuffle does).", "convert_imageset"),
+    Flag("resize_width", int, 0, "Width images are resized to", "convert_imageset"),
+    Flag("resize_height", int, 0, "Height images are resized to", "convert_imageset"),
+    Flag("check_size", bool, False, "When this option is on, check that all the datum have "
+         "the same size", "convert_imageset"),
+    Flag("encoded", bool, False, "When this option is on, the encoded image will be save in "
+         "datum", "convert_imageset"),
+    Flag("encode_type", str, "", "Optional: What type should we encode the image as "
+         "('png','jpg',...).", "convert_imageset"),
     # glog
     Flag("log_dir", str, "", "If specified, logfiles are written into this directory as well "
          "as to stderr.", "glog"),
@@ -190,11 +211,14 @@ def parse_flags(args, flag_index=None):
 # -- commands ----------------------------------------------------------------------------
 
 COMMANDS = {}        # name -> (function, one-line help), in usage order
+TAKES_ARGS = set()   # commands that take positional arguments (the others reject them)
 
 
-def command(name, help):
+def command(name, help, takes_args=False):
     def deco(fn):
         COMMANDS[name] = (fn, help)
+        if takes_args:
+            TAKES_ARGS.add(name)
         return fn
     return deco
 
@@ -210,15 +234,21 @@ def _command_names():
 def usage_message():
     lines = ["%s: command line brew (Caffe's `caffe` tool, in Python)" % PROGRAM,
              "usage: %s <command> <args>" % PROGRAM, "", "commands:"]
-    for name in _command_names():
-        lines.append("  %-15s %s" % (name, COMMANDS[name][1]))
+    names = _command_names()
+    width = max([15] + [len(n) for n in names])
+    for name in names:
+        lines.append("  %-*s %s" % (width, name, COMMANDS[name][1]))
     return "\n".join(lines)
 
 
-def flags_help(sections=("caffe", "convert_mnist", "glog")):
+HELP_SECTIONS = ("caffe", "convert_mnist", "convert_imageset", "glog")
+
+
+def flags_help(sections=HELP_SECTIONS):
     out = []
     titles = {"caffe": "Flags from tools/caffe.cpp:", "convert_mnist":
               "Flags of convert_mnist (examples/mnist/convert_mnist_data.cpp):",
+              "convert_imageset": "Flags of convert_imageset (tools/convert_imageset.cpp):",
               "glog": "Logging flags (glog):", "gflags": "Other flags (gflags):"}
     for sec in sections:
         out.append("")
@@ -230,7 +260,7 @@ def flags_help(sections=("caffe", "convert_mnist", "glog")):
     return "\n".join(out)
 
 
-def show_usage(stream=None, with_flags=True, sections=("caffe", "convert_mnist", "glog")):
+def show_usage(stream=None, with_flags=True, sections=HELP_SECTIONS):
     stream = sys.stderr if stream is None else stream
     text = usage_message()
     if with_flags:
@@ -678,7 +708,7 @@ def device_query(flags, args):
 # -- convert_mnist -------------------------------------------------------------------------
 
 @command("convert_mnist", "convert MNIST (idx files, an .npz, or the bundled sample) to an "
-         "LMDB of Datums")
+         "LMDB of Datums", takes_args=True)
 def convert_mnist(flags, args):
     from .tools import convert_mnist as cm
     usage = ("usage: caffepy convert_mnist IMAGES_IDX LABELS_IDX OUT_DB [--backend lmdb|leveldb]\n"
@@ -703,6 +733,118 @@ def convert_mnist(flags, args):
                        % (len(args), "" if len(args) == 1 else "s", usage))
     cm.convert_mnist_data(args[0], args[1], args[2], flags.backend)
     return 0
+
+
+# -- dataset and upgrade tools (tools/*.cpp) --------------------------------------------------
+
+CONVERT_IMAGESET_USAGE = (
+    "Convert a set of images to the leveldb/lmdb format used as input for Caffe.\n"
+    "Usage:\n"
+    "    caffepy convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\n"
+    "LISTFILE holds one 'relpath label' per line; images are read from ROOTFOLDER/relpath.\n"
+    "Flags: --gray --shuffle [--shuffle_seed N] --backend lmdb|leveldb --resize_width W "
+    "--resize_height H --check_size --encoded --encode_type png|jpg|...")
+
+
+@command("convert_imageset", "convert a set of images and a list file to an LMDB/LevelDB of "
+         "Datums", takes_args=True)
+def convert_imageset(flags, args):
+    from .tools.convert_imageset import convert_imageset as run_convert
+    if len(args) != 3:
+        raise CliError("convert_imageset needs ROOTFOLDER/ LISTFILE DB_NAME (got %d argument%s)"
+                       "\n%s" % (len(args), "" if len(args) == 1 else "s",
+                                 CONVERT_IMAGESET_USAGE))
+    run_convert(args[0], args[1], args[2], gray=flags.gray, shuffle=flags.shuffle,
+                backend=flags.backend, resize_width=flags.resize_width,
+                resize_height=flags.resize_height, check_size=flags.check_size,
+                encoded=flags.encoded, encode_type=flags.encode_type,
+                shuffle_seed=flags.shuffle_seed)
+    return 0
+
+
+@command("compute_image_mean", "compute the mean image of an LMDB/LevelDB of Datums (a mean "
+         ".binaryproto)", takes_args=True)
+def compute_image_mean(flags, args):
+    from .tools.compute_image_mean import compute_image_mean as run_mean
+    if not 1 <= len(args) <= 2:
+        raise CliError("compute_image_mean needs INPUT_DB [OUTPUT_FILE] (got %d arguments)\n"
+                       "Compute the mean_image of a set of images given by a leveldb/lmdb\n"
+                       "Usage:\n    caffepy compute_image_mean [-backend lmdb|leveldb] INPUT_DB "
+                       "[OUTPUT_FILE]" % len(args))
+    run_mean(args[0], args[1] if len(args) == 2 else None, backend=flags.backend)
+    return 0
+
+
+EXTRACT_FEATURES_USAGE = (
+    "This program takes in a trained network and an input data layer, and then extract "
+    "features of the input data produced by the net.\n"
+    "Usage: caffepy extract_features pretrained_net_param feature_extraction_proto_file "
+    "extract_feature_blob_name1[,name2,...] save_feature_dataset_name1[,name2,...] "
+    "num_mini_batches db_type [CPU/GPU] [DEVICE_ID=0]\n"
+    "Note: you can extract multiple features in one pass by specifying multiple feature blob "
+    "names and dataset names separated by ','. The names cannot contain white space characters "
+    "and the number of blobs and datasets must be equal.")
+
+
+@command("extract_features", "run a trained net and store the values of blobs in "
+         "LMDB/LevelDB databases", takes_args=True)
+def extract_features(flags, args):
+    from .tools.extract_features import extract_features as run_extract
+    if not 6 <= len(args) <= 8:
+        raise CliError("extract_features needs 6 to 8 arguments (got %d)\n%s"
+                       % (len(args), EXTRACT_FEATURES_USAGE))
+    if len(args) > 6 and args[6] == "GPU":
+        device_id = 0
+        if len(args) > 7:
+            try:
+                device_id = int(args[7])
+            except ValueError:
+                raise CliError("DEVICE_ID must be a non-negative integer (got '%s')"
+                               % args[7]) from None
+            if device_id < 0:
+                raise CliError("DEVICE_ID must be a non-negative integer (got %d)" % device_id)
+        log.info("Using GPU")
+        log.info("Using Device_id=%d", device_id)
+        gpus = get_gpus(flags.replace(gpu=str(device_id)))
+        _use_gpu(gpus[0])
+    else:
+        if len(args) > 6 and args[6] != "CPU":
+            log.warning("'%s' is neither CPU nor GPU: running on the CPU", args[6])
+        log.info("Using CPU")
+        _use_cpu()
+    run_extract(args[0], args[1], args[2], args[3], args[4], args[5])
+    return 0
+
+
+def _upgrade_args(name, args, what):
+    if len(args) != 2:
+        raise CliError("Usage: caffepy %s %s OUT (got %d argument%s)"
+                       % (name, what, len(args), "" if len(args) == 1 else "s"))
+    return args
+
+
+@command("upgrade_net_proto_text", "upgrade a net prototxt (V0/V1 layers, input fields ...) to "
+         "the current format", takes_args=True)
+def upgrade_net_proto_text(flags, args):
+    from .tools.upgrade import upgrade_net_proto
+    src, dst = _upgrade_args("upgrade_net_proto_text", args, "v0_net_proto_file_in")
+    return upgrade_net_proto(src, dst, binary=False)
+
+
+@command("upgrade_net_proto_binary", "upgrade a binary net (.caffemodel) to the current format",
+         takes_args=True)
+def upgrade_net_proto_binary(flags, args):
+    from .tools.upgrade import upgrade_net_proto
+    src, dst = _upgrade_args("upgrade_net_proto_binary", args, "v0_net_proto_file_in")
+    return upgrade_net_proto(src, dst, binary=True)
+
+
+@command("upgrade_solver_proto_text", "upgrade a solver prototxt (solver_type enum -> type) to "
+         "the current format", takes_args=True)
+def upgrade_solver_proto_text(flags, args):
+    from .tools.upgrade import upgrade_solver_proto_text as run_upgrade
+    src, dst = _upgrade_args("upgrade_solver_proto_text", args, "solver_proto_file_in")
+    return run_upgrade(src, dst)
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -748,7 +890,7 @@ def run(argv, solver_overrides=None, solver_param=None):
         return 0
     if flags.help or flags.helpshort:
         show_usage(sys.stdout, sections=("caffe",) if flags.helpshort else
-                   ("caffe", "convert_mnist", "glog", "gflags"))
+                   HELP_SECTIONS + ("gflags",))
         return 0
     if not positional:
         show_usage()
@@ -766,7 +908,7 @@ def run(argv, solver_overrides=None, solver_param=None):
             cfg.restore()
         return 1
     fn = COMMANDS[name][0]
-    if args and name != "convert_mnist":
+    if args and name not in TAKES_ARGS:
         sys.stderr.write("ERROR: unexpected argument%s after '%s': %s\n"
                          % ("s" if len(args) > 1 else "", name, " ".join(args)))
         show_usage()

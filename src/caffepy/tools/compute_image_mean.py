@@ -1,0 +1,116 @@
+"""Caffe's ``compute_image_mean``: the per-pixel mean of a Datum database, as a mean file.
+
+    caffepy compute_image_mean [-backend lmdb] INPUT_DB [OUTPUT_FILE]
+
+The mean file is one BlobProto {num 1, channels, height, width (the legacy fields), data =
+the mean of every record's pixels, float}.  Records are read in key order; encoded records
+are decoded first (in their native channels, DecodeDatumNative), raw ones contribute their
+uint8 ``data`` or, when that is empty, their ``float_data``.  The sums are float32 added
+record by record and divided by the record count in float32, as tools/compute_image_mean.cpp
+does, so the file matches Caffe's to the bit.  The per-channel means are logged
+("mean_value channel [c]: v").  Records of different sizes are an error naming the key.
+"""
+import logging
+
+import numpy as np
+
+from ..proto import caffe_pb2
+from . import ToolError
+from .dbio import check_backend
+
+log = logging.getLogger("caffepy")
+
+LOG_EVERY = 10000
+
+
+def _key(key):
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+
+
+def _record_values(value, key):
+    """One record -> (shape (C, H, W), flat float32 values, was it encoded)."""
+    from ..data.db import DataError, decode_image
+    datum = caffe_pb2.Datum()
+    try:
+        datum.ParseFromString(value)
+    except Exception as e:
+        raise ToolError("record '%s' is not a valid Datum: %s" % (_key(key), e)) from None
+    if datum.encoded:
+        try:
+            img = decode_image(datum.data, key=key)
+        except DataError as e:
+            raise ToolError(str(e)) from None
+        return img.shape, img.reshape(-1).astype(np.float32), True
+    shape = (datum.channels, datum.height, datum.width)
+    if len(datum.data):
+        vals = np.frombuffer(datum.data, dtype=np.uint8).astype(np.float32)
+    else:
+        vals = np.asarray(datum.float_data, dtype=np.float32)
+    return shape, vals, False
+
+
+def compute_image_mean(db_path, output_file=None, backend="lmdb"):
+    """compute_image_mean.cpp: returns the mean as a float32 array (1, C, H, W) and writes it
+    to ``output_file`` (a binaryproto) when given."""
+    from ..data.db import open_db
+    backend = check_backend(backend)
+    if backend == "leveldb":
+        try:
+            import plyvel  # noqa: F401
+        except ImportError:
+            raise ToolError("-backend leveldb needs the optional plyvel package (pip install "
+                            "plyvel)") from None
+    db = open_db(db_path, backend)
+    try:
+        cursor = db.cursor()
+        if not cursor.valid():
+            raise ToolError("the database '%s' is empty: no records to average" % db_path)
+        shape, _, encoded = _record_values(cursor.value(), cursor.key())
+        if encoded:
+            log.info("Decoding Datum")
+        first_key = _key(cursor.key())
+        data_size = int(np.prod(shape))
+        if data_size <= 0:
+            raise ToolError("record '%s' has channels x height x width = %s: an empty image "
+                            "(the records of a mean must be images)"
+                            % (first_key, " x ".join(map(str, shape))))
+        total = np.zeros(data_size, dtype=np.float32)
+        log.info("Starting iteration")
+        count = 0
+        while cursor.valid():
+            key = cursor.key()
+            rshape, vals, _ = _record_values(cursor.value(), key)
+            if vals.size != data_size:
+                raise ToolError(
+                    "record '%s' holds %d values (channels x height x width = %s) but the first "
+                    "record '%s' holds %d (%s): all records must have the same size (Caffe: "
+                    "Incorrect data field size %d)"
+                    % (_key(key), vals.size, " x ".join(map(str, rshape)), first_key, data_size,
+                       " x ".join(map(str, shape)), vals.size))
+            total += vals
+            count += 1
+            if count % LOG_EVERY == 0:
+                log.info("Processed %d files.", count)
+            cursor.next()
+    finally:
+        db.close()
+    if count % LOG_EVERY != 0:
+        log.info("Processed %d files.", count)
+    mean = (total / np.float32(count)).astype(np.float32)
+    channels = shape[0]
+    dim = int(shape[1]) * int(shape[2])
+    if output_file:
+        log.info("Write to %s", output_file)
+        bp = caffe_pb2.BlobProto()
+        bp.num, bp.channels, bp.height, bp.width = 1, shape[0], shape[1], shape[2]
+        bp.data[:] = mean
+        from ..proto.io import write_binary
+        write_binary(bp, output_file)
+    log.info("Number of channels: %d", channels)
+    for c in range(channels):
+        # float mean_values[c] += data(...) one by one, then / dim (float arithmetic).
+        s = np.cumsum(mean[c * dim:(c + 1) * dim], dtype=np.float32)[-1] if dim else \
+            np.float32(0)
+        log.info("mean_value channel [%d]: %s", c, "%g" % float(np.float32(s) / np.float32(dim))
+                 if dim else "nan")
+    return mean.reshape(1, *shape)
