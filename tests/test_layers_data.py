@@ -239,8 +239,10 @@ def test_hdf5data_errors(h5files, tmp_path):
                     'hdf5_data_param { source: "list.txt" batch_size: 3 }')
     with pytest.raises(LayerError, match="source file 'absent.txt'"):
         setup_layer(H5LAYER.replace("list.txt", "absent.txt") % "")
-    with pytest.raises(LayerError, match="does not transform"):
-        setup_layer(H5LAYER % "" + ' transform_param { scale: 2 }')
+    # transform_param is ignored, as in Caffe (with a warning)
+    layer, _, top = setup_layer(H5LAYER % "" + ' transform_param { scale: 2 }')
+    layer.forward([], top)
+    np.testing.assert_array_equal(top[1].data, [0, 1, 2])
     # a file whose rows differ in shape from the first file's
     _write_h5("b.h5", data=np.zeros((3, 4), np.float32), label=np.zeros(3))
     layer, _, top = setup_layer(H5LAYER % "")

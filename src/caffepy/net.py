@@ -745,6 +745,13 @@ class Net:
         self.backward_from_to(start_ind, end_ind)
         return {o: self.blob_by_name(o).diff for o in outputs}
 
+    def close(self):
+        """Release what layers hold open (prefetch threads, database handles, output files)."""
+        for layer in self.layers:
+            close = getattr(layer, "close", None)
+            if close is not None:
+                close()
+
     def set_input_arrays(self, data, labels):
         layer = self.layers[0] if self.layers else None
         if layer is None or layer.type != "MemoryData":

@@ -1,8 +1,11 @@
-"""Input data: Caffe's DataTransformer and Datum databases (LMDB, LevelDB).
+"""Input data: Caffe's DataTransformer, Datum databases (LMDB, LevelDB), image decoding and
+resizing as OpenCV does them, R-CNN window files, and background prefetching.
 
     from caffepy.data import DataTransformer, open_db, WrappingCursor, array_to_datum
 """
 from .db import (DataError, LMDBDatabase, LevelDBDatabase, WrappingCursor,  # noqa: F401
                  array_to_datum, datum_to_array, decode_image, open_db, parse_datum,
-                 write_lmdb)
+                 write_db, write_leveldb, write_lmdb)
+from .image import read_image, resize_bilinear  # noqa: F401
+from .prefetch import Batch, Prefetcher  # noqa: F401
 from .transformer import DataTransformer  # noqa: F401

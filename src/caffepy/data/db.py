@@ -5,7 +5,6 @@ the records in key order (bytewise, as both LMDB and LevelDB sort them), and
 ``WrappingCursor`` restarts from the first record at the end, as the Data layer does.
 Reading lives in these small classes so that a prefetching thread can drive them.
 """
-import io
 import os
 import threading
 
@@ -112,8 +111,9 @@ class LevelDBDatabase:
             hint = ""
             if os.path.exists(os.path.join(source, "data.mdb")):
                 hint = " ('%s' holds an LMDB: set data_param { backend: LMDB })" % source
-            raise error("data_param.backend is LEVELDB (the default), which needs the optional "
-                        "plyvel package: pip install plyvel%s", hint) from None
+            raise error("data_param.backend is LEVELDB (Caffe's default), which needs the optional "
+                        "'leveldb' extra (the plyvel package): pip install 'caffepy[leveldb]'%s",
+                        hint) from None
         if not os.path.isdir(source):
             raise error("cannot open LevelDB '%s': no such directory", source)
         try:
@@ -227,46 +227,14 @@ def _key_str(key):
 
 
 def decode_image(data, force_color=False, force_gray=False, error=_default_error, key=None):
-    """Decode PNG/JPEG bytes to a C×H×W uint8 array in OpenCV's channel order (BGR/BGRA).
-
-    Without force_* the image keeps its own channels (cv::imdecode IMREAD_UNCHANGED);
-    force_color gives 3 channels (BGR), force_gray 1.
-    """
-    try:
-        from PIL import Image
-    except ImportError:
-        raise error("record %s holds an encoded image; decoding it needs Pillow "
-                    "(pip install 'caffepy[images]')", _key_str(key)) from None
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except Exception as e:
-        raise error("record %s: cannot decode the encoded image: %s", _key_str(key), e) from None
+    """Decode a Datum's PNG/JPEG bytes to a C×H×W uint8 array, as Caffe's DataTransformer does:
+    force_color -> 3 channels (BGR), force_gray -> 1, neither -> OpenCV's IMREAD_ANYCOLOR
+    (3 channels for a colour image, 1 for a grey one). See ``caffepy.data.image``."""
+    from .image import decode_image as _decode
     if force_color and force_gray:
-        raise error("cannot set both force_color and force_gray")
-    if force_gray:
-        img = img.convert("L")
-    elif force_color:
-        img = img.convert("RGB")
-    else:
-        mode = img.mode
-        if mode in ("1", "L"):
-            img = img.convert("L")
-        elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-            img = img.convert("RGBA")
-        elif mode != "L":
-            if mode in ("I;16", "I;16B", "I", "F"):
-                raise error("record %s: image data type must be unsigned byte (got a %s image)",
-                            _key_str(key), mode)
-            img = img.convert("RGB")
-    arr = np.asarray(img, dtype=np.uint8)
-    if arr.ndim == 2:
-        return arr[None].copy()
-    if arr.shape[2] == 3:
-        arr = arr[:, :, ::-1]                      # RGB -> BGR
-    elif arr.shape[2] == 4:
-        arr = arr[:, :, [2, 1, 0, 3]]              # RGBA -> BGRA
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        raise error("transform_param: cannot set both force_color and force_gray")
+    mode = "color" if force_color else "gray" if force_gray else "native"
+    return _decode(data, mode, error, "record %s" % _key_str(key))
 
 
 def datum_to_array(datum, force_color=False, force_gray=False, error=_default_error, key=None):
@@ -323,3 +291,34 @@ def write_lmdb(path, records, map_size=1 << 30):
                 txn.put(key, value)
     finally:
         env.close()
+
+
+def write_leveldb(path, records):
+    """Write ``records`` (an iterable of (key, Datum or bytes)) to a new LevelDB at ``path``
+    (needs the optional 'leveldb' extra, plyvel)."""
+    try:
+        import plyvel
+    except ImportError:
+        raise DataError("writing a LevelDB needs the optional 'leveldb' extra (the plyvel "
+                        "package): pip install 'caffepy[leveldb]'") from None
+    db = plyvel.DB(path, create_if_missing=True, error_if_exists=True)
+    try:
+        with db.write_batch() as wb:
+            for key, value in records:
+                if isinstance(key, str):
+                    key = key.encode("utf-8")
+                if not isinstance(value, (bytes, bytearray)):
+                    value = value.SerializeToString()
+                wb.put(key, bytes(value))
+    finally:
+        db.close()
+
+
+def write_db(path, records, backend="lmdb"):
+    """Write Datum records to a new database of the given backend ('lmdb' or 'leveldb')."""
+    b = backend.lower() if isinstance(backend, str) else backend
+    if b in ("lmdb", caffe_pb2.DataParameter.LMDB):
+        return write_lmdb(path, records)
+    if b in ("leveldb", caffe_pb2.DataParameter.LEVELDB):
+        return write_leveldb(path, records)
+    raise DataError("unknown database backend %r (use lmdb or leveldb)" % (backend,))

@@ -7,8 +7,11 @@ crop_size, the offsets ``h_off = Rand(H - crop + 1)``, ``w_off = Rand(W - crop +
     out[c, h, w'] = (in[c, h + h_off, w + w_off] - mean) * scale,   w' = crop-1-w if mirrored
 
 where a mean_file is indexed at the *uncropped* position and mean_value is one value or one per
-channel (subtract, then scale). The random draws come from ``caffepy.backend.rng()`` and are
-made per item in this order (coin, h_off, w_off), only for the draws Caffe makes.
+channel (subtract, then scale). The random draws are made per item in this order (coin, h_off,
+w_off), only for the draws Caffe makes. They come from ``caffepy.backend.rng()`` unless the
+transformer has a generator of its own: ``init_rand()`` (Caffe's InitRand) gives it one seeded
+from ``caffepy.backend.rng()``, so that a prefetching thread never draws from the main stream and
+runs with the same random_seed transform identically.
 
 The work is vectorised over the batch: a batch is cropped with one slice (TEST) or one fancy
 index (random TRAIN offsets), then one subtract, one multiply and one flip of the mirrored items.
@@ -25,7 +28,8 @@ def _default_error(msg, *args):
 
 
 class DataTransformer:
-    def __init__(self, param=None, phase=caffe_pb2.TRAIN, error=_default_error):
+    def __init__(self, param=None, phase=caffe_pb2.TRAIN, error=_default_error, rng=None):
+        self.rng = rng              # numpy Generator, or None for caffepy.backend.rng()
         if param is None:
             param = caffe_pb2.TransformationParameter()
         self.param = param
@@ -63,6 +67,13 @@ class DataTransformer:
         """Caffe's InitRand condition: random draws happen only with mirror or a TRAIN crop."""
         return self.mirror or (self.phase == caffe_pb2.TRAIN and self.crop_size > 0)
 
+    def init_rand(self):
+        """Caffe's InitRand: when this transformer makes random draws, give it its own
+        generator seeded from ``caffepy.backend.rng()`` (one draw from the main stream)."""
+        if self.needs_rand:
+            self.rng = np.random.default_rng(int(backend.rng().integers(1 << 32)))
+        return self.rng
+
     # -- shapes ---------------------------------------------------------------------
     def infer_shape(self, shape):
         """The C×h×w output shape for an input item of shape C×H×W (checked against the
@@ -84,7 +95,7 @@ class DataTransformer:
             h_off[:] = (height - crop) // 2
             w_off[:] = (width - crop) // 2
         if self.mirror or random_crop:
-            rng = backend.rng()
+            rng = self.rng if self.rng is not None else backend.rng()
             for i in range(n):
                 if self.mirror:
                     mirror[i] = bool(rng.integers(2))
@@ -120,33 +131,39 @@ class DataTransformer:
         self._check(c, h, w)
         mirror, h_off, w_off = self._draw(n, h, w)
         crop = self.crop_size
+        oh, ow = (crop, crop) if crop else (h, w)
+        direct = (out is not None and isinstance(out, np.ndarray) and out.dtype == np.float32
+                  and out.shape == (n, c, oh, ow))
+        y = out if direct else np.empty((n, c, oh, ow), np.float32)
         mean = self.mean
-        if crop == 0:
-            x = batch
-        elif n == 0 or (np.all(h_off == h_off[0]) and np.all(w_off == w_off[0])):
-            ho, wo = (int(h_off[0]), int(w_off[0])) if n else (0, 0)
-            x = batch[:, :, ho:ho + crop, wo:wo + crop]
-            if mean is not None:
-                mean = mean[:, ho:ho + crop, wo:wo + crop]
+        if self.needs_rand and n:
+            # Per item: copy the (mirrored) crop and subtract the (mirrored) mean at its
+            # uncropped position. Flipping input and mean together equals flipping the result.
+            # (A slice copy per item is far cheaper than one fancy-indexed gather.)
+            for i in range(n):
+                ho, wo = int(h_off[i]), int(w_off[i])
+                src = batch[i, :, ho:ho + oh, wo:wo + ow]
+                m = None if mean is None else mean[:, ho:ho + oh, wo:wo + ow]
+                if mirror[i]:
+                    src = src[:, :, ::-1]
+                    m = None if m is None else m[:, :, ::-1]
+                y[i] = src
+                if m is not None:
+                    y[i] -= m
+            mean = None
         else:
-            ar = np.arange(crop)
-            rows = (h_off[:, None] + ar)[:, None, :, None]          # N,1,crop,1
-            cols = (w_off[:, None] + ar)[:, None, None, :]          # N,1,1,crop
-            chans = np.arange(c)[None, :, None, None]
-            x = batch[np.arange(n)[:, None, None, None], chans, rows, cols]
+            ho, wo = (int(h_off[0]), int(w_off[0])) if n else (0, 0)
+            y[...] = batch[:, :, ho:ho + oh, wo:wo + ow]            # cast into float32
             if mean is not None:
-                mean = mean[chans, rows, cols]
-        y = np.array(x, dtype=np.float32)                           # a fresh float32 copy
+                mean = mean[:, ho:ho + oh, wo:wo + ow]
         if mean is not None:
             y -= mean
-        elif self.mean_values is not None:
+        elif self.mean_values is not None and self.mean is None:
             mv = self.mean_values
             y -= mv[:, None, None] if len(mv) > 1 else mv[0]
         if self.scale != 1:
             y *= self.scale
-        if mirror.any():
-            y[mirror] = y[mirror][..., ::-1]
-        if out is None:
+        if out is None or direct:
             return y
         xp = backend.array_module(out)
         out[...] = xp.asarray(y)

@@ -1,8 +1,13 @@
-"""Data and input layers: Input, DummyData, MemoryData, HDF5Data, HDF5Output, Data.
+"""Data and input layers: Input, DummyData, MemoryData, HDF5Data, HDF5Output, and the
+prefetching Data (LMDB/LevelDB), ImageData and WindowData.
 
 None of them has a gradient: their backward does nothing (Caffe's empty Backward_cpu).
 Like Caffe's data layers, their ``reshape`` does nothing: the tops get their shapes at
 setup and each forward writes (and, where the data decides, reshapes) them.
+
+Data, ImageData and WindowData load their batches in a background thread (caffepy.data.prefetch)
+``data_param.prefetch`` batches ahead (default 4). ``layer.close()`` stops it; so does the layer
+(or its Net) being garbage collected, and interpreter exit.
 """
 import os
 
@@ -10,7 +15,7 @@ import numpy as np
 
 from .. import backend
 from ..fillers import FillerError, fill_array
-from ..layer import Layer, register_layer
+from ..layer import Layer, LayerError, register_layer
 from ..proto import caffe_pb2
 
 
@@ -227,6 +232,41 @@ class MemoryDataLayer(_NoGradLayer):
         self._data, self._labels, self.n, self.pos = data, labels, num, 0
         self.has_new_data = True
 
+    def add_mat_vector(self, images, labels):
+        """Caffe's AddMatVector: serve transformed images (H×W×C uint8 arrays in OpenCV's BGR
+        order, or H×W for grey) with their labels; their number must be a multiple of
+        batch_size."""
+        if self.has_new_data:
+            raise self.error("can't add mat until current data has been consumed")
+        num = len(images)
+        if num == 0:
+            raise self.error("there is no mat to add")
+        if num % self.batch_size != 0:
+            raise self.error("the added data (%d items) must be a multiple of the batch size (%d)",
+                             num, self.batch_size)
+        if len(labels) != num:
+            raise self.error("%d images but %d labels", num, len(labels))
+        if self._transformer is None:
+            from ..data import DataTransformer
+            self._transformer = DataTransformer(self.layer_param.transform_param, self.phase,
+                                                error=self.error)
+        items = []
+        for img in images:
+            img = np.asarray(img)
+            if img.ndim == 2:
+                img = img[:, :, None]
+            if img.ndim != 3:
+                raise self.error("images must be H x W x C (OpenCV layout), got shape %s",
+                                 img.shape)
+            items.append(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        data = self._transformer.transform_items(items)
+        if data.shape[1:] != (self.channels, self.height, self.width):
+            raise self.error("the transformed images are %s, but this layer takes %d x %d x %d",
+                             _shape_str(data.shape[1:]), self.channels, self.height, self.width)
+        self._data, self.n, self.pos = data, num, 0
+        self._labels = np.asarray(labels, dtype=np.float32).reshape(num)
+        self.has_new_data = True
+
     def set_batch_size(self, new_size):
         if self.has_new_data:
             raise self.error("can't change batch_size until current data has been consumed")
@@ -266,7 +306,10 @@ class HDF5DataLayer(_NoGradLayer):
 
     def layer_setup(self, bottom, top):
         if self.layer_param.HasField("transform_param"):
-            raise self.error("HDF5Data does not transform data: remove transform_param")
+            import logging
+            logging.getLogger("caffepy").warning(
+                "Layer '%s' (HDF5Data): transform_param is ignored: HDF5Data does not transform "
+                "its data (as in Caffe)", self.name)
         p = self.layer_param.hdf5_data_param
         self.batch_size = int(p.batch_size)
         if self.batch_size <= 0:
@@ -447,52 +490,128 @@ class HDF5OutputLayer(Layer):
         self.close()
 
 
-# -- Data (LMDB / LevelDB) -------------------------------------------------------------
+# -- prefetching data layers -----------------------------------------------------------
 
-def _transform_param(layer_param):
-    """transform_param, with the deprecated data_param transformation fields merged in."""
+def _error_factory(layer):
+    """A LayerError maker naming ``layer`` that does not hold a reference to it (so the prefetch
+    thread, which uses it, does not keep the layer alive)."""
+    prefix = "Layer '%s' (%s): " % (layer.name, layer.type)
+
+    def error(msg, *args):
+        return LayerError(prefix + (msg % args if args else msg))
+    return error
+
+
+def _transform_param(layer_param, legacy=None):
+    """transform_param, with the deprecated transformation fields of the layer's own parameter
+    (``legacy``: data_param, image_data_param, ...) merged in where transform_param lacks them."""
     tp = caffe_pb2.TransformationParameter()
     tp.CopyFrom(layer_param.transform_param)
-    dp = layer_param.data_param
+    dp = layer_param.data_param if legacy is None else legacy
     for field in ("scale", "mean_file", "crop_size", "mirror"):
         if dp.HasField(field) and not tp.HasField(field):
             setattr(tp, field, getattr(dp, field))
     return tp
 
 
-class DatumBatchReader:
-    """Reads batches of Datums from a database cursor (wrapping at the end) and transforms them.
+def _ensure(arr, shape):
+    """``arr`` if it already has ``shape``, else a new float32 array of that shape."""
+    if arr is None or arr.shape != shape:
+        return np.empty(shape, np.float32)
+    return arr
 
-    ``load_batch()`` returns host arrays (data N×C×h×w float32, labels N float32); a
-    prefetching thread can call it ahead of the forward passes.
+
+def _shape_or_error(error, what, first_what, shape, first_shape, crop):
+    if shape != first_shape and (not crop or shape[0] != first_shape[0]):
+        raise error("%s is %s but %s is %s: the items of a batch must have the same size%s",
+                    what, _shape_str(shape), first_what, _shape_str(first_shape),
+                    "" if crop else " (or be cropped to one size with transform_param.crop_size)")
+
+
+class _PrefetchingDataLayer(_NoGradLayer):
+    """Caffe's BasePrefetchingDataLayer: a source loads batches in a background thread
+    (``data_param.prefetch`` of them ahead, default 4; 0 loads each batch in forward), and
+    forward copies the next one into the tops. ``close()`` stops the thread and releases the
+    files; so does garbage collection of the layer (and so of its Net)."""
+    _prefetcher = None
+    _finalizer = None
+
+    def _start_prefetch(self, source, data_shape, label_shape):
+        from ..data.prefetch import Batch, Prefetcher, attach
+        n = int(self.layer_param.data_param.prefetch)
+        batches = [Batch(np.empty(data_shape, np.float32),
+                         None if label_shape is None else np.empty(label_shape, np.float32))
+                   for _ in range(n)]
+        self._prefetcher = Prefetcher(source, batches, name=self.name)
+        self._finalizer = attach(self, self._prefetcher)
+
+    @property
+    def prefetcher(self):
+        return self._prefetcher
+
+    @property
+    def prefetch_thread(self):
+        """The background thread (None with prefetch 0 or before setup)."""
+        return None if self._prefetcher is None else self._prefetcher.thread
+
+    def forward_impl(self, bottom, top):
+        if self._prefetcher is None:
+            raise self.error("the layer was not set up")
+        batch = self._prefetcher.next()
+        try:
+            top[0].reshape(batch.data.shape)
+            _write(top[0], batch.data)
+            if len(top) > 1:
+                top[1].reshape(batch.label.shape)
+                _write(top[1], batch.label)
+        finally:
+            self._prefetcher.release(batch)
+
+    def close(self):
+        """Stop the prefetch thread and close the data source (idempotent)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        elif self._prefetcher is not None:
+            self._prefetcher.stop()
+
+
+# -- Data (LMDB / LevelDB) -------------------------------------------------------------
+
+class DatumSource:
+    """Loads batches of Datums from a wrapping database cursor: decode, then transform.
+
+    Each batch takes its shape from its first Datum (Caffe: "reshape according to the first
+    datum of each batch"); the other Datums of the batch must match it (or be cropped to it).
     """
 
-    def __init__(self, source, backend_kind, batch_size, transformer, rand_skip=0, error=None):
-        from ..data.db import WrappingCursor, open_db, _default_error
-        self._error = error or _default_error
-        self.db = open_db(source, backend_kind, self._error)
-        self.cursor = WrappingCursor(self.db, self._error)
+    def __init__(self, db, cursor, batch_size, transformer, error):
+        self.db = db
+        self.cursor = cursor
         self.batch_size = int(batch_size)
         self.transformer = transformer
-        if rand_skip:
-            skip = int(backend.rng().integers(rand_skip))
-            self.cursor.skip(skip)
+        self._error = error
 
-    def peek_datum(self):
+    def load(self, batch):
         from ..data.db import parse_datum
-        return parse_datum(self.cursor.value(), self.cursor.key(), self._error)
-
-    def load_batch(self):
-        from ..data.db import parse_datum
+        t, error = self.transformer, self._error
         items, labels = [], []
-        t = self.transformer
-        for _ in range(self.batch_size):
+        first_key = first_shape = None
+        for i in range(self.batch_size):
             key, value = self.cursor.read()
-            datum = parse_datum(value, key, self._error)
-            items.append(t.decode(datum, key))
+            datum = parse_datum(value, key, error)
+            item = t.decode(datum, key)
+            if i == 0:
+                first_key, first_shape = key, item.shape
+            else:
+                _shape_or_error(error, "record %r" % _key(key), "the first record of its batch "
+                                "(%r)" % _key(first_key), item.shape, first_shape, t.crop_size)
+            items.append(item)
             labels.append(datum.label)
-        data = t.transform_items(items)
-        return data, np.asarray(labels, dtype=np.float32)
+        shape = (self.batch_size,) + t.infer_shape(first_shape)
+        batch.data = _ensure(batch.data, shape)
+        t.transform_items(items, out=batch.data)
+        batch.label = _ensure(batch.label, (self.batch_size,))
+        batch.label[:] = labels
 
     def close(self):
         if self.db is not None:
@@ -500,46 +619,266 @@ class DatumBatchReader:
             self.db = None
 
 
+def _key(key):
+    return key.decode("utf-8", errors="replace") if isinstance(key, bytes) else key
+
+
 @register_layer("Data")
-class DataLayer(_NoGradLayer):
+class DataLayer(_PrefetchingDataLayer):
     """Reads Datum records in key order from an LMDB or LevelDB (data_param), transforms them
-    (transform_param) and serves batches: top 0 the data, optional top 1 the labels."""
+    (transform_param) and serves batches: top 0 the data, optional top 1 the labels.
+
+    A background thread keeps ``data_param.prefetch`` batches (default 4) ready. The layer owns
+    one cursor; the random draws of its transformer (mirror, crop) come from a generator of its
+    own, seeded from ``caffepy.backend.rng()`` at setup, so runs with the same random_seed read
+    and transform identically.
+    """
     min_top_blobs = 1
     max_top_blobs = 2
 
     def layer_setup(self, bottom, top):
         from ..data import DataTransformer
+        from ..data.db import WrappingCursor, open_db, parse_datum
         p = self.layer_param.data_param
         if p.batch_size <= 0:
             raise self.error("data_param.batch_size must be positive")
         if not p.source:
             raise self.error("data_param.source must name a database")
+        error = _error_factory(self)
         self.batch_size = int(p.batch_size)
         self.output_labels = len(top) > 1
         self.transformer = DataTransformer(_transform_param(self.layer_param), self.phase,
-                                           error=self.error)
-        self.reader = DatumBatchReader(p.source, p.backend, self.batch_size, self.transformer,
-                                       rand_skip=p.rand_skip, error=self.error)
-        first = self.reader.peek_datum()
-        item = self.transformer.decode(first, self.reader.cursor.key())
-        shape = self.transformer.infer_shape(item.shape)
-        top[0].reshape((self.batch_size,) + shape)
+                                           error=error)
+        self.transformer.init_rand()
+        db = open_db(p.source, p.backend, error)
+        try:
+            cursor = WrappingCursor(db, error)
+            if p.rand_skip:
+                cursor.skip(int(backend.rng().integers(p.rand_skip)))
+            first = parse_datum(cursor.value(), cursor.key(), error)
+            item = self.transformer.decode(first, cursor.key())
+            shape = (self.batch_size,) + self.transformer.infer_shape(item.shape)
+        except BaseException:
+            db.close()
+            raise
+        top[0].reshape(shape)
         if self.output_labels:
             top[1].reshape((self.batch_size,))
+        self._start_prefetch(DatumSource(db, cursor, self.batch_size, self.transformer, error),
+                             shape, (self.batch_size,))
 
-    def load_batch(self):
-        return self.reader.load_batch()
 
-    def forward_impl(self, bottom, top):
-        data, labels = self.load_batch()
-        top[0].reshape(data.shape)
-        _write(top[0], data)
-        if self.output_labels:
-            top[1].reshape(labels.shape)
-            _write(top[1], labels)
+# -- ImageData -------------------------------------------------------------------------
+
+def parse_image_list(source, error):
+    """Caffe's ImageData list: one "path label" per line, split at the last space.
+
+    Returns a list of (path, label, line number). Blank lines are skipped."""
+    try:
+        with open(source, "r") as f:
+            text = f.read()
+    except OSError as e:
+        raise error("failed to open the image list '%s': %s", source, e.strerror or e) from None
+    lines = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.rstrip()
+        if not line.strip():
+            continue
+        pos = line.rfind(" ")
+        if pos < 0:
+            raise error("line %d of '%s' has no label: '%s' (each line is 'path label', split "
+                        "at the last space)", lineno, source, line)
+        path, label = line[:pos], line[pos + 1:]
+        try:
+            label = int(label)
+        except ValueError:
+            raise error("line %d of '%s': the label '%s' is not an integer (each line is "
+                        "'path label', split at the last space)", lineno, source, label) from None
+        if not path.strip():
+            raise error("line %d of '%s' has no image path", lineno, source)
+        lines.append((path, label, lineno))
+    if not lines:
+        raise error("the image list '%s' is empty", source)
+    return lines
+
+
+class ImageListSource:
+    """Loads batches of images named in a list file; wraps at the end (and reshuffles)."""
+
+    def __init__(self, lines, source, root_folder, batch_size, new_height, new_width, is_color,
+                 transformer, shuffle_rng, start, error):
+        self.lines = lines
+        self.source = source
+        self.root = root_folder
+        self.batch_size = int(batch_size)
+        self.new_height, self.new_width = int(new_height), int(new_width)
+        self.is_color = bool(is_color)
+        self.transformer = transformer
+        self.rng = shuffle_rng
+        self.pos = int(start)
+        self._error = error
+
+    def read(self, index):
+        from ..data.image import read_image
+        path, _, lineno = self.lines[index]
+        full = self.root + path
+        return read_image(full, self.is_color, self.new_height, self.new_width, self._error,
+                          where="image '%s' (line %d of '%s')" % (full, lineno, self.source))
+
+    def load(self, batch):
+        t = self.transformer
+        items, labels = [], []
+        first = None
+        for i in range(self.batch_size):
+            img = self.read(self.pos)
+            path, label, lineno = self.lines[self.pos]
+            if i == 0:
+                first = (path, lineno, img.shape)
+            else:
+                _shape_or_error(self._error, "image '%s' (line %d)" % (self.root + path, lineno),
+                                "the first image of its batch ('%s', line %d)"
+                                % (self.root + first[0], first[1]), img.shape, first[2],
+                                t.crop_size)
+            items.append(img)
+            labels.append(label)
+            self.pos += 1
+            if self.pos >= len(self.lines):
+                self.pos = 0
+                if self.rng is not None:
+                    self.rng.shuffle(self.lines)
+        shape = (self.batch_size,) + t.infer_shape(first[2])
+        batch.data = _ensure(batch.data, shape)
+        t.transform_items(items, out=batch.data)
+        batch.label = _ensure(batch.label, (self.batch_size,))
+        batch.label[:] = labels
 
     def close(self):
-        r = getattr(self, "reader", None)
-        if r is not None:
-            r.close()
-            self.reader = None
+        pass
+
+
+@register_layer("ImageData")
+class ImageDataLayer(_PrefetchingDataLayer):
+    """Reads the images of a list file ("path label" per line, split at the last space) under
+    ``root_folder`` (prepended as a string, as Caffe does), in colour (BGR) or grey (is_color),
+    resized to new_height × new_width if both are set (OpenCV's bilinear resize), optionally
+    shuffled at setup and at every wrap, then transformed (transform_param). Decoding needs
+    Pillow (the 'images' extra)."""
+    exact_num_top_blobs = 2
+
+    def layer_setup(self, bottom, top):
+        from ..data import DataTransformer
+        p = self.layer_param.image_data_param
+        error = _error_factory(self)
+        nh, nw = int(p.new_height), int(p.new_width)
+        if (nh == 0) != (nw == 0):
+            raise self.error("new_height and new_width must be set together (got %d and %d)",
+                             nh, nw)
+        if p.batch_size <= 0:
+            raise self.error("image_data_param.batch_size must be positive")
+        if not p.source:
+            raise self.error("image_data_param.source must name an image list file")
+        self.batch_size = int(p.batch_size)
+        self.transformer = DataTransformer(_transform_param(self.layer_param, p), self.phase,
+                                           error=error)
+        self.transformer.init_rand()
+        lines = parse_image_list(p.source, error)
+        shuffle_rng = None
+        if p.shuffle:
+            shuffle_rng = np.random.default_rng(int(backend.rng().integers(1 << 32)))
+            shuffle_rng.shuffle(lines)
+        start = 0
+        if p.rand_skip:
+            start = int(backend.rng().integers(p.rand_skip))
+            if start >= len(lines):
+                raise self.error("not enough images (%d) to skip %d (rand_skip %d)", len(lines),
+                                 start, p.rand_skip)
+        src = ImageListSource(lines, p.source, p.root_folder, self.batch_size, nh, nw,
+                              p.is_color, self.transformer, shuffle_rng, start, error)
+        first = src.read(start)
+        shape = (self.batch_size,) + self.transformer.infer_shape(first.shape)
+        top[0].reshape(shape)
+        top[1].reshape((self.batch_size,))
+        self.num_images = len(lines)
+        self._start_prefetch(src, shape, (self.batch_size,))
+
+
+# -- WindowData ------------------------------------------------------------------------
+
+@register_layer("WindowData")
+class WindowDataLayer(_PrefetchingDataLayer):
+    """R-CNN fine-tuning data: windows sampled from a window file (see caffepy.data.window).
+
+    As in Caffe, the pixel scale is ``window_data_param.scale`` (transform_param.scale is not
+    used), crop_size (required), mirror and mean_file/mean_value come from transform_param, and
+    images are read in colour. Reading needs Pillow (the 'images' extra)."""
+    exact_num_top_blobs = 2
+
+    def layer_setup(self, bottom, top):
+        from ..data.window import WindowSampler, parse_window_file
+        from ..data import DataTransformer
+        p = self.layer_param.window_data_param
+        error = _error_factory(self)
+        tp = caffe_pb2.TransformationParameter()
+        tp.CopyFrom(self.layer_param.transform_param)
+        for field in ("mean_file", "crop_size", "mirror"):       # deprecated location
+            if p.HasField(field) and not tp.HasField(field):
+                setattr(tp, field, getattr(p, field))
+        if tp.HasField("scale") and tp.scale != 1 and not p.HasField("scale"):
+            import logging
+            logging.getLogger("caffepy").warning(
+                "Layer '%s' (WindowData): transform_param.scale is ignored, as in Caffe; set "
+                "window_data_param.scale", self.name)
+        crop = int(tp.crop_size)
+        if crop <= 0:
+            raise self.error("transform_param.crop_size must be positive: WindowData warps "
+                             "every window to crop_size x crop_size")
+        if p.batch_size <= 0:
+            raise self.error("window_data_param.batch_size must be positive")
+        if p.crop_mode not in ("warp", "square"):
+            raise self.error("window_data_param.crop_mode must be 'warp' or 'square', got '%s'",
+                             p.crop_mode)
+        if 2 * p.context_pad >= crop:
+            raise self.error("context_pad %d leaves nothing of crop_size %d", p.context_pad, crop)
+        if not 0 <= p.fg_fraction <= 1:
+            raise self.error("fg_fraction must be in [0, 1], got %g", p.fg_fraction)
+        # The transformer only reads and checks the mean; WindowData transforms by itself.
+        transformer = DataTransformer(tp, self.phase, error=error)
+        images, fg, bg = parse_window_file(p.source, p.root_folder, p.fg_threshold,
+                                           p.bg_threshold, error)
+        channels = images[-1][1][0]
+        for path, (c, h, w) in images:
+            if c != 3:
+                raise self.error("image '%s' is listed with %d channels: WindowData reads images "
+                                 "in colour (3 channels)", path, c)
+        bs = int(p.batch_size)
+        num_fg = int(np.float32(bs) * np.float32(p.fg_fraction))
+        if num_fg > 0 and len(fg) == 0:
+            raise self.error("the window file '%s' has no foreground windows (overlap >= "
+                             "fg_threshold %g)", p.source, p.fg_threshold)
+        if bs - num_fg > 0 and len(bg) == 0:
+            raise self.error("the window file '%s' has no background windows (overlap < "
+                             "bg_threshold %g)", p.source, p.bg_threshold)
+        mean = transformer.mean
+        mean_values = None
+        if mean is not None:
+            mc, mh, mw = mean.shape
+            off = (mw - crop) // 2
+            if mc != channels or mw < crop or off + crop > mh:
+                raise self.error("the mean_file '%s' is %s; WindowData needs %d channels and at "
+                                 "least %d x %d (it reads the centred crop)", tp.mean_file,
+                                 _shape_str(mean.shape), channels, crop, crop)
+        elif transformer.mean_values is not None:
+            mv = transformer.mean_values
+            if len(mv) not in (1, channels):
+                raise self.error("specify either 1 mean_value or as many as channels: %d",
+                                 channels)
+            mean_values = np.broadcast_to(mv, (channels,)).astype(np.float32)
+        rng = np.random.default_rng(int(backend.rng().integers(1 << 32)))
+        sampler = WindowSampler(images, fg, bg, bs, crop, channels, p.fg_fraction,
+                                p.context_pad, p.crop_mode, tp.mirror, p.scale, mean,
+                                mean_values, p.cache_images, rng, error)
+        shape = (bs, channels, crop, crop)
+        top[0].reshape(shape)
+        top[1].reshape((bs,))
+        self.batch_size = bs
+        self._start_prefetch(sampler, shape, (bs,))
