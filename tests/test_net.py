@@ -320,3 +320,25 @@ def test_large_caffemodel_over_64mb_loads(tmp_path):
     net.params["ip"][0].data[...] = 0
     net.copy_from(path)
     assert float(net.params["ip"][0].data[17, 4100]) == 0.5
+
+
+def test_legacy_pycaffe_constructor_order_and_blob_api(tmp_path):
+    path = write(tmp_path, "lenet.prototxt", LENET_TEST)
+    net = caffepy.Net(path, caffepy.TRAIN)
+    assert "accuracy" not in net.blobs            # TRAIN: the accuracy layer is excluded
+    model = os.path.join(str(tmp_path), "w.caffemodel")
+    net.params["ip2"][1].data[...] = 0.25
+    net.save(model)
+    legacy = caffepy.Net(path, model, caffepy.TEST)          # Net(prototxt, weights, phase)
+    assert legacy.phase == caffepy.TEST and "accuracy" in legacy.blobs
+    assert np.all(legacy.params["ip2"][1].data == 0.25)
+    modern = caffepy.Net(path, caffepy.TEST, weights=model)
+    assert np.all(modern.params["ip2"][1].data == 0.25)
+    b = modern.blobs["data"]
+    assert (b.num, b.channels, b.height, b.width, b.count) == (4, 1, 28, 28, 4 * 28 * 28)
+    b.data[...] = 1.5
+    assert float(modern.blobs["data"].data.sum()) == 1.5 * b.count
+    b.reshape(2, 1, 28, 28)
+    modern.blobs["label"].reshape(2)
+    modern.reshape()
+    assert modern.blobs["conv1"].shape == (2, 20, 24, 24)
