@@ -100,6 +100,10 @@ class GradientChecker:
                             % (layer.name, layer.type, names[bi], k,
                                "½Σtop²" if top_id is None else "top %d[%d]" % (top_id, top_data_id),
                                analytic, estimated))
+        # Leave the tops as the layer set them up: loss tops' diffs hold their loss weights again.
+        for i, t in enumerate(top):
+            if layer.loss(i):
+                t.diff[...] = layer.loss(i)
 
     def check(self, layer, bottom, top, check_bottom=None, **kw):
         """½·Σ top² objective (Caffe's CheckGradient)."""
