@@ -77,7 +77,7 @@ def test_insert_splits_lenet_test_names():
                      "ip2_ip2_0_split", "accuracy", "loss"]
     split = p.layer[1]
     assert list(split.top) == ["label_mnist_1_split_0", "label_mnist_1_split_1"]
-    assert list(split.loss_weight) == [0.0, 0.0]
+    assert list(split.loss_weight) == []   # ConfigureSplitLayer adds none when the weight is 0
     assert list(p.layer[8].bottom) == ["ip2_ip2_0_split_0", "label_mnist_1_split_0"]
     assert list(p.layer[9].bottom) == ["ip2_ip2_0_split_1", "label_mnist_1_split_1"]
     # TRAIN has no accuracy layer: no splits at all

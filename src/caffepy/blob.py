@@ -25,6 +25,7 @@ class Blob:
             shape = tuple(shape[0])
         self._shape = ()
         self._count = 0
+        self._capacity = 0             # Caffe's capacity_: grows only; ShareData/ShareDiff keep it
         self._data_mem = None
         self._diff_mem = None
         self._data_view = None
@@ -47,9 +48,14 @@ class Blob:
             count *= d
         self._shape = shape
         self._count = count
-        if (self._data_mem is None or count > self._data_mem.array.size
-                or count > self._diff_mem.array.size):
+        # Caffe's Blob::Reshape: new (zeroed, unshared) memory only when count > capacity_.
+        # capacity_ is the blob's own: sharing another blob's memory does not change it, so
+        # a sharer growing past its own capacity gets fresh memory even if the shared buffer
+        # is big enough. (The size checks only guard what would be undefined behaviour in Caffe.)
+        if (self._data_mem is None or count > self._capacity
+                or count > self._data_mem.array.size or count > self._diff_mem.array.size):
             xp = backend.xp()
+            self._capacity = count
             self._data_mem = _Memory(count, xp)
             self._diff_mem = _Memory(count, xp)
         self._make_views()
@@ -178,4 +184,5 @@ class Blob:
         return "Blob(%s)" % (", ".join(str(d) for d in self._shape))
 
     def shape_string(self):
-        return " ".join(str(d) for d in self._shape) + " (%d)" % self._count
+        # Blob::shape_string: each dim followed by a space, then "(count)"; a scalar is "(1)".
+        return "".join("%d " % d for d in self._shape) + "(%d)" % self._count

@@ -29,19 +29,36 @@ class NetError(ValueError):
 
 # -- NetState filtering and split insertion (free functions, as in Caffe) ----------
 
+_rule_log = log.debug
+
+
 def state_meets_rule(state, rule, layer_name=""):
+    # Net::StateMeetsRule, with its log lines (wording, including "is above the min_level",
+    # as in Caffe). Caffe logs them at INFO; they are DEBUG here for now because
+    # tests/test_cli.py::test_test_command_without_stage_has_no_sum asserts that no log
+    # message of `caffe test` mentions the filtered-out layer.
     if rule.HasField("phase") and rule.phase != state.phase:
+        _rule_log("The NetState phase (%d) differed from the phase (%d) specified by a rule "
+                 "in layer %s", state.phase, rule.phase, layer_name)
         return False
     if rule.HasField("min_level") and state.level < rule.min_level:
+        _rule_log("The NetState level (%d) is above the min_level (%d) specified by a rule in "
+                 "layer %s", state.level, rule.min_level, layer_name)
         return False
     if rule.HasField("max_level") and state.level > rule.max_level:
+        _rule_log("The NetState level (%d) is above the max_level (%d) specified by a rule in "
+                 "layer %s", state.level, rule.max_level, layer_name)
         return False
     stages = set(state.stage)
     for s in rule.stage:
         if s not in stages:
+            _rule_log("The NetState did not contain stage '%s' specified by a rule in layer %s",
+                     s, layer_name)
             return False
     for s in rule.not_stage:
         if s in stages:
+            _rule_log("The NetState contained a not_stage '%s' specified by a rule in layer %s",
+                     s, layer_name)
             return False
     return True
 
@@ -56,11 +73,16 @@ def filter_net(param):
         if len(lp.include) and len(lp.exclude):
             raise NetError("Layer '%s': specify either include rules or exclude rules; not both."
                            % lp.name)
+        # Net::FilterNet stops at the first exclude rule met / include rule met.
         included = len(lp.include) == 0
         for rule in lp.exclude:
+            if not included:
+                break
             if state_meets_rule(state, rule, lp.name):
                 included = False
         for rule in lp.include:
+            if included:
+                break
             if state_meets_rule(state, rule, lp.name):
                 included = True
         if included:
@@ -121,7 +143,9 @@ def insert_splits(param):
                 sp.bottom.append(lp.top[j])
                 for k in range(n):
                     sp.top.append(split_blob_name(names[i], lp.top[j], j, k))
-                    sp.loss_weight.append(w if k == 0 else 0.0)
+                    # ConfigureSplitLayer adds loss_weight entries only for a non-zero weight.
+                    if w:
+                        sp.loss_weight.append(w if k == 0 else 0.0)
                 if w:
                     del lp.loss_weight[:]
                     split_idx[tidx] += 1
@@ -175,6 +199,10 @@ class Net:
     def _init(self, in_param):
         self.phase = in_param.state.phase
         filtered = filter_net(in_param)
+        if log.isEnabledFor(logging.INFO):
+            from google.protobuf import text_format
+            log.info("Initializing net from parameters: \n%s",
+                     text_format.MessageToString(filtered))
         param = insert_splits(filtered)
         self.name = param.name
         self.param = param
@@ -206,6 +234,7 @@ class Net:
 
         blob_name_to_idx = {}
         available = set()
+        memory_used = 0
         for layer_id, net_lp in enumerate(param.layer):
             if len(net_lp.propagate_down) and len(net_lp.propagate_down) != len(net_lp.bottom):
                 raise NetError("Layer '%s': propagate_down param must be specified either 0 or "
@@ -240,11 +269,11 @@ class Net:
                 needed = max(layer.min_top_blobs, layer.exact_num_top_blobs)
                 for top_id in range(len(lp.top), needed):
                     self._append_top(lp, layer_id, top_id, None, None)
-            log.info("Setting up %s", lp.name)
             try:
                 layer.setup(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
             except LayerError as e:
                 raise NetError(str(e)) from None
+            log.info("Setting up %s", lp.name)       # logged after SetUp, as in Net::Init
             for top_id, blob_id in enumerate(self.top_id_vecs[layer_id]):
                 while len(self.blob_loss_weights) <= blob_id:
                     self.blob_loss_weights.append(0.0)
@@ -253,6 +282,8 @@ class Net:
                 log.info("Top shape: %s", t.shape_string())
                 if layer.loss(top_id):
                     log.info("    with loss weight %g", layer.loss(top_id))
+                memory_used += t.count
+            log.info("Memory required for data: %d", memory_used * 4)
             # need_backward from the net's copy of the ParamSpecs (Caffe reads the net param
             # here and the layer's own, possibly amended, param in AppendParam).
             n_blobs = len(layer.blobs)
@@ -317,9 +348,12 @@ class Net:
         for i, n in enumerate(self.blob_names):
             if n != "(automatic)":
                 self.blob_names_index[n] = i
+        # std::map assignment in Net::Init: with duplicate layer names the last one wins
+        # (layer_by_name, HDF5 weight loading); CopyTrainedLayersFrom(proto) and
+        # ShareTrainedLayersWith search layer_names_ linearly and take the first.
         self.layer_names_index = {}
         for i, n in enumerate(self.layer_names):
-            self.layer_names_index.setdefault(n, i)
+            self.layer_names_index[n] = i
         self._share_weights()
         log.info("Network initialization done.")
 
@@ -333,8 +367,7 @@ class Net:
         elif name_to_idx is not None and name in name_to_idx:
             raise NetError("Top blob '%s' produced by multiple sources (layer '%s')" % (name, lp.name))
         else:
-            if name_to_idx is not None:
-                log.info("%s -> %s", lp.name, name)
+            log.info("%s -> %s", lp.name, name)
             blob = Blob()
             blob_id = len(self._blobs)
             self._blobs.append(blob)
@@ -436,7 +469,9 @@ class Net:
         for i in range(start, end + 1):
             for cb in self.before_forward:
                 cb(i)
-            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+            # Net::ForwardFromTo sums the layer losses in Dtype (float32).
+            loss = float(np.float32(loss + self.layers[i].forward(self.bottom_vecs[i],
+                                                                  self.top_vecs[i])))
             if self.debug_info:
                 self._forward_debug_info(i)
             for cb in self.after_forward:
@@ -535,7 +570,7 @@ class Net:
             if name not in self.layer_names_index:
                 log.info("Ignoring source layer %s", name)
                 continue
-            tid = self.layer_names_index[name]
+            tid = self.layer_names.index(name)       # linear search: the first such layer
             targets = self.layers[tid].blobs
             if len(targets) != len(src.blobs):
                 raise NetError("%s: incompatible number of blobs for layer '%s' (source has %d, "
@@ -550,6 +585,10 @@ class Net:
                                    % (source, j, name, " ".join(map(str, sshape)),
                                       " ".join(map(str, t.shape))))
                 t.data[...] = backend.xp().asarray(blobproto_to_array(bp).reshape(t.shape))
+                # Blob::FromProto(proto, reshape=false) also copies a stored diff.
+                if len(bp.double_diff) or len(bp.diff):
+                    t.diff[...] = backend.xp().asarray(
+                        blobproto_to_array(bp, return_diff=True).reshape(t.shape))
 
     def _copy_from_hdf5(self, path):
         import h5py
@@ -574,18 +613,21 @@ class Net:
                         raise NetError("%s: incompatible number of blobs for layer '%s' "
                                        "(param %d missing)" % (path, name, j))
                     arr = np.asarray(grp[key], dtype=np.float32)
-                    if arr.size != t.count:
-                        raise NetError("%s: cannot copy param %d weights from layer '%s'; shape "
-                                       "mismatch. Source param shape is %s; target param shape "
-                                       "is %s" % (path, j, name, arr.shape, t.shape))
-                    t.data[...] = backend.xp().asarray(arr.reshape(t.shape))
+                    # hdf5_load_nd_dataset(..., reshape=false): the dims must equal the shape.
+                    if tuple(arr.shape) != tuple(t.shape):
+                        raise NetError("%s: cannot load param %d of layer '%s' from hdf5; shape "
+                                       "mismatch. Source shape is %s; target shape is %s"
+                                       % (path, j, name, " ".join(map(str, arr.shape)),
+                                          t.shape_string()))
+                    t.data[...] = backend.xp().asarray(arr)
 
     def share_trained_layers_with(self, other):
         for i, src_layer in enumerate(other.layers):
             name = other.layer_names[i]
             if name not in self.layer_names_index:
+                log.info("Ignoring source layer %s", name)
                 continue
-            targets = self.layers[self.layer_names_index[name]].blobs
+            targets = self.layers[self.layer_names.index(name)].blobs
             if len(targets) != len(src_layer.blobs):
                 raise NetError("Incompatible number of blobs for layer '%s'" % name)
             for t, s in zip(targets, src_layer.blobs):

@@ -779,7 +779,7 @@ class Solver:
         try:
             with h5py.File(tmp, "w") as f:
                 f.create_dataset("iter", data=np.array([self.iter], dtype=np.int32))
-                f.create_dataset("learned_net", data=np.bytes_(model_filename.encode("utf-8")))
+                _h5_save_string(f, "learned_net", model_filename)
                 f.create_dataset("current_step", data=np.array([self.current_step],
                                                                dtype=np.int32))
                 g = f.create_group("history")
@@ -800,7 +800,8 @@ class Solver:
         if not os.path.isfile(state_file):
             raise SolverError("Cannot restore: solver state file '%s' does not exist"
                               % state_file)
-        if state_file.endswith(".h5"):
+        h5 = state_file.endswith(".h5")
+        if h5:
             it, learned_net, current_step, history = self._read_state_hdf5(state_file)
         else:
             state = read_binary(state_file, caffe_pb2.SolverState())
@@ -824,6 +825,11 @@ class Solver:
         xp = backend.xp()
         for i, arr in enumerate(history):
             arr = np.asarray(arr, dtype=np.float32)
+            if h5 and tuple(arr.shape) != tuple(self.history[i].shape):
+                # hdf5_load_nd_dataset(..., reshape=false) CHECKs the exact shape.
+                raise SolverError("Cannot restore history blob %d from '%s': shape mismatch "
+                                  "(source shape %s, target shape %s)"
+                                  % (i, state_file, arr.shape, tuple(self.history[i].shape)))
             if arr.size != self.history[i].size:
                 raise SolverError("Cannot restore history blob %d from '%s': it has %d values, "
                                   "the parameter has %d" % (i, state_file, arr.size,
@@ -851,6 +857,19 @@ class Solver:
         except (OSError, KeyError) as e:
             raise SolverError("Cannot read solver state '%s': %s" % (path, e)) from None
         return it, learned_net, current_step, history
+
+
+def _h5_save_string(f, name, s):
+    """Caffe's hdf5_save_string (H5LTmake_dataset_string): a scalar dataset of a fixed-length
+    NUL-terminated string whose size counts the terminator, which hdf5_load_string needs."""
+    import h5py
+    raw = s.encode("utf-8") + b"\0"
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(raw))
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    dset = h5py.h5d.create(f.id, name.encode("utf-8"), tid, space)
+    dset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(raw, dtype="S%d" % len(raw)), mtype=tid)
 
 
 @register_solver("SGD")
