@@ -17,8 +17,15 @@ as Caffe's Layer::SetUp/Forward/Backward do: ``setup`` = check blob counts ->
 into that top's diff); ``forward`` = ``reshape`` -> ``forward_impl`` -> returns
 Σ dot(top.data, top.diff) over the tops with a loss weight.
 """
+import logging
+
+import numpy as np
+
 from . import backend
 from .blob import Blob
+
+_f32 = np.float32
+log = logging.getLogger("caffepy")
 
 
 class LayerError(Exception):
@@ -55,6 +62,8 @@ def get_layer_class(type_name):
 
 
 def create_layer(layer_param, phase=None):
+    # LayerRegistry::CreateLayer logs this (lower-case "layer") before building the layer.
+    log.info("Creating layer %s", layer_param.name)
     cls = _REGISTRY.get(layer_param.type)
     if cls is None:
         raise LayerError("Layer '%s': unknown layer type '%s' (known types: %s)"
@@ -91,7 +100,10 @@ class Layer:
             for bp in layer_param.blobs:
                 arr = blobproto_to_array(bp)
                 b = Blob(arr.shape)
-                b.data[...] = arr
+                b.data[...] = backend.xp().asarray(arr)
+                # Blob::FromProto also copies a stored diff (double_diff or diff) if present.
+                if len(bp.double_diff) or len(bp.diff):
+                    b.diff[...] = backend.xp().asarray(blobproto_to_array(bp, return_diff=True))
                 self.blobs.append(b)
 
     # -- hooks a layer implements -----------------------------------------------
@@ -127,6 +139,20 @@ class Layer:
     @property
     def xp(self):
         return backend.xp()
+
+    def scratch(self, name, shape, dtype=None):
+        """A named scratch array (float32 unless told), kept across iterations and
+        reallocated only when its shape, dtype or array module changes; its contents are
+        undefined. Made where first needed, so inference-only nets do not pay for
+        backward-only buffers."""
+        xp = self.xp
+        dtype = xp.float32 if dtype is None else dtype
+        shape = tuple(shape)
+        buffers = self.__dict__.setdefault("_scratch", {})
+        a = buffers.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype or not isinstance(a, xp.ndarray):
+            a = buffers[name] = xp.empty(shape, dtype=dtype)
+        return a
 
     def error(self, msg, *args):
         return LayerError("Layer '%s' (%s): %s" % (self.name, self.type, msg % args if args else msg))
@@ -184,10 +210,11 @@ class Layer:
     def forward(self, bottom, top):
         self.reshape(bottom, top)
         self.forward_impl(bottom, top)
+        # Layer::Forward: Dtype loss += caffe_cpu_dot(...) -- a float32 sum over the tops.
         loss = 0.0
         for i, t in enumerate(top):
             if self.loss(i) != 0:
-                loss += float(self.xp.vdot(t.flat_data, t.flat_diff))
+                loss = float(_f32(loss + float(self.xp.vdot(t.flat_data, t.flat_diff))))
         return loss
 
     def backward(self, top, propagate_down, bottom):
@@ -198,9 +225,13 @@ class Layer:
 
 
 class LossLayer(Layer):
-    """Base of the loss layers: 2+ bottoms, a scalar top 0 with default loss_weight 1."""
+    """Base of the loss layers: 2 bottoms (prediction, target), a scalar top 0 with default
+    loss_weight 1. Override the blob counts for other arities, as Caffe's loss layers do."""
     is_loss = True
-    min_bottom_blobs = 2
+    # Caffe's LossLayer::AutoTopBlobs() is true: a loss layer given no top in the prototxt
+    # gets an anonymous "(automatic)" top (which still carries its loss weight).
+    auto_top_blobs = True
+    exact_num_bottom_blobs = 2
     exact_num_top_blobs = -1
     min_top_blobs = 1
     max_top_blobs = 1

@@ -96,7 +96,6 @@ class InnerProductLayer(Layer):
             if self.bias_term:
                 _check_param_shape(self, 1, (self.N,), "bias")
         _init_param_propagate(self)
-        self._wtmp = None
 
     def reshape(self, bottom, top):
         p = self.layer_param.inner_product_param
@@ -125,17 +124,17 @@ class InnerProductLayer(Layer):
         x = bottom[0].flat_data.reshape(self.M, self.K)
         if self.param_propagate(0):
             wdiff = self.blobs[0].diff
-            # A fixed-shape scratch buffer (the weight's shape never changes), made on the
-            # first backward so that inference-only nets do not pay for it.
-            if self._wtmp is None or self._wtmp.shape != wdiff.shape:
-                self._wtmp = xp.empty(wdiff.shape, dtype=xp.float32)
+            # param diffs accumulate: the product goes to scratch, then +=
+            dw = self.scratch("dw", wdiff.shape)
             if self.transpose:
-                xp.matmul(x.T, dy, out=self._wtmp)
+                xp.matmul(x.T, dy, out=dw)
             else:
-                xp.matmul(dy.T, x, out=self._wtmp)
-            wdiff += self._wtmp
+                xp.matmul(dy.T, x, out=dw)
+            wdiff += dw
         if self.bias_term and self.param_propagate(1):
-            self.blobs[1].diff[...] += dy.sum(axis=0)
+            db = self.scratch("db", (self.N,))
+            xp.sum(dy, axis=0, out=db)
+            self.blobs[1].diff[...] += db
         if propagate_down[0]:
             w = self.blobs[0].data
             dx = bottom[0].flat_diff.reshape(self.M, self.K)
@@ -207,18 +206,20 @@ class EltwiseLayer(Layer):
         elif self.op == E.MAX:
             # Caffe: bottom 1 wins over bottom 0 unless bottom 0 is strictly greater;
             # every later bottom must be strictly greater than the running max to win.
-            a, b = bottom[0].data, bottom[1].data
+            # The winner's index goes to max_idx (it routes the gradient); the value is
+            # xp.maximum's, the same number (masked copies are several times slower).
             mask = self.max_idx
-            gt = xp.greater(a, b)
-            xp.copyto(y, b)
-            xp.copyto(y, a, where=gt)
-            mask[...] = 1
-            mask[gt] = 0
+            gt = self.scratch("gt", y.shape, xp.bool_)
+            xp.greater(bottom[0].data, bottom[1].data, out=gt)
+            xp.logical_not(gt, out=mask)                  # 0 where bottom 0 wins, else 1
+            xp.maximum(bottom[0].data, bottom[1].data, out=y)
             for i in range(2, len(bottom)):
                 bi = bottom[i].data
-                gt = xp.greater(bi, y)
-                xp.copyto(y, bi, where=gt)
-                mask[gt] = i
+                won = self.scratch("won", y.shape, xp.int32)
+                xp.greater(bi, y, out=won)
+                won *= i                                  # i where bottom i wins, else 0
+                xp.maximum(mask, won, out=mask)           # indices so far are all < i
+                xp.maximum(y, bi, out=y)
         else:
             raise self.error("unknown Eltwise operation %d", self.op)
 
@@ -250,9 +251,10 @@ class EltwiseLayer(Layer):
                     dx[...] = dy
                 else:
                     xp.multiply(dy, xp.float32(c), out=dx)
-            else:  # MAX
-                dx[...] = 0
-                xp.copyto(dx, dy, where=(self.max_idx == i))
+            else:  # MAX: dy where bottom i won, 0 elsewhere
+                won = self.scratch("won_f", dx.shape)
+                xp.equal(self.max_idx, i, out=won)
+                xp.multiply(dy, won, out=dx)
 
 
 # -- Concat / Slice -----------------------------------------------------------------------

@@ -80,17 +80,30 @@ def _ignore_label(loss_param):
     return int(loss_param.ignore_label) if loss_param.HasField("ignore_label") else None
 
 
-def _softmax(xp, x3, out3):
-    """Softmax over axis 1 of an (outer, C, inner) array, as Caffe's Softmax layer."""
-    xp.subtract(x3, x3.max(axis=1, keepdims=True), out=out3)
+def _softmax(xp, x3, out3, red):
+    """Softmax over axis 1 of an (outer, C, inner) array, as Caffe's Softmax layer;
+    red is (outer, 1, inner) scratch."""
+    xp.max(x3, axis=1, keepdims=True, out=red)
+    xp.subtract(x3, red, out=out3)
     xp.exp(out3, out=out3)
-    out3 /= out3.sum(axis=1, keepdims=True)
+    xp.sum(out3, axis=1, keepdims=True, out=red)
+    out3 /= red
 
 
-def _gather(xp, a3, lab):
+def _index_grid(layer):
+    """(arange(outer)[:, None], arange(inner)[None, :]) for indexing an (outer, C, inner)
+    array by (outer, inner) labels; rebuilt only when outer or inner change."""
+    xp = layer.xp
+    grid = getattr(layer, "_grid", None)
+    if (grid is None or grid[0].shape[0] != layer.outer or grid[1].shape[1] != layer.inner
+            or not isinstance(grid[0], xp.ndarray)):
+        grid = layer._grid = (xp.arange(layer.outer)[:, None], xp.arange(layer.inner)[None, :])
+    return grid
+
+
+def _gather(a3, lab, grid):
     """a3[i, lab[i, j], j] for an (outer, C, inner) array and (outer, inner) labels."""
-    outer, _, inner = a3.shape
-    return a3[xp.arange(outer)[:, None], lab, xp.arange(inner)[None, :]]
+    return a3[grid[0], lab, grid[1]]
 
 
 class _SoftmaxLoss(LossLayer):
@@ -138,7 +151,8 @@ class _SoftmaxLoss(LossLayer):
     def _forward_softmax(self, bottom, top):
         xp = self.xp
         p3 = self.prob.data.reshape(self._shape3())
-        _softmax(xp, bottom[0].data.reshape(self._shape3()), p3)
+        red = self.scratch("softmax_red", (self.outer, 1, self.inner))
+        _softmax(xp, bottom[0].data.reshape(self._shape3()), p3, red)
         if len(top) > 1:
             top[1].data[...] = self.prob.data
         return p3
@@ -177,7 +191,7 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         p3 = self._forward_softmax(bottom, top)
         lab, valid = _read_labels(self, bottom[1], (self.outer, self.inner), self.channels,
                                   self.ignore_label)
-        logp = xp.log(xp.maximum(_gather(xp, p3, lab), FLT_MIN))
+        logp = xp.log(xp.maximum(_gather(p3, lab, _index_grid(self)), FLT_MIN))
         count = None
         if valid is not None:
             logp = xp.where(valid, logp, _f32(0))
@@ -194,7 +208,8 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         lab, valid = self._lab, self._valid
         d3 = bottom[0].diff.reshape(self._shape3())
         d3[...] = self.prob.data.reshape(self._shape3())
-        d3[xp.arange(self.outer)[:, None], lab, xp.arange(self.inner)[None, :]] -= _f32(1)
+        rows, cols = _index_grid(self)
+        d3[rows, lab, cols] -= _f32(1)
         if valid is not None:
             d3 *= valid[:, None, :]
         d3 *= (top[0].diff / self._norm).astype(xp.float32)
@@ -206,6 +221,7 @@ class InfogainLossLayer(_SoftmaxLoss):
     """Internal softmax along infogain_loss_param.axis, then
     −Σ_l H[label, l]·log max(p_l, 1e-20) / normalizer. H comes from
     infogain_loss_param.source (a BlobProto file) or from bottom 2."""
+    exact_num_bottom_blobs = -1
     min_bottom_blobs = 2
     max_bottom_blobs = 3
 
@@ -604,9 +620,11 @@ class AccuracyLayer(Layer):
         s3 = bottom[0].data.reshape(self.outer, C, self.inner)
         lab, valid = _read_labels(self, bottom[1], (self.outer, self.inner), C,
                                   self.ignore_label)
-        true_score = _gather(xp, s3, lab)
+        true_score = _gather(s3, lab, _index_grid(self))
         # Caffe counts every class scoring >= the true one, the true class itself included.
-        num_better = (s3 >= true_score[:, None, :]).sum(axis=1) - 1
+        ge = self.scratch("ge", s3.shape, xp.bool_)
+        xp.greater_equal(s3, true_score[:, None, :], out=ge)
+        num_better = ge.sum(axis=1) - 1
         hit = num_better < self.top_k
         if valid is not None:
             hit &= valid

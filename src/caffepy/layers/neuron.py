@@ -51,24 +51,36 @@ class ReLULayer(NeuronLayer):
 
     def forward_impl(self, bottom, top):
         xp = self.xp
-        x = bottom[0].data
+        x, y = bottom[0].data, top[0].data
         s = self.negative_slope
         if s == 0:
-            xp.maximum(x, 0, out=top[0].data)
+            xp.maximum(x, 0, out=y)
         else:
-            top[0].data[...] = xp.where(x > 0, x, x * s)
+            # Caffe's max(x, 0) + slope * min(x, 0), branch-free (xp.where is slower)
+            neg = self.scratch("neg", x.shape)
+            xp.minimum(x, 0, out=neg)
+            neg *= s
+            xp.maximum(x, 0, out=y)
+            y += neg
 
     def backward_impl(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         xp = self.xp
         x = bottom[0].data
-        dy = top[0].diff
+        dy, dx = top[0].diff, bottom[0].diff
         s = self.negative_slope
+        pos = self.scratch("pos", x.shape, xp.bool_)
+        xp.greater(x, 0, out=pos)
         if s == 0:
-            xp.multiply(dy, x > 0, out=bottom[0].diff)
+            xp.multiply(dy, pos, out=dx)
         else:
-            bottom[0].diff[...] = xp.where(x > 0, dy, dy * s)
+            # Caffe's dy * ((x > 0) + slope * (x <= 0)): the factor is exactly 1 or slope
+            factor = self.scratch("factor", x.shape)
+            xp.less_equal(x, 0, out=factor)
+            factor *= s
+            factor += pos
+            xp.multiply(dy, factor, out=dx)
 
 
 @register_layer("PReLU")
@@ -166,9 +178,13 @@ class ELULayer(NeuronLayer):
         bottom[0].diff[...] = xp.where(x > 0, dy, dy * (y + self.alpha))
 
 
-def _sigmoid(xp, z):
-    # Caffe's CPU sigmoid: 0.5 * tanh(0.5 * x) + 0.5
-    return xp.tanh(z * 0.5) * 0.5 + 0.5
+def _sigmoid(xp, z, out=None):
+    # Caffe's CPU sigmoid: 0.5 * tanh(0.5 * x) + 0.5 (into out, which may be z)
+    out = xp.multiply(z, 0.5, out=out)
+    xp.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
 
 
 @register_layer("Sigmoid")
@@ -176,12 +192,16 @@ class SigmoidLayer(NeuronLayer):
     """y = 1 / (1 + exp(-x)), computed as 0.5 * tanh(0.5 x) + 0.5 like Caffe's CPU code."""
 
     def forward_impl(self, bottom, top):
-        top[0].data[...] = _sigmoid(self.xp, bottom[0].data)
+        _sigmoid(self.xp, bottom[0].data, out=top[0].data)
 
     def backward_impl(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            y = top[0].data
-            bottom[0].diff[...] = top[0].diff * y * (1 - y)
+            xp = self.xp
+            y, dx = top[0].data, bottom[0].diff
+            one_minus_y = self.scratch("one_minus_y", y.shape)
+            xp.subtract(1, y, out=one_minus_y)
+            xp.multiply(top[0].diff, y, out=dx)        # dx may be dy (in place)
+            dx *= one_minus_y
 
 
 @register_layer("TanH")
@@ -191,8 +211,12 @@ class TanHLayer(NeuronLayer):
 
     def backward_impl(self, top, propagate_down, bottom):
         if propagate_down[0]:
+            xp = self.xp
             y = top[0].data
-            bottom[0].diff[...] = top[0].diff * (1 - y * y)
+            g = self.scratch("g", y.shape)
+            xp.multiply(y, y, out=g)
+            xp.subtract(1, g, out=g)                   # 1 - y^2
+            xp.multiply(top[0].diff, g, out=bottom[0].diff)
 
 
 @register_layer("AbsVal")
@@ -261,7 +285,6 @@ class PowerLayer(_SavesInput):
     def backward_impl(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        xp = self.xp
         dx = bottom[0].diff
         if self.diff_scale == 0:
             dx[...] = 0
@@ -398,18 +421,31 @@ class DropoutLayer(NeuronLayer):
         self.ratio = _c(p)
         self.scale = _c(1.0 / (1.0 - self.ratio))
         self._mask = None
+        self._uniform = None     # host buffers: the draws and the scaled mask
+        self._host_mask = None
 
     def _train(self):
         from ..proto import caffe_pb2
         return self.phase == caffe_pb2.TRAIN
 
+    def _draw_mask(self, shape):
+        """Scale where kept, 0 where dropped. Drawn from caffepy's host stream, so CPU and
+        GPU runs drop the same units; on GPU that costs one host-to-device copy."""
+        if self._uniform is None or self._uniform.shape != shape:
+            self._uniform = np.empty(shape, dtype=np.float64)
+            self._host_mask = np.empty(shape, dtype=np.float32)
+        backend.rng().random(out=self._uniform)
+        mask = self._host_mask
+        np.less(self._uniform, 1.0 - self.ratio, out=mask)
+        mask *= _f32(self.scale)
+        return self.xp.asarray(mask)
+
     def forward_impl(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
         if self._train():
-            keep = backend.rng().random(size=x.shape) < (1.0 - self.ratio)
-            # mask already carries the 1/(1-p) scale: x*scale for kept units, 0 otherwise
-            self._mask = xp.asarray(keep.astype(np.float32) * self.scale)
+            # the mask carries the 1/(1-p) scale: x*scale for kept units, 0 otherwise
+            self._mask = self._draw_mask(x.shape)
             xp.multiply(x, self._mask, out=top[0].data)
         elif top[0] is not bottom[0]:
             top[0].data[...] = x

@@ -51,20 +51,34 @@ class SoftmaxLayer(Layer):
     def _view(self, a):
         return a.reshape(self.outer, self.channels, self.inner)
 
+    def _reduced(self):
+        """Scratch for a max or sum over the softmax axis, shape (outer, 1, inner)."""
+        return self.scratch("reduced", (self.outer, 1, self.inner))
+
     def forward_impl(self, bottom, top):
         xp = self.xp
         x = self._view(bottom[0].data)
         y = self._view(top[0].data)
-        e = xp.exp(x - x.max(axis=1, keepdims=True))
-        xp.divide(e, e.sum(axis=1, keepdims=True), out=y)
+        r = self._reduced()
+        xp.max(x, axis=1, keepdims=True, out=r)
+        xp.subtract(x, r, out=y)
+        xp.exp(y, out=y)
+        xp.sum(y, axis=1, keepdims=True, out=r)
+        y /= r
 
     def backward_impl(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        xp = self.xp
         y = self._view(top[0].data)
         dy = self._view(top[0].diff)
-        dot = (dy * y).sum(axis=1, keepdims=True)
-        self.xp.multiply(dy - dot, y, out=self._view(bottom[0].diff))
+        dx = self._view(bottom[0].diff)
+        dy_y = self.scratch("dy_y", y.shape)
+        dot = self._reduced()
+        xp.multiply(dy, y, out=dy_y)
+        xp.sum(dy_y, axis=1, keepdims=True, out=dot)
+        xp.subtract(dy, dot, out=dx)                   # dx may be dy (in place)
+        dx *= y
 
 
 @register_layer("BatchNorm")
@@ -132,16 +146,19 @@ class BatchNormLayer(Layer):
         y = self._view(top[0].data)
         axes = (0, 2)
         m = self.num * self.spatial
+        # y holds x - mean, then (x - mean) / std; x may be y (in place)
         if self.use_global_stats:
             s = float(self.blobs[2].data.reshape(-1)[0])
             sf = 0.0 if s == 0 else _c(_f32(1) / _f32(s))
             mean = self.blobs[0].data.reshape(-1) * sf
             var = self.blobs[1].data.reshape(-1) * sf
-            xc = x - mean.reshape(1, -1, 1)
+            xp.subtract(x, mean.reshape(1, -1, 1), out=y)
         else:
             mean = x.sum(axis=axes, dtype=xp.float32) * _c(1.0 / m)
-            xc = x - mean.reshape(1, -1, 1)
-            var = (xc * xc).sum(axis=axes, dtype=xp.float32) * _c(1.0 / m)
+            xp.subtract(x, mean.reshape(1, -1, 1), out=y)
+            sq = self._view(self._x_norm)              # scratch until the end of forward
+            xp.multiply(y, y, out=sq)
+            var = sq.sum(axis=axes, dtype=xp.float32) * _c(1.0 / m)
             # running averages
             lam = self.moving_average_fraction
             b0, b1, b2 = (blob.data.reshape(-1) for blob in self.blobs)
@@ -152,7 +169,7 @@ class BatchNormLayer(Layer):
             corr = _c(_f32(cnt) / _f32(cnt - 1)) if cnt > 1 else 1.0
             b1[...] = var * corr + b1 * lam
         self._std = xp.sqrt(var + self.eps)
-        xp.divide(xc, self._std.reshape(1, -1, 1), out=y)
+        y /= self._std.reshape(1, -1, 1)
         self._x_norm[...] = top[0].flat_data
 
     def backward_impl(self, top, propagate_down, bottom):
@@ -168,10 +185,16 @@ class BatchNormLayer(Layer):
         y = self._view(self._x_norm)
         axes = (0, 2)
         m = self.num * self.spatial
-        sum_dyy = (dy * y).sum(axis=axes, dtype=xp.float32).reshape(1, -1, 1)
+        t = self.scratch("t", y.shape)
+        xp.multiply(dy, y, out=t)
+        sum_dyy = t.sum(axis=axes, dtype=xp.float32).reshape(1, -1, 1)
         sum_dy = dy.sum(axis=axes, dtype=xp.float32).reshape(1, -1, 1)
-        g = dy - (y * sum_dyy + sum_dy) * _c(1.0 / m)
-        xp.divide(g, std, out=dx)
+        # dx = (dy - (y * sum_dyy + sum_dy) / m) / std; dx may be dy (in place)
+        xp.multiply(y, sum_dyy, out=t)
+        t += sum_dy
+        t *= _c(1.0 / m)
+        xp.subtract(dy, t, out=dx)
+        dx /= std
 
 
 class _BroadcastParam(Layer):
@@ -321,7 +344,9 @@ class ScaleLayer(_BroadcastParam):
         learned = len(bottom) == 1
         if (learned and self.param_propagate(0)) or (not learned and propagate_down[1]):
             x = self._x_copy if in_place else bottom[0].data
-            g = (dy * self._v(x)).sum(axis=(0, 2), dtype=xp.float32)
+            dy_x = self.scratch("dy_x", dy.shape)
+            xp.multiply(dy, self._v(x), out=dy_x)
+            g = dy_x.sum(axis=(0, 2), dtype=xp.float32)
             sblob = self._scale_blob(bottom)
             if learned:
                 sblob.diff[...] += g.reshape(sblob.shape)

@@ -372,7 +372,6 @@ class DeconvolutionLayer(_ConvolutionBase):
         self._OK, self._NP = O * K, N * Pin
 
     def forward_impl(self, bottom, top):
-        xp = self.xp
         N, Cin, O = self.num, self.channels, self.num_output
         Pin = _prod(self.in_sp)
         w2 = self.blobs[0].data.reshape(Cin, -1)
