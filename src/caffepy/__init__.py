@@ -1,6 +1,12 @@
 """caffepy: Caffe's training engine rebuilt in Python (pycaffe-compatible names)."""
 __version__ = "0.1.0"
 
+import logging as _logging
+
+# A library configures no logging of its own: Caffe's log lines go to the "caffepy" logger and
+# appear once the application (or the caffepy CLI) sets up a handler.
+_logging.getLogger("caffepy").addHandler(_logging.NullHandler())
+
 from .proto import caffe_pb2  # noqa: F401
 from .backend import set_mode_cpu, set_mode_gpu, set_device, set_random_seed  # noqa: F401
 from .blob import Blob  # noqa: F401
@@ -10,7 +16,8 @@ from . import layers  # noqa: F401  (registers the built-in layer types)
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 
-from .net import Net  # noqa: E402,F401
+from .net import Net, NetError  # noqa: E402,F401
+from .proto.io import ProtoError  # noqa: E402,F401
 from . import gradient_check, fillers  # noqa: E402,F401
 from .proto import io as proto_io  # noqa: E402,F401
 from .solver import (Solver, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: E402,F401

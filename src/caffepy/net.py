@@ -162,7 +162,7 @@ def load_net_param(source):
         return param
     if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
         return upgrade.read_net_param(str(source))
-    if isinstance(source, str) and ("layer" in source or "{" in source) and "\n" in source:
+    if isinstance(source, str) and ("{" in source or "\n" in source):
         from .proto.io import parse_text
         param = parse_text(source, caffe_pb2.NetParameter(), "<string>")
         upgrade.upgrade_net_as_needed(param, "<string>")
@@ -229,8 +229,8 @@ class Net:
         self.has_params_decay = []
         self.input_blob_indices = []
         self.debug_info = param.debug_info
-        self.before_forward, self.after_forward = [], []
-        self.before_backward, self.after_backward = [], []
+        self.before_forward, self.after_forward = _Hooks(), _Hooks()
+        self.before_backward, self.after_backward = _Hooks(), _Hooks()
 
         blob_name_to_idx = {}
         available = set()
@@ -673,6 +673,8 @@ class Net:
                             gd.create_dataset(str(j), data=backend.to_numpy(b.data))
                         if write_diff:
                             gf.create_dataset(str(j), data=backend.to_numpy(b.diff))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -799,6 +801,15 @@ class Net:
         if layer is None or layer.type != "MemoryData":
             raise NetError("set_input_arrays needs the first layer to be MemoryData")
         layer.set_input_arrays(data, labels)
+
+
+class _Hooks(list):
+    """Per-layer callbacks ``fn(layer_index)``. Register as pycaffe does, ``net.after_forward(fn)``,
+    or as a list (``append``, ``remove``, ``clear``)."""
+
+    def __call__(self, fn):
+        self.append(fn)
+        return fn
 
 
 def _shape_equals(shape, bp):
