@@ -342,3 +342,21 @@ def test_legacy_pycaffe_constructor_order_and_blob_api(tmp_path):
     modern.blobs["label"].reshape(2)
     modern.reshape()
     assert modern.blobs["conv1"].shape == (2, 20, 24, 24)
+
+
+def test_forward_all_batches_pads_and_trims():
+    text = """
+    force_backward: true
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+            inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+    """
+    net = caffepy.Net(net_param(text, caffe_pb2.TEST))
+    w = net.params["ip"][0].data.astype(np.float64)
+    x = np.random.default_rng(0).random((10, 3)).astype(np.float32)   # 2 full batches + 2
+    out = net.forward_all(x=x)
+    assert out["y"].shape == (10, 2)
+    np.testing.assert_allclose(out["y"], x @ w.T, rtol=1e-5)
+    outs, diffs = net.forward_backward_all(x=x, y=np.ones((10, 2), np.float32))
+    np.testing.assert_allclose(outs["y"], x @ w.T, rtol=1e-5)
+    np.testing.assert_allclose(diffs["x"], np.ones((10, 2)) @ w, rtol=1e-5)

@@ -789,6 +789,61 @@ class Net:
         self.backward_from_to(start_ind, end_ind)
         return {o: self.blob_by_name(o).diff for o in outputs}
 
+    def _batches(self, arrays):
+        """pycaffe's Net._batch: split ``arrays`` into batch-sized dicts, zero-padding the last."""
+        num = len(next(iter(arrays.values())))
+        batch_size = next(iter(self.blobs.values())).shape[0]
+        full, remainder = divmod(num, batch_size)
+        for b in range(full):
+            i = b * batch_size
+            yield {name: a[i:i + batch_size] for name, a in arrays.items()}
+        if remainder:
+            yield {name: np.concatenate([a[-remainder:],
+                                         np.zeros((batch_size - remainder,) + a.shape[1:],
+                                                  dtype=np.float32)])
+                   for name, a in arrays.items()}
+
+    @staticmethod
+    def _collect(store, results):
+        for name, arr in results.items():
+            arr = backend.to_numpy(arr)
+            if arr.ndim == 0:
+                store[name].append(arr.copy())
+            else:
+                store[name].extend(arr.copy())
+
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe: forward ``kwargs`` (whole data sets, any length) batch by batch; returns
+        {output: array} with the padding of the last batch removed."""
+        outs = {o: [] for o in set(self.outputs + list(blobs or []))}
+        for batch in self._batches(kwargs):
+            self._collect(outs, self.forward(blobs=blobs, **batch))
+        outs = {o: np.asarray(v) for o, v in outs.items()}
+        pad = len(next(iter(outs.values()))) - len(next(iter(kwargs.values())))
+        if pad > 0:
+            outs = {o: v[:-pad] for o, v in outs.items()}
+        return outs
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe: forward the inputs and backward the output diffs given in ``kwargs``, batch
+        by batch; returns ({output: array}, {input diff: array}) without the padding."""
+        import itertools
+        outs = {o: [] for o in set(self.outputs + list(blobs or []))}
+        grads = {d: [] for d in set(self.inputs + list(diffs or []))}
+        fwd = self._batches({k: kwargs[k] for k in self.inputs if k in kwargs})
+        bwd = self._batches({k: kwargs[k] for k in self.outputs if k in kwargs}) \
+            if any(k in kwargs for k in self.outputs) else iter(())
+        for fb, bb in itertools.zip_longest(fwd, bwd, fillvalue={}):
+            self._collect(outs, self.forward(blobs=blobs, **fb))
+            self._collect(grads, self.backward(diffs=diffs, **bb))
+        outs = {o: np.asarray(v) for o, v in outs.items()}
+        grads = {d: np.asarray(v) for d, v in grads.items()}
+        pad = len(next(iter(outs.values()))) - len(next(iter(kwargs.values())))
+        if pad > 0:
+            outs = {o: v[:-pad] for o, v in outs.items()}
+            grads = {d: v[:-pad] for d, v in grads.items()}
+        return outs, grads
+
     def close(self):
         """Release what layers hold open (prefetch threads, database handles, output files)."""
         for layer in self.layers:
