@@ -685,20 +685,29 @@ class Net:
         self._copy_from_hdf5(path)
 
     # -- pycaffe-style accessors ---------------------------------------------------------
+    # Built once, on first use, as pycaffe does (the net's structure is fixed after Init).
     @property
     def blobs(self):
-        return collections.OrderedDict((n, self._blobs[i]) for i, n in enumerate(self.blob_names)
-                                       if n != "(automatic)")
+        """pycaffe: blob name -> Blob, in creation order (in-place tops add no entry)."""
+        if "_blobs_dict" not in self.__dict__:
+            self._blobs_dict = collections.OrderedDict(
+                (n, self._blobs[i]) for i, n in enumerate(self.blob_names) if n != "(automatic)")
+        return self._blobs_dict
 
     @property
     def layer_dict(self):
-        return collections.OrderedDict(zip(self.layer_names, self.layers))
+        if "_layer_dict" not in self.__dict__:
+            self._layer_dict = collections.OrderedDict(zip(self.layer_names, self.layers))
+        return self._layer_dict
 
     @property
     def params(self):
         """pycaffe: layer name -> list of param Blobs, for layers that have params."""
-        return collections.OrderedDict((self.layer_names[i], list(l.blobs))
-                                       for i, l in enumerate(self.layers) if len(l.blobs))
+        if "_params_dict" not in self.__dict__:
+            self._params_dict = collections.OrderedDict(
+                (self.layer_names[i], list(l.blobs)) for i, l in enumerate(self.layers)
+                if len(l.blobs))
+        return self._params_dict
 
     @property
     def _layer_names(self):
