@@ -313,7 +313,7 @@ def test_convert_mnist_bundled_and_npz(capsys, tmp_path):
     (["convert_mnist", "a", "b"], "convert_mnist needs IMAGES_IDX LABELS_IDX OUT_DB"),
     (["convert_mnist", "nofile", "nofile2", "x_lmdb"], "cannot open 'nofile'"),
     (["convert_mnist", "--bundled", "--split", "test", "--backend", "rocksdb", "x_lmdb"],
-     "Unknown db backend 'rocksdb'"),
+     "Unknown database backend 'rocksdb'"),
 ])
 def test_convert_mnist_errors(capsys, tmp_path, monkeypatch, argv, msg):
     monkeypatch.chdir(tmp_path)

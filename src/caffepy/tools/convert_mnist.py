@@ -20,7 +20,7 @@ import shutil
 import numpy as np
 
 from ..proto import caffe_pb2
-from . import ToolError
+from . import ToolError, dbio
 
 log = logging.getLogger("caffepy")
 
@@ -112,60 +112,6 @@ def _check_arrays(images, labels):
 
 # -- writing ---------------------------------------------------------------------------
 
-class _LMDBWriter:
-    def __init__(self, path, expected_bytes):
-        import lmdb
-        self._lmdb = lmdb
-        self.map_size = max(1 << 24, int(expected_bytes * 2) + (8 << 20))
-        self.env = lmdb.open(path, map_size=self.map_size, subdir=True, lock=True)
-
-    def write(self, items):
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for k, v in items:
-                        txn.put(k, v)
-                return
-            except self._lmdb.MapFullError:
-                # Caffe's LMDB grows the map (doubling) when a commit does not fit.
-                self.map_size *= 2
-                self.env.set_mapsize(self.map_size)
-
-    def close(self):
-        self.env.close()
-
-
-class _LevelDBWriter:
-    def __init__(self, path, expected_bytes):
-        try:
-            import plyvel
-        except ImportError:
-            raise ToolError("--backend leveldb needs the optional plyvel package "
-                            "(pip install plyvel); the default backend lmdb needs nothing extra") \
-                from None
-        self.db = plyvel.DB(path, create_if_missing=True, error_if_exists=True,
-                            write_buffer_size=256 << 20)
-
-    def write(self, items):
-        with self.db.write_batch() as wb:
-            for k, v in items:
-                wb.put(k, v)
-
-    def close(self):
-        self.db.close()
-
-
-def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    # disable=None: no bar when stderr is not a terminal.
-    return tqdm(total=total, desc=desc, unit="img", disable=None, leave=False)
-
-
 def write_mnist_db(images, labels, db_path, backend="lmdb", commit_every=COMMIT_EVERY,
                    progress=True):
     """Write MNIST ``images`` (N×rows×cols uint8) and ``labels`` to a new database at ``db_path``.
@@ -174,23 +120,11 @@ def write_mnist_db(images, labels, db_path, backend="lmdb", commit_every=COMMIT_
     a partly written database is removed if writing fails.
     """
     images, labels = _check_arrays(images, labels)
-    backend = str(backend).lower()
-    if backend not in ("lmdb", "leveldb"):
-        raise ToolError("Unknown db backend '%s' (use lmdb or leveldb)" % backend)
-    if os.path.lexists(db_path):
-        raise ToolError("the output database '%s' already exists; remove it first or choose "
-                        "another path (Caffe's convert_mnist_data does not overwrite either)"
-                        % db_path)
-    parent = os.path.dirname(os.path.abspath(db_path))
-    if not os.path.isdir(parent):
-        raise ToolError("cannot create '%s': the directory '%s' does not exist"
-                        % (db_path, parent))
+    writer = dbio.new_db(db_path, backend, tool="convert_mnist_data")
     num, rows, cols = images.shape
     log.info("A total of %d items.", num)
     log.info("Rows: %d Cols: %d", rows, cols)
-    expected = num * (rows * cols + 64)
-    writer = (_LMDBWriter if backend == "lmdb" else _LevelDBWriter)(db_path, expected)
-    bar = _progress(num, os.path.basename(os.path.normpath(db_path)), progress)
+    bar = dbio.progress_bar(num, os.path.basename(os.path.normpath(db_path)), progress)
     count = 0
     try:
         datum = caffe_pb2.Datum()
@@ -212,11 +146,7 @@ def write_mnist_db(images, labels, db_path, backend="lmdb", commit_every=COMMIT_
                 bar.update(len(batch))
         writer.close()
     except BaseException:
-        try:
-            writer.close()
-        except Exception:
-            pass
-        shutil.rmtree(db_path, ignore_errors=True)
+        dbio.discard(writer)
         raise
     finally:
         if bar is not None:
