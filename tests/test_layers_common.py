@@ -3,6 +3,8 @@ random inputs and hand-computed values, plus the user errors Caffe CHECKs."""
 import numpy as np
 import pytest
 
+from caffepy.layer import build_layer
+
 from caffepy import Blob, LayerError, caffe_pb2
 from caffepy.gradient_check import check_layer
 from caffepy.layer import create_layer
@@ -15,17 +17,7 @@ def rnd(*shape, seed=0, lo=-1.0, hi=1.0):
 
 def make(text, bottoms, ntop=1, phase=None):
     """Build a layer from LayerParameter text, set it up on blobs holding ``bottoms``."""
-    lp = parse_text(text, caffe_pb2.LayerParameter())
-    bottom = []
-    for a in bottoms:
-        a = np.asarray(a, dtype=np.float32)
-        b = Blob(a.shape)
-        b.data[...] = a
-        bottom.append(b)
-    top = [Blob() for _ in range(ntop)]
-    layer = create_layer(lp, phase)
-    layer.setup(bottom, top)
-    return layer, bottom, top
+    return build_layer(text, bottoms, ntop, phase)
 
 
 def fwd(layer, bottom, top):

@@ -3,25 +3,13 @@ import numpy as np
 import pytest
 
 import caffepy
-from caffepy import Blob
 from caffepy.gradient_check import check_layer
-from caffepy.layer import LayerError, create_layer
-from caffepy.proto import caffe_pb2
-from caffepy.proto.io import array_to_blobproto, parse_text, write_binary
+from caffepy.layer import LayerError, build_layer
+from caffepy.proto.io import array_to_blobproto, write_binary
 
 
 def make(text, arrays, ntop=1):
-    lp = parse_text(text, caffe_pb2.LayerParameter())
-    bottom = []
-    for a in arrays:
-        a = np.asarray(a, dtype=np.float32)
-        b = Blob(a.shape)
-        b.data[...] = a
-        bottom.append(b)
-    top = [Blob() for _ in range(ntop)]
-    layer = create_layer(lp)
-    layer.setup(bottom, top)
-    return layer, bottom, top
+    return build_layer(text, arrays, ntop)
 
 
 def run(text, arrays, ntop=1, backward=True, prop=None):

@@ -128,23 +128,9 @@ def check_layer(layer_param, bottom_arrays, phase=None, stepsize=1e-2, threshold
                 top_count=None):
     """Build a layer from a LayerParameter (or prototxt text), set it up on fresh blobs
     holding ``bottom_arrays``, and check its gradients. Returns (layer, bottom, top)."""
-    from .blob import Blob
-    from .layer import create_layer
-    from .proto import caffe_pb2
-    from .proto.io import parse_text
-    if isinstance(layer_param, str):
-        layer_param = parse_text(layer_param, caffe_pb2.LayerParameter())
+    from .layer import build_layer
     backend.set_random_seed(seed)
-    bottom = []
-    for a in bottom_arrays:
-        a = np.asarray(a, dtype=np.float32)
-        b = Blob(a.shape)
-        b.data[...] = backend.xp().asarray(a)
-        bottom.append(b)
-    ntop = top_count if top_count is not None else max(len(layer_param.top), 1)
-    top = [Blob() for _ in range(ntop)]
-    layer = create_layer(layer_param, phase)
-    layer.setup(bottom, top)
+    layer, bottom, top = build_layer(layer_param, bottom_arrays, top_count, phase)
     checker = GradientChecker(stepsize, threshold, seed=seed, kink=kink, kink_range=kink_range)
     if exhaustive:
         checker.check_exhaustive(layer, bottom, top, check_bottom)

@@ -71,6 +71,29 @@ def create_layer(layer_param, phase=None):
     return cls(layer_param, phase)
 
 
+def build_layer(layer_param, bottom_arrays=(), ntop=None, phase=None):
+    """A layer outside any net, for tests and experiments: build it from a LayerParameter (or
+    its prototxt text), put each array of ``bottom_arrays`` in a fresh bottom Blob, and set it
+    up. ``ntop`` defaults to the number of tops the param names (at least 1).
+    Returns ``(layer, bottom, top)``."""
+    import numpy as np
+    from .proto import caffe_pb2
+    from .proto.io import parse_text
+    if isinstance(layer_param, str):
+        layer_param = parse_text(layer_param, caffe_pb2.LayerParameter())
+    bottom = []
+    for a in bottom_arrays:
+        a = np.asarray(a, dtype=np.float32)
+        b = Blob(a.shape)
+        b.data[...] = backend.xp().asarray(a)
+        bottom.append(b)
+    ntop = max(len(layer_param.top), 1) if ntop is None else ntop
+    top = [Blob() for _ in range(ntop)]
+    layer = create_layer(layer_param, phase)
+    layer.setup(bottom, top)
+    return layer, bottom, top
+
+
 class Layer:
     # Blob-count constraints (Caffe's ExactNumBottomBlobs & co.); -1 = unconstrained.
     exact_num_bottom_blobs = -1
