@@ -8,6 +8,7 @@
     caffepy time -model lenet_train_test.prototxt -iterations 10
     caffepy device_query
     caffepy convert_mnist --bundled --split train examples/mnist/mnist_train_lmdb
+    caffepy convert_cifar_data data/cifar10 examples/cifar10 lmdb
     caffepy convert_imageset --resize_height=256 --resize_width=256 --shuffle \
         data/train/ data/train.txt train_lmdb
     caffepy compute_image_mean -backend lmdb train_lmdb mean.binaryproto
@@ -97,7 +98,7 @@ FLAGS = [
          "Optional; action to take when a SIGHUP signal is received: snapshot, stop or none."),
     # convert_mnist (examples/mnist/convert_mnist_data.cpp, plus .npz input)
     Flag("backend", str, "lmdb", "The backend {lmdb, leveldb} for storing the result "
-         "(convert_mnist, convert_imageset) or holding the images (compute_image_mean).",
+         "(convert_mnist, convert_cifar_data, convert_imageset) or holding the images (compute_image_mean).",
          "convert_mnist"),
     Flag("npz", str, "", "convert_mnist: read {split}_images/{split}_labels from this .npz "
          "instead of idx files.", "convert_mnist"),
@@ -732,6 +733,29 @@ def convert_mnist(flags, args):
         raise CliError("convert_mnist needs IMAGES_IDX LABELS_IDX OUT_DB (got %d argument%s)\n%s"
                        % (len(args), "" if len(args) == 1 else "s", usage))
     cm.convert_mnist_data(args[0], args[1], args[2], flags.backend)
+    return 0
+
+
+# -- convert_cifar_data ----------------------------------------------------------------------
+
+@command("convert_cifar_data", "convert the CIFAR-10 binary batches to LMDBs of Datums "
+         "(cifar10_train_lmdb, cifar10_test_lmdb)", takes_args=True)
+def convert_cifar_data(flags, args):
+    from .tools.convert_cifar import convert_cifar_data as run_convert
+    usage = ("usage: caffepy convert_cifar_data INPUT_FOLDER OUTPUT_FOLDER "
+             "[--backend lmdb|leveldb]\n"
+             "       caffepy convert_cifar_data INPUT_FOLDER OUTPUT_FOLDER lmdb|leveldb  "
+             "(Caffe's spelling)")
+    if len(args) not in (2, 3):
+        raise CliError("convert_cifar_data needs INPUT_FOLDER OUTPUT_FOLDER (got %d argument%s)"
+                       "\n%s" % (len(args), "" if len(args) == 1 else "s", usage))
+    backend = flags.backend
+    if len(args) == 3:
+        if flags.given("backend") and flags.backend.lower() != args[2].lower():
+            raise CliError("convert_cifar_data: the backend '%s' contradicts --backend %s\n%s"
+                           % (args[2], flags.backend, usage))
+        backend = args[2]
+    run_convert(args[0], args[1], backend)
     return 0
 
 
