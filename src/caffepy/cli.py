@@ -98,7 +98,8 @@ FLAGS = [
          "Optional; action to take when a SIGHUP signal is received: snapshot, stop or none."),
     # convert_mnist (examples/mnist/convert_mnist_data.cpp, plus .npz input)
     Flag("backend", str, "lmdb", "The backend {lmdb, leveldb} for storing the result "
-         "(convert_mnist, convert_cifar_data, convert_imageset) or holding the images (compute_image_mean).",
+         "(convert_mnist, convert_cifar_data, convert_imageset) or holding the images "
+         "(compute_image_mean).",
          "convert_mnist"),
     Flag("npz", str, "", "convert_mnist: read {split}_images/{split}_labels from this .npz "
          "instead of idx files.", "convert_mnist"),
