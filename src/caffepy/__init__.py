@@ -25,3 +25,5 @@ from .solver import (Solver, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSo
 from .regularizers import Regularizer, register_regularizer  # noqa: E402,F401
 from . import io, net_spec  # noqa: E402,F401
 from .net_spec import params, NetSpec, to_proto  # noqa: E402,F401
+from .classifier import Classifier  # noqa: E402,F401
+from . import draw  # noqa: E402,F401
