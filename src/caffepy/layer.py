@@ -177,6 +177,39 @@ class Layer:
             a = buffers[name] = xp.empty(shape, dtype=dtype)
         return a
 
+    def canonical_axis(self, blob, axis, what="axis"):
+        """Caffe's Blob::CanonicalAxisIndex (negative axes count from the end), with an error
+        naming the layer. A 0-D blob accepts axis 0."""
+        n = blob.num_axes
+        if n == 0 and axis in (0, -1):
+            return 0
+        if not -n <= axis < n:
+            raise self.error("%s %d is out of range for a bottom with %d axes (shape %s); it must "
+                             "lie in [%d, %d]", what, axis, n, blob.shape, -n, n - 1)
+        return axis + n if axis < 0 else axis
+
+    def check_param_shape(self, j, expected, what):
+        """Check the shape of a preloaded param blob (from a prototxt or an old caffemodel).
+        Legacy 4-D shapes with leading 1s and the right trailing dims are accepted and reshaped."""
+        b = self.blobs[j]
+        expected = tuple(int(d) for d in expected)
+        if b.shape == expected:
+            return
+        if len(b.shape) == 4 and len(expected) <= 4 and b.shape == (1,) * (4 - len(expected)) + expected:
+            b.reshape(expected)
+            return
+        raise self.error("Incorrect %s shape: expected shape %s; instead, shape was %s "
+                         "(blobs[%d], preloaded from the prototxt or a caffemodel)",
+                         what, expected, b.shape, j)
+
+    def fill_param(self, filler_param, blob, what):
+        """Fill a param blob from a FillerParameter; a bad filler is reported with the layer."""
+        from .fillers import FillerError, fill
+        try:
+            fill(filler_param, blob)
+        except FillerError as e:
+            raise self.error("%s: %s", what, e) from None
+
     def error(self, msg, *args):
         return LayerError("Layer '%s' (%s): %s" % (self.name, self.type, msg % args if args else msg))
 

@@ -5,7 +5,6 @@ Each class reproduces the arithmetic (and the order of floating-point operations
 it matters) of the Caffe 1.0 layer of the same name.
 """
 from ..blob import Blob
-from ..fillers import FillerError, fill
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 
@@ -19,43 +18,12 @@ def _prod(dims):
     return c
 
 
-def _canonical_axis(layer, blob, axis, what="axis"):
-    """Caffe's Blob::CanonicalAxisIndex, with a LayerError naming the layer."""
-    n = blob.num_axes
-    if not -n <= axis < n:
-        raise layer.error("%s %d is out of range for a bottom with %d axes (shape %s); "
-                          "it must lie in [%d, %d]", what, axis, n, blob.shape, -n, n - 1)
-    return axis + n if axis < 0 else axis
 
 
-def _init_param_propagate(layer):
-    """Every blob takes a gradient unless the net already said otherwise (lr_mult 0)."""
-    ppd = layer.param_propagate_down
-    if len(ppd) < len(layer.blobs):
-        ppd.extend([True] * (len(layer.blobs) - len(ppd)))
 
 
-def _check_param_shape(layer, j, expected, what):
-    """Check a preloaded blob's shape. Legacy 4-D shapes (leading 1s, as old caffemodels
-    store them) with the right trailing dims are accepted and reshaped."""
-    b = layer.blobs[j]
-    expected = tuple(int(d) for d in expected)
-    if b.shape == expected:
-        return
-    if len(b.shape) == 4 and len(expected) <= 4:
-        padded = (1,) * (4 - len(expected)) + expected
-        if b.shape == padded:
-            b.reshape(expected)
-            return
-    raise layer.error("the %s blob (blobs[%d]) has shape %s, but the layer's parameters "
-                      "need shape %s", what, j, b.shape, expected)
 
 
-def _fill(layer, filler_param, blob, what):
-    try:
-        fill(filler_param, blob)
-    except FillerError as e:
-        raise layer.error("%s: %s", what, e) from None
 
 
 def _fmt_shape(shape):
@@ -78,28 +46,27 @@ class InnerProductLayer(Layer):
                              "{ num_output: ... })")
         self.bias_term = p.bias_term
         self.transpose = p.transpose
-        axis = _canonical_axis(self, bottom[0], p.axis)
+        axis = self.canonical_axis(bottom[0], p.axis)
         self.K = bottom[0].count_range(axis)
         wshape = (self.K, self.N) if self.transpose else (self.N, self.K)
         nblobs = 2 if self.bias_term else 1
         if len(self.blobs) == 0:
             w = self.blobs.add_blob(*wshape)
-            _fill(self, p.weight_filler, w, "weight_filler")
+            self.fill_param(p.weight_filler, w, "weight_filler")
             if self.bias_term:
                 b = self.blobs.add_blob(self.N)
-                _fill(self, p.bias_filler, b, "bias_filler")
+                self.fill_param(p.bias_filler, b, "bias_filler")
         else:
             if len(self.blobs) != nblobs:
                 raise self.error("expects %d parameter blob(s) (weights%s) but %d were given",
                                  nblobs, " and bias" if self.bias_term else "", len(self.blobs))
-            _check_param_shape(self, 0, wshape, "weight")
+            self.check_param_shape(0, wshape, "weight")
             if self.bias_term:
-                _check_param_shape(self, 1, (self.N,), "bias")
-        _init_param_propagate(self)
+                self.check_param_shape(1, (self.N,), "bias")
 
     def reshape(self, bottom, top):
         p = self.layer_param.inner_product_param
-        axis = _canonical_axis(self, bottom[0], p.axis)
+        axis = self.canonical_axis(bottom[0], p.axis)
         k = bottom[0].count_range(axis)
         if k != self.K:
             raise self.error("input size incompatible with inner product parameters: the layer "
@@ -270,7 +237,7 @@ def _legacy_or_axis(layer, blob, param, legacy_name):
             raise layer.error("%s %d is out of range for a bottom with %d axes (shape %s)",
                               legacy_name, ax, blob.num_axes, _fmt_shape(blob.shape))
         return ax
-    return _canonical_axis(layer, blob, param.axis)
+    return layer.canonical_axis(blob, param.axis)
 
 
 @register_layer("Concat")
@@ -533,8 +500,8 @@ class FlattenLayer(Layer):
                              "different name from the bottom")
         p = self.layer_param.flatten_param
         b = bottom[0]
-        start = _canonical_axis(self, b, p.axis)
-        end = _canonical_axis(self, b, p.end_axis, "end_axis")
+        start = self.canonical_axis(b, p.axis)
+        end = self.canonical_axis(b, p.end_axis, "end_axis")
         shape = list(b.shape[:start]) + [b.count_range(start, end + 1)] + list(b.shape[end + 1:])
         top[0].reshape(shape)
         top[0].share_data(b)
@@ -569,18 +536,17 @@ class EmbedLayer(Layer):
         nblobs = 2 if self.bias_term else 1
         if len(self.blobs) == 0:
             w = self.blobs.add_blob(self.K, self.N)
-            _fill(self, p.weight_filler, w, "weight_filler")
+            self.fill_param(p.weight_filler, w, "weight_filler")
             if self.bias_term:
                 b = self.blobs.add_blob(self.N)
-                _fill(self, p.bias_filler, b, "bias_filler")
+                self.fill_param(p.bias_filler, b, "bias_filler")
         else:
             if len(self.blobs) != nblobs:
                 raise self.error("expects %d parameter blob(s) (weights%s) but %d were given",
                                  nblobs, " and bias" if self.bias_term else "", len(self.blobs))
-            _check_param_shape(self, 0, (self.K, self.N), "weight")
+            self.check_param_shape(0, (self.K, self.N), "weight")
             if self.bias_term:
-                _check_param_shape(self, 1, (self.N,), "bias")
-        _init_param_propagate(self)
+                self.check_param_shape(1, (self.N,), "bias")
 
     def reshape(self, bottom, top):
         self.M = bottom[0].count
@@ -631,7 +597,7 @@ class TileLayer(Layer):
     def reshape(self, bottom, top):
         p = self.layer_param.tile_param
         b = bottom[0]
-        self.axis = _canonical_axis(self, b, p.axis)
+        self.axis = self.canonical_axis(b, p.axis)
         self.tiles = int(p.tiles)
         if self.tiles <= 0:
             raise self.error("the number of tiles must be positive (set tile_param { tiles: ... }, "
@@ -816,8 +782,7 @@ class ParameterLayer(Layer):
         else:
             if len(self.blobs) != 1:
                 raise self.error("expects 1 parameter blob but %d were given", len(self.blobs))
-            _check_param_shape(self, 0, shape, "parameter")
-        _init_param_propagate(self)
+            self.check_param_shape(0, shape, "parameter")
 
     def reshape(self, bottom, top):
         # Shared again at every reshape, so that a blob replaced or resized after setup

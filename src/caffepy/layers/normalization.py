@@ -12,12 +12,6 @@ def _c(v):
     return float(np.float32(v))
 
 
-def _canonical_axis(layer, blob, axis, what="axis"):
-    n = blob.num_axes
-    if not -n <= axis < max(n, 1) or (n == 0 and axis != 0):
-        raise layer.error("%s %d out of range for the %d-D bottom blob with shape %s",
-                          what, axis, n, blob.shape)
-    return axis + n if axis < 0 else axis
 
 
 def _prod(dims):
@@ -41,7 +35,7 @@ class SoftmaxLayer(Layer):
 
     def reshape(self, bottom, top):
         b = bottom[0]
-        self.axis = _canonical_axis(self, b, self.layer_param.softmax_param.axis)
+        self.axis = self.canonical_axis(b, self.layer_param.softmax_param.axis)
         self.outer = b.count_range(0, self.axis)
         self.channels = b.shape[self.axis] if b.num_axes else 1
         self.inner = b.count_range(self.axis + 1)
@@ -206,7 +200,7 @@ class _BroadcastParam(Layer):
 
     def _param_shape(self, bottom, axis_field, num_axes, what):
         b = bottom[0]
-        axis = _canonical_axis(self, b, axis_field)
+        axis = self.canonical_axis(b, axis_field)
         if num_axes < -1:
             raise self.error("num_axes must be non-negative, or -1 to extend to the end of "
                              "bottom[0] (got %d)", num_axes)
@@ -219,7 +213,7 @@ class _BroadcastParam(Layer):
     def _dims(self, bottom, pshape, axis_field, what):
         """outer, param, inner dims for a param of shape pshape over bottom[0]."""
         b = bottom[0]
-        axis = 0 if len(pshape) == 0 else _canonical_axis(self, b, axis_field)
+        axis = 0 if len(pshape) == 0 else self.canonical_axis(b, axis_field)
         if b.num_axes < axis + len(pshape):
             raise self.error("%s blob's shape %s extends past bottom[0]'s shape %s when applied "
                              "starting with bottom[0] axis = %d", what, pshape, b.shape, axis)
@@ -429,8 +423,8 @@ class ReductionLayer(Layer):
 
     def reshape(self, bottom, top):
         b = bottom[0]
-        self.axis = 0 if b.num_axes == 0 else _canonical_axis(
-            self, b, self.layer_param.reduction_param.axis)
+        self.axis = 0 if b.num_axes == 0 else self.canonical_axis(
+            b, self.layer_param.reduction_param.axis)
         top[0].reshape(b.shape[:self.axis])
         self.num = b.count_range(0, self.axis)
         self.dim = b.count_range(self.axis)
@@ -488,7 +482,7 @@ class ArgMaxLayer(Layer):
             raise self.error("top_k must not be less than 1")
         b = bottom[0]
         if self.has_axis:
-            self.axis = _canonical_axis(self, b, p.axis)
+            self.axis = self.canonical_axis(b, p.axis)
             if self.top_k > b.shape[self.axis]:
                 raise self.error("top_k (%d) must be less than or equal to the dimension of the "
                                  "axis (%d)", self.top_k, b.shape[self.axis])

@@ -7,7 +7,6 @@ pooling); convolutions are one im2col over the whole batch plus one large matmul
 import numpy as np
 
 from .. import backend
-from ..fillers import FillerError, fill
 from ..kernels.im2col import (WindowGeometry, col2im, conv_out_size, deconv_out_size,
                               im2col)
 from ..kernels.pooling import Pool2D, pooled_size
@@ -28,40 +27,12 @@ def _shape_str(shape):
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-def _canonical_axis(layer, blob, axis, what="axis"):
-    n = blob.num_axes
-    if not -n <= axis < n:
-        raise layer.error("%s %d is out of range for a bottom with %d axes (shape %s); "
-                          "it must lie in [%d, %d]", what, axis, n, _shape_str(blob.shape),
-                          -n, n - 1)
-    return axis + n if axis < 0 else axis
 
 
-def _init_param_propagate(layer):
-    ppd = layer.param_propagate_down
-    if len(ppd) < len(layer.blobs):
-        ppd.extend([True] * (len(layer.blobs) - len(ppd)))
 
 
-def _check_param_shape(layer, j, expected, what):
-    """Check a preloaded blob's shape (legacy 4-D shapes with leading 1s are accepted)."""
-    b = layer.blobs[j]
-    expected = tuple(int(d) for d in expected)
-    if b.shape == expected:
-        return
-    legacy = (1,) * (4 - len(expected)) + expected if len(expected) <= 4 else None
-    if len(b.shape) == 4 and b.shape == legacy:
-        b.reshape(expected)
-        return
-    raise layer.error("Incorrect %s shape: expected shape %s; instead, shape was %s (blobs[%d])",
-                      what, _shape_str(expected), _shape_str(b.shape), j)
 
 
-def _fill(layer, filler_param, blob, what):
-    try:
-        fill(filler_param, blob)
-    except FillerError as e:
-        raise layer.error("%s: %s", what, e) from None
 
 
 def _spatial_params(layer, p, num_spatial):
@@ -126,7 +97,7 @@ class _ConvolutionBase(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.convolution_param
-        self.axis = _canonical_axis(self, bottom[0], p.axis)
+        self.axis = self.canonical_axis(bottom[0], p.axis)
         self.num_spatial = bottom[0].num_axes - self.axis - 1
         if self.num_spatial < 1:
             raise self.error("needs at least one spatial axis after the channel axis %d "
@@ -156,19 +127,18 @@ class _ConvolutionBase(Layer):
         nblobs = 2 if self.bias_term else 1
         if len(self.blobs) == 0:
             w = self.blobs.add_blob(*wshape)
-            _fill(self, p.weight_filler, w, "weight_filler")
+            self.fill_param(p.weight_filler, w, "weight_filler")
             if self.bias_term:
                 b = self.blobs.add_blob(self.num_output)
-                _fill(self, p.bias_filler, b, "bias_filler")
+                self.fill_param(p.bias_filler, b, "bias_filler")
         else:
             if len(self.blobs) != nblobs:
                 raise self.error("Incorrect number of weight blobs: expected %d (weights%s), "
                                  "got %d", nblobs, " and bias" if self.bias_term else "",
                                  len(self.blobs))
-            _check_param_shape(self, 0, wshape, "weight")
+            self.check_param_shape(0, wshape, "weight")
             if self.bias_term:
-                _check_param_shape(self, 1, (self.num_output,), "bias")
-        _init_param_propagate(self)
+                self.check_param_shape(1, (self.num_output,), "bias")
         self.kernel_count = _prod(self.kernel)
         self._key = None
 
@@ -420,7 +390,7 @@ class Im2colLayer(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.convolution_param
-        self.axis = _canonical_axis(self, bottom[0], p.axis)
+        self.axis = self.canonical_axis(bottom[0], p.axis)
         self.num_spatial = bottom[0].num_axes - self.axis - 1
         if self.num_spatial < 1:
             raise self.error("needs at least one spatial axis after the channel axis %d "
@@ -812,7 +782,7 @@ class CropLayer(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.crop_param
-        self.start_axis = _canonical_axis(self, bottom[0], p.axis)
+        self.start_axis = self.canonical_axis(bottom[0], p.axis)
         n_off = len(p.offset)
         if n_off > 1 and self.start_axis + n_off != bottom[0].num_axes:
             raise self.error("number of offset values specified must be equal to the number of "
