@@ -336,14 +336,16 @@ def test_data_two_layers_share_one_lmdb(lmdb_raw):
     l2.close()
 
 
-def test_data_label_top_optional_and_rand_skip(lmdb_raw):
-    backend.set_random_seed(11)
-    skip = int(np.random.default_rng(11).integers(3))
-    layer, _, top = setup_layer('name: "d" type: "Data" top: "data" data_param { source: "db" '
-                                'batch_size: 1 backend: LMDB rand_skip: 3 }')
-    assert len(top) == 1
-    layer.forward([], top)
-    np.testing.assert_array_equal(top[0].data[0], lmdb_raw[skip])
+def test_data_label_top_optional_and_rand_skip_unused(lmdb_raw):
+    # Caffe 1.0's DataLayer never reads the deprecated rand_skip: it always starts at key 0.
+    for seed in (1, 11, 23):
+        backend.set_random_seed(seed)
+        layer, _, top = setup_layer('name: "d" type: "Data" top: "data" data_param { '
+                                    'source: "db" batch_size: 1 backend: LMDB rand_skip: 3 }')
+        assert len(top) == 1
+        layer.forward([], top)
+        np.testing.assert_array_equal(top[0].data[0], lmdb_raw[0])
+        layer.close()
 
 
 def test_data_mean_file_uncropped_index_centre_crop(lmdb_raw):
@@ -382,10 +384,16 @@ def test_data_float_and_encoded_datums(tmp_path, monkeypatch):
     assert gray.shape == (1, 1, 2) and gray.dtype == np.uint8
 
 
-def test_data_deprecated_data_param_fields(lmdb_raw):
-    layer, _, top = setup_layer(DATA % ("", "scale: 0.25 crop_size: 2"), TEST)
+def test_data_deprecated_data_param_fields_are_ignored_with_a_warning(lmdb_raw, caplog):
+    # Caffe 1.0's DataLayer reads only transform_param; upgrade_proto moves data_param.scale &
+    # co. into it for old `layers { }` nets only (NetNeedsDataUpgrade looks at V1 layers).
+    import logging
+    with caplog.at_level(logging.WARNING, logger="caffepy"):
+        layer, _, top = setup_layer(DATA % ("", "scale: 0.25 crop_size: 2"), TEST)
     layer.forward([], top)
-    np.testing.assert_array_equal(top[0].data[1], lmdb_raw[1][:, 0:2, 1:3] * np.float32(0.25))
+    np.testing.assert_array_equal(top[0].data[1], lmdb_raw[1].astype(np.float32))
+    assert "data_param.scale is deprecated and ignored" in caplog.text
+    assert "data_param.crop_size is deprecated and ignored" in caplog.text
 
 
 def test_data_errors(lmdb_raw, tmp_path):

@@ -9,6 +9,7 @@ Data, ImageData and WindowData load their batches in a background thread (caffep
 ``data_param.prefetch`` batches ahead (default 4). ``layer.close()`` stops it; so does the layer
 (or its Net) being garbage collected, and interpreter exit.
 """
+import logging
 import os
 
 import numpy as np
@@ -502,15 +503,20 @@ def _error_factory(layer):
     return error
 
 
-def _transform_param(layer_param, legacy=None):
-    """transform_param, with the deprecated transformation fields of the layer's own parameter
-    (``legacy``: data_param, image_data_param, ...) merged in where transform_param lacks them."""
+def _transform_param(layer_param, legacy=None, fields=("scale", "mean_file", "crop_size", "mirror")):
+    """The layer's transform_param. As in Caffe 1.0, the deprecated transformation fields of
+    the layer's own parameter (``legacy``: data_param, image_data_param, window_data_param) are
+    NOT applied: Caffe's upgrade moves them into transform_param only for old ``layers { }``
+    nets (caffepy's upgrade does the same). A warning names each ignored field."""
+    dp = layer_param.data_param if legacy is None else legacy
+    where = next(f.name for f in layer_param.DESCRIPTOR.fields if f.message_type is dp.DESCRIPTOR)
+    for field in fields:
+        if dp.HasField(field):
+            logging.getLogger("caffepy").warning(
+                "Layer '%s' (%s): %s.%s is deprecated and ignored, as in Caffe; set it in "
+                "transform_param", layer_param.name, layer_param.type, where, field)
     tp = caffe_pb2.TransformationParameter()
     tp.CopyFrom(layer_param.transform_param)
-    dp = layer_param.data_param if legacy is None else legacy
-    for field in ("scale", "mean_file", "crop_size", "mirror"):
-        if dp.HasField(field) and not tp.HasField(field):
-            setattr(tp, field, getattr(dp, field))
     return tp
 
 
@@ -653,8 +659,8 @@ class DataLayer(_PrefetchingDataLayer):
         db = open_db(p.source, p.backend, error)
         try:
             cursor = WrappingCursor(db, error)
-            if p.rand_skip:
-                cursor.skip(int(backend.rng().integers(p.rand_skip)))
+            # data_param.rand_skip is DEPRECATED and unused by Caffe 1.0's DataLayer: reading
+            # always starts at the first key (ImageData still honours its own rand_skip).
             first = parse_datum(cursor.value(), cursor.key(), error)
             item = self.transformer.decode(first, cursor.key())
             shape = (self.batch_size,) + self.transformer.infer_shape(item.shape)
@@ -818,11 +824,7 @@ class WindowDataLayer(_PrefetchingDataLayer):
         from ..data import DataTransformer
         p = self.layer_param.window_data_param
         error = _error_factory(self)
-        tp = caffe_pb2.TransformationParameter()
-        tp.CopyFrom(self.layer_param.transform_param)
-        for field in ("mean_file", "crop_size", "mirror"):       # deprecated location
-            if p.HasField(field) and not tp.HasField(field):
-                setattr(tp, field, getattr(p, field))
+        tp = _transform_param(self.layer_param, p, ("mean_file", "crop_size", "mirror"))
         if tp.HasField("scale") and tp.scale != 1 and not p.HasField("scale"):
             import logging
             logging.getLogger("caffepy").warning(
