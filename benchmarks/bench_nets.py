@@ -5,7 +5,11 @@
 Reports milliseconds per iteration and the ratio caffepy / PyTorch (lower is better;
 these machines are noisy, so compare ratios from one run, not absolute times across runs).
 
-    python benchmarks/bench_nets.py [--iterations 20] [--nets lenet,cifar10_quick]
+    python benchmarks/bench_nets.py [--iterations 20] [--nets lenet,cifar10_quick] [--gpu]
+
+--gpu runs caffepy in GPU mode (CuPy; see docs/gpu.md) and synchronizes the device around
+every timed step, so per-layer times are device times as `caffe time -gpu` reports them;
+PyTorch then runs on CUDA too.
 
 PyTorch is a benchmark tool only (pip install torch==2.13.0), never a caffepy dependency.
 For a fair BLAS comparison you may unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this
@@ -88,24 +92,43 @@ def build_caffepy(text, batch_shape, n_classes=10):
     return net
 
 
+def _no_sync():
+    pass
+
+
+def device_sync():
+    """A function that waits for the GPU (a no-op in CPU mode)."""
+    if caffepy.backend.mode() != caffepy.backend.GPU:
+        return _no_sync
+    import cupy
+    dev = cupy.cuda.Device()
+    return dev.synchronize
+
+
 def time_caffepy(net, iterations):
-    """Per-layer forward/backward ms, as `caffe time` measures them."""
+    """Per-layer forward/backward ms, as `caffe time` measures them (in GPU mode the device is
+    synchronized before each clock read, so each layer's time includes its kernels)."""
+    sync = device_sync()
     n = len(net.layers)
     fwd = np.zeros(n)
     bwd = np.zeros(n)
-    net.forward_backward()   # warm-up
+    net.forward_backward()   # warm-up (on GPU this also compiles the kernels)
+    sync()
     total0 = time.perf_counter()
     for _ in range(iterations):
         for i in range(n):
             t = time.perf_counter()
             net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
+            sync()
             fwd[i] += time.perf_counter() - t
         for i in range(n - 1, -1, -1):
             t = time.perf_counter()
             if net.layer_need_backward[i]:
                 net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i],
                                        net.bottom_vecs[i])
+            sync()
             bwd[i] += time.perf_counter() - t
+    sync()
     total = (time.perf_counter() - total0) / iterations * 1e3
     return fwd / iterations * 1e3, bwd / iterations * 1e3, total
 
@@ -147,11 +170,12 @@ def torch_nets():
     return torch, {"lenet": LeNet, "cifar10_quick": CifarQuick}
 
 
-def time_torch(torch, model_cls, batch_shape, iterations):
+def time_torch(torch, model_cls, batch_shape, iterations, device="cpu"):
     import torch.nn.functional as F
-    model = model_cls()
-    x = torch.rand(*batch_shape)
-    y = torch.randint(0, 10, (batch_shape[0],))
+    model = model_cls().to(device)
+    x = torch.rand(*batch_shape, device=device)
+    y = torch.randint(0, 10, (batch_shape[0],), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else _no_sync
 
     def step():
         model.zero_grad(set_to_none=False)
@@ -159,9 +183,11 @@ def time_torch(torch, model_cls, batch_shape, iterations):
         loss.backward()
 
     step()
+    sync()
     t = time.perf_counter()
     for _ in range(iterations):
         step()
+    sync()
     return (time.perf_counter() - t) / iterations * 1e3
 
 
@@ -180,7 +206,16 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--nets", default="lenet,cifar10_quick")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--gpu", action="store_true",
+                    help="caffepy in GPU mode (CuPy), PyTorch on CUDA; times synchronize the device")
     args = ap.parse_args(argv)
+    if args.gpu:
+        caffepy.set_mode_gpu()
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        print("GPU mode: CuPy %s, device %s" % (cupy.__version__, props["name"].decode()
+                                                 if isinstance(props["name"], bytes)
+                                                 else props["name"]))
     print("BLAS:", blas_info())
     print("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" % (os.environ.get("OPENBLAS_CORETYPE"),
                                                         os.environ.get("OPENBLAS_L2_SIZE")))
@@ -206,8 +241,9 @@ def main(argv=None):
         print("Average Forward-Backward: %.3f ms." % total)
         tt = None
         if torch is not None:
-            tt = time_torch(torch, models[name], shape, args.iterations)
-            print("PyTorch forward+backward: %.3f ms." % tt)
+            tt = time_torch(torch, models[name], shape, args.iterations,
+                            "cuda" if args.gpu else "cpu")
+            print("PyTorch (%s) forward+backward: %.3f ms." % ("cuda" if args.gpu else "cpu", tt))
             print("ratio caffepy / PyTorch: %.2f" % (total / tt))
         results.append((name, total, tt))
     print("\nsummary (ms per forward+backward iteration):")

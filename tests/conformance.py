@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 
+from caffepy.backend import to_numpy
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.environ.get("CAFFEPY_SHARED", os.path.join(HERE, "..", "..", "shared"))
 CONFORMANCE = os.path.join(SHARED, "conformance")
@@ -36,8 +38,9 @@ def copy_case(case_dir, tmp_path):
 
 
 def assert_close(actual, expected, tol, what):
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
+    # to_numpy: in GPU mode (CAFFEPY_TEST_MODE=gpu) blob arrays are CuPy arrays
+    actual = np.asarray(to_numpy(actual), dtype=np.float64)
+    expected = np.asarray(to_numpy(expected), dtype=np.float64)
     if actual.size != expected.size:
         raise AssertionError("%s: size %d (shape %s), expected %d (shape %s)"
                              % (what, actual.size, actual.shape, expected.size, expected.shape))

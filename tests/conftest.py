@@ -1,11 +1,56 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# CAFFEPY_TEST_MODE=gpu runs the tests with caffepy in GPU mode (blobs are CuPy arrays);
+# tools/gpu_check.sh uses it. Unset (or "cpu"): the ordinary NumPy run.
+TEST_MODE = os.environ.get("CAFFEPY_TEST_MODE", "cpu").strip().lower() or "cpu"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "conformance: a case from ../shared/conformance")
+    if TEST_MODE not in ("cpu", "gpu"):
+        raise pytest.UsageError("CAFFEPY_TEST_MODE must be 'cpu' or 'gpu', not %r" % TEST_MODE)
+    if TEST_MODE == "gpu":
+        # Fail the whole run at once, with the reason, rather than every test one by one.
+        try:
+            import cupy
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # ImportError, or CUDA's own errors (no driver, no device)
+            raise pytest.UsageError("CAFFEPY_TEST_MODE=gpu needs CuPy and a CUDA device: %s: %s"
+                                    % (type(e).__name__, e))
+        if n < 1:
+            raise pytest.UsageError("CAFFEPY_TEST_MODE=gpu: CuPy sees no CUDA device")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _caffepy_test_mode():
+    """GPU mode for the whole session when CAFFEPY_TEST_MODE=gpu (tests that switch to CPU
+    themselves still can)."""
+    if TEST_MODE != "gpu":
+        yield
+        return
+    from caffepy import backend
+    backend.set_mode_gpu()
+    yield
+    backend.set_mode_cpu()
+
+
+@pytest.fixture(autouse=True)
+def _caffepy_restore_gpu_mode():
+    """In GPU mode, put GPU mode back after any test that switched caffepy to CPU."""
+    yield
+    if TEST_MODE == "gpu":
+        from caffepy import backend
+        if backend.mode() != backend.GPU:
+            backend.set_mode_gpu()
+
+
+def pytest_report_header(config):
+    return "caffepy test mode: %s (CAFFEPY_TEST_MODE)" % TEST_MODE
 
 
 _counts = {}

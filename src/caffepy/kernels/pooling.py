@@ -41,7 +41,9 @@ def scatter_add(xp, target_flat, index, values):
     """target_flat[index] += values, summing repeated indices (NumPy or CuPy)."""
     if xp is np:
         np.add.at(target_flat, index, values)
-    else:  # pragma: no cover - GPU only
+    elif hasattr(xp.add, "at"):  # pragma: no cover - GPU only: CuPy >= 12 has ufunc.at
+        xp.add.at(target_flat, index, values)
+    else:  # pragma: no cover - older CuPy
         import cupyx
         cupyx.scatter_add(target_flat, index, values)
 

@@ -5,6 +5,7 @@ Each class reproduces the arithmetic (and the order of floating-point operations
 it matters) of the Caffe 1.0 layer of the same name.
 """
 from ..blob import Blob
+from ..kernels.pooling import scatter_add
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 
@@ -581,7 +582,7 @@ class EmbedLayer(Layer):
         dy = top[0].flat_diff.reshape(self.M, self.N)
         if self.param_propagate(0):
             idx = self._indices(bottom)
-            xp.add.at(self.blobs[0].diff, idx, dy)
+            scatter_add(xp, self.blobs[0].diff, idx, dy)
         if self.bias_term and self.param_propagate(1):
             self.blobs[1].diff[...] += dy.sum(axis=0)
 
@@ -737,7 +738,7 @@ class BatchReindexLayer(Layer):
         dx = bottom[0].flat_diff.reshape(n, dim)
         dx[...] = 0
         if idx.shape[0]:
-            self.xp.add.at(dx, idx, top[0].flat_diff.reshape(idx.shape[0], dim))
+            scatter_add(self.xp, dx, idx, top[0].flat_diff.reshape(idx.shape[0], dim))
 
 
 # -- Silence ------------------------------------------------------------------------------
