@@ -412,17 +412,35 @@ class SplitLayer(Layer):
 
 # -- Reshape / Flatten --------------------------------------------------------------------
 
-@register_layer("Reshape")
-class ReshapeLayer(Layer):
-    """A new view of the bottom (0 copies a bottom dim, one -1 is inferred); shares data and
-    diff with the bottom."""
+class _ViewLayer(Layer):
+    """A top that is the bottom with another shape: it shares the bottom's data and diff, so
+    forward and backward have nothing to compute (Caffe's Reshape and Flatten)."""
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
 
     def layer_setup(self, bottom, top):
         if top[0] is bottom[0]:
-            raise self.error("Reshape does not allow in-place computation: give the top a "
-                             "different name from the bottom")
+            raise self.error("%s does not allow in-place computation: give the top a "
+                             "different name from the bottom", self.type)
+
+    def view(self, bottom, top, shape):
+        top[0].reshape(shape)
+        top[0].share_data(bottom[0])
+        top[0].share_diff(bottom[0])
+
+    def forward_impl(self, bottom, top):
+        pass
+
+    def backward_impl(self, top, propagate_down, bottom):
+        pass
+
+
+@register_layer("Reshape")
+class ReshapeLayer(_ViewLayer):
+    """A new view of the bottom (0 copies a bottom dim, one -1 is inferred)."""
+
+    def layer_setup(self, bottom, top):
+        super().layer_setup(bottom, top)
         dims = [int(d) for d in self.layer_param.reshape_param.shape.dim]
         self.copy_axes = []
         self.inferred_axis = -1
@@ -478,41 +496,20 @@ class ReshapeLayer(Layer):
             raise self.error("output count must match input count: new shape %s has %d "
                              "elements, bottom shape %s has %d", _fmt_shape(shape), _prod(shape),
                              _fmt_shape(b.shape), b.count)
-        top[0].reshape(shape)
-        top[0].share_data(b)
-        top[0].share_diff(b)
-
-    def forward_impl(self, bottom, top):
-        pass
-
-    def backward_impl(self, top, propagate_down, bottom):
-        pass
+        self.view(bottom, top, shape)
 
 
 @register_layer("Flatten")
-class FlattenLayer(Layer):
-    """Collapse axes [axis, end_axis] into one; shares data and diff with the bottom."""
-    exact_num_bottom_blobs = 1
-    exact_num_top_blobs = 1
+class FlattenLayer(_ViewLayer):
+    """Collapse axes [axis, end_axis] into one."""
 
     def reshape(self, bottom, top):
-        if top[0] is bottom[0]:
-            raise self.error("Flatten does not allow in-place computation: give the top a "
-                             "different name from the bottom")
         p = self.layer_param.flatten_param
         b = bottom[0]
         start = self.canonical_axis(b, p.axis)
         end = self.canonical_axis(b, p.end_axis, "end_axis")
         shape = list(b.shape[:start]) + [b.count_range(start, end + 1)] + list(b.shape[end + 1:])
-        top[0].reshape(shape)
-        top[0].share_data(b)
-        top[0].share_diff(b)
-
-    def forward_impl(self, bottom, top):
-        pass
-
-    def backward_impl(self, top, propagate_down, bottom):
-        pass
+        self.view(bottom, top, shape)
 
 
 # -- Embed --------------------------------------------------------------------------------

@@ -106,6 +106,23 @@ def _gather(a3, lab, grid):
     return a3[grid[0], lab, grid[1]]
 
 
+def _label_geometry(layer, bottom, axis):
+    """Scores split as outer × channels × inner around ``axis``; one label per (outer, inner)
+    position (Caffe's SoftmaxWithLoss / Accuracy Reshape checks). Sets layer.axis, .outer,
+    .inner, .channels."""
+    layer.axis = axis = layer.canonical_axis(bottom[0], axis)
+    layer.outer = bottom[0].count_range(0, axis)
+    layer.inner = bottom[0].count_range(axis + 1)
+    layer.channels = bottom[0].shape[axis]
+    if layer.outer * layer.inner != bottom[1].count:
+        raise layer.error(
+            "number of labels must match number of predictions; e.g., if the axis is 1 and the "
+            "prediction shape is (N, C, H, W), the label count must be N*H*W, with integer "
+            "values in {0, 1, ..., C-1} (prediction shape %s, axis %d -> %d labels expected, "
+            "label shape %s has %d)", bottom[0].shape, axis, layer.outer * layer.inner,
+            bottom[1].shape, bottom[1].count)
+
+
 class _SoftmaxLoss(LossLayer):
     """Shared machinery of SoftmaxWithLoss and InfogainLoss: internal softmax along an axis,
     optional 2nd top = probabilities."""
@@ -122,23 +139,7 @@ class _SoftmaxLoss(LossLayer):
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
-        axis_param = self._softmax_axis_param()
-        try:
-            axis = bottom[0].canonical_axis(axis_param)
-        except IndexError:
-            raise self.error("axis %d is out of range for bottom 0 of shape %s",
-                             axis_param, bottom[0].shape) from None
-        self.axis = axis
-        self.outer = bottom[0].count_range(0, axis)
-        self.inner = bottom[0].count_range(axis + 1)
-        self.channels = bottom[0].shape[axis]
-        if self.outer * self.inner != bottom[1].count:
-            raise self.error(
-                "number of labels must match number of predictions; e.g., if the softmax "
-                "axis is 1 and the prediction shape is (N, C, H, W), the label count must be "
-                "N*H*W, with integer values in {0, 1, ..., C-1} (prediction shape %s, axis %d "
-                "-> %d labels expected, label shape %s has %d)",
-                bottom[0].shape, axis, self.outer * self.inner, bottom[1].shape, bottom[1].count)
+        _label_geometry(self, bottom, self._softmax_axis_param())
         if not hasattr(self, "prob"):
             self.prob = Blob()
         self.prob.reshape(bottom[0].shape)
@@ -594,22 +595,7 @@ class AccuracyLayer(Layer):
             raise self.error("top_k must be less than or equal to the number of classes "
                              "(top_k %d, scores %s, labels %s)",
                              self.top_k, bottom[0].shape, bottom[1].shape)
-        try:
-            axis = bottom[0].canonical_axis(p.axis)
-        except IndexError:
-            raise self.error("axis %d is out of range for bottom 0 of shape %s",
-                             p.axis, bottom[0].shape) from None
-        self.axis = axis
-        self.outer = bottom[0].count_range(0, axis)
-        self.inner = bottom[0].count_range(axis + 1)
-        self.channels = bottom[0].shape[axis]
-        if self.outer * self.inner != bottom[1].count:
-            raise self.error(
-                "number of labels must match number of predictions; e.g., if label axis == 1 "
-                "and prediction shape is (N, C, H, W), label count (number of labels) must be "
-                "N*H*W, with integer values in {0, 1, ..., C-1} (prediction shape %s, axis %d "
-                "-> %d labels expected, label shape %s has %d)",
-                bottom[0].shape, axis, self.outer * self.inner, bottom[1].shape, bottom[1].count)
+        _label_geometry(self, bottom, p.axis)
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape((self.channels,))
