@@ -146,6 +146,16 @@ class _SoftmaxLoss(LossLayer):
         if len(top) > 1:
             top[1].reshape(bottom[0].shape)
 
+    def _write_loss(self, top, logp, lab, valid):
+        """top = −Σ logp over the non-ignored positions / the normalizer; keeps what backward needs."""
+        count = None
+        if valid is not None:
+            logp = self.xp.where(valid, logp, _f32(0))
+            count = valid.sum()
+        self._lab, self._valid = lab, valid
+        self._norm = _normalizer(self, self.normalization, self.outer, self.inner, count)
+        top[0].data[...] = -logp.sum() / self._norm
+
     def _shape3(self):
         return (self.outer, self.channels, self.inner)
 
@@ -193,13 +203,7 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         lab, valid = _read_labels(self, bottom[1], (self.outer, self.inner), self.channels,
                                   self.ignore_label)
         logp = xp.log(xp.maximum(_gather(p3, lab, _index_grid(self)), FLT_MIN))
-        count = None
-        if valid is not None:
-            logp = xp.where(valid, logp, _f32(0))
-            count = valid.sum()
-        self._lab, self._valid = lab, valid
-        self._norm = _normalizer(self, self.normalization, self.outer, self.inner, count)
-        top[0].data[...] = -logp.sum() / self._norm
+        self._write_loss(top, logp, lab, valid)
 
     def backward_impl(self, top, propagate_down, bottom):
         self._check_label_backward(propagate_down)
@@ -276,13 +280,7 @@ class InfogainLossLayer(_SoftmaxLoss):
                                   self.ignore_label)
         logp = xp.log(xp.maximum(p3, LOG_THRESHOLD))
         per_pos = (self._h_rows(bottom, lab) * logp).sum(axis=1)
-        count = None
-        if valid is not None:
-            per_pos = xp.where(valid, per_pos, _f32(0))
-            count = valid.sum()
-        self._lab, self._valid = lab, valid
-        self._norm = _normalizer(self, self.normalization, self.outer, self.inner, count)
-        top[0].data[...] = -per_pos.sum() / self._norm
+        self._write_loss(top, per_pos, lab, valid)
 
     def backward_impl(self, top, propagate_down, bottom):
         self._check_label_backward(propagate_down)

@@ -83,6 +83,18 @@ def _spatial_params(layer, p, num_spatial):
 
 # -- Convolution / Deconvolution ------------------------------------------------------------
 
+def _read_conv_geometry(layer, p, bottom):
+    """convolution_param's channel axis and per-spatial-axis kernel/stride/pad/dilation
+    (shared by Convolution, Deconvolution and Im2col)."""
+    layer.axis = layer.canonical_axis(bottom, p.axis)
+    layer.num_spatial = bottom.num_axes - layer.axis - 1
+    if layer.num_spatial < 1:
+        raise layer.error("needs at least one spatial axis after the channel axis %d "
+                          "(bottom shape %s)", layer.axis, _shape_str(bottom.shape))
+    layer.kernel, layer.stride, layer.pad, layer.dilation = _spatial_params(
+        layer, p, layer.num_spatial)
+
+
 class _ConvolutionBase(Layer):
     """Shared setup of Convolution and Deconvolution (Caffe's BaseConvolutionLayer).
 
@@ -97,13 +109,7 @@ class _ConvolutionBase(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.convolution_param
-        self.axis = self.canonical_axis(bottom[0], p.axis)
-        self.num_spatial = bottom[0].num_axes - self.axis - 1
-        if self.num_spatial < 1:
-            raise self.error("needs at least one spatial axis after the channel axis %d "
-                             "(bottom shape %s)", self.axis, _shape_str(bottom[0].shape))
-        self.kernel, self.stride, self.pad, self.dilation = _spatial_params(
-            self, p, self.num_spatial)
+        _read_conv_geometry(self, p, bottom[0])
         self.channels = int(bottom[0].shape[self.axis])
         self.num_output = int(p.num_output)
         if self.num_output <= 0:
@@ -390,13 +396,7 @@ class Im2colLayer(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.convolution_param
-        self.axis = self.canonical_axis(bottom[0], p.axis)
-        self.num_spatial = bottom[0].num_axes - self.axis - 1
-        if self.num_spatial < 1:
-            raise self.error("needs at least one spatial axis after the channel axis %d "
-                             "(bottom shape %s)", self.axis, _shape_str(bottom[0].shape))
-        self.kernel, self.stride, self.pad, self.dilation = _spatial_params(
-            self, p, self.num_spatial)
+        _read_conv_geometry(self, p, bottom[0])
 
     def reshape(self, bottom, top):
         shape = tuple(bottom[0].shape)
