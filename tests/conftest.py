@@ -11,7 +11,8 @@ TEST_MODE = os.environ.get("CAFFEPY_TEST_MODE", "cpu").strip().lower() or "cpu"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "conformance: a case from ../shared/conformance")
+    config.addinivalue_line("markers", "conformance: one of Caffe's reference cases "
+                                       "(tests/conformance, plus newer ones in ../shared)")
     if TEST_MODE not in ("cpu", "gpu"):
         raise pytest.UsageError("CAFFEPY_TEST_MODE must be 'cpu' or 'gpu', not %r" % TEST_MODE)
     if TEST_MODE == "gpu":
@@ -72,9 +73,13 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     if not _counts:
         return
+    from helpers import LAYER_CASES, REPO_CONFORMANCE, SOLVER_CASES
     terminalreporter.write_sep("=", "Caffe conformance cases")
     for kind, c in sorted(_counts.items()):
+        cases = LAYER_CASES if kind == "layer" else SOLVER_CASES
+        outside = sum(1 for d in cases.values()
+                      if not os.path.abspath(d).startswith(os.path.abspath(REPO_CONFORMANCE)))
         ran = c["passed"] + c["failed"]
-        terminalreporter.write_line("%s cases: %d ran, %d passed, %d failed, %d skipped (layer type "
-                                    "not implemented)" % (kind, ran, c["passed"], c["failed"],
-                                                          c["skipped"]))
+        terminalreporter.write_line("%s cases: %d ran, %d passed, %d failed, %d skipped "
+                                    "(%d read from outside tests/conformance)"
+                                    % (kind, ran, c["passed"], c["failed"], c["skipped"], outside))

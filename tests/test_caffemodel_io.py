@@ -8,15 +8,15 @@ import pytest
 import caffepy
 from caffepy.proto import caffe_pb2
 from caffepy.proto.io import blobproto_to_array, read_binary
-from conformance import SOLVER_DIR, copy_case, list_cases
+from helpers import SOLVER_CASES, copy_case
 
-CASES = [c for c in list_cases(SOLVER_DIR)
-         if os.path.exists(os.path.join(SOLVER_DIR, c, "init.caffemodel"))]
+CASES = [c for c in sorted(SOLVER_CASES)
+         if os.path.exists(os.path.join(SOLVER_CASES[c], "init.caffemodel"))]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_init_caffemodel_loads_into_its_net(case, tmp_path, monkeypatch):
-    work = copy_case(os.path.join(SOLVER_DIR, case), tmp_path)
+    work = copy_case(SOLVER_CASES[case], tmp_path)
     monkeypatch.chdir(work)
     net = caffepy.Net("net.prototxt", caffepy.TRAIN)
     try:

@@ -372,17 +372,15 @@ def test_net_init_log_order_and_memory(caplog):
 
 # -- Net::ToProto against the caffemodels Caffe itself wrote ----------------------------------
 
-from conformance import SOLVER_DIR, copy_case, list_cases  # noqa: E402
+from helpers import SOLVER_CASES, copy_case  # noqa: E402
 
 
-@pytest.mark.parametrize("case", list_cases(SOLVER_DIR) or ["(none)"])
+@pytest.mark.parametrize("case", sorted(SOLVER_CASES))
 def test_to_proto_layer_params_equal_caffes_snapshot(case, tmp_path, monkeypatch):
     # The expected/final.caffemodel of every solver reference case is Caffe's Net::ToProto
     # of the train net; apart from the blobs, caffepy's to_proto must give the same
     # LayerParameters (inherited phase, Split layers, loss weights, BatchNorm ParamSpecs).
-    if case == "(none)":
-        pytest.skip("no solver reference cases")
-    d = copy_case(os.path.join(SOLVER_DIR, case), tmp_path)
+    d = copy_case(SOLVER_CASES[case], tmp_path)
     monkeypatch.chdir(d)
     solver = caffepy.get_solver("solver.prototxt")
     act = solver.net.to_proto()

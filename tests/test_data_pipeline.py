@@ -24,7 +24,7 @@ from caffepy.proto import caffe_pb2
 from caffepy.proto.io import parse_text, write_mean_binaryproto
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
-SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "spec",
+SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools",
                     "caffe-proto-fields.tsv")
 
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Regenerate caffepy's caffe.proto and caffe_pb2.py from Caffe's schema table.
 
-The table (../shared/spec/caffe-proto-fields.tsv, one row per field or enum value)
+The table (tools/caffe-proto-fields.tsv, one row per field or enum value)
 is the single source of truth for field names, numbers, types, defaults and the
 packed option; binary .caffemodel/.solverstate/Datum files only interoperate if
 those are exact.
 
 Usage:  python tools/gen_proto.py [path/to/caffe-proto-fields.tsv]
 
-Needs grpcio-tools (for protoc) at development time only; the generated module is
+Needs grpcio-tools (for protoc; `pip install -e '.[dev]'`) at development time only; the generated module is
 committed so users never need a compiler.
 """
 import collections
@@ -21,7 +21,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT_DIR = os.path.join(ROOT, "src", "caffepy", "proto")
-DEFAULT_TSV = os.path.join(ROOT, "..", "shared", "spec", "caffe-proto-fields.tsv")
+DEFAULT_TSV = os.path.join(HERE, "caffe-proto-fields.tsv")
 
 SCALARS = {"double", "float", "int32", "int64", "uint32", "uint64", "sint32", "sint64",
            "fixed32", "fixed64", "sfixed32", "sfixed64", "bool", "string", "bytes"}

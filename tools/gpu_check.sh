@@ -9,12 +9,11 @@
 # caps every step):
 #   1. the environment: nvidia-smi, Python, NumPy, CuPy and the device count;
 #   2. CuPy if missing: local wheels in .whl/ first, then pip (cupy-cuda12x, else cupy-cuda11x);
-#   3. the Caffe conformance cases in GPU mode (CAFFEPY_TEST_MODE=gpu), when the conformance
-#      folder is found: $CAFFEPY_SHARED/conformance, ../shared, shared/ or build/gpu_shared;
+#   3. the Caffe conformance cases in GPU mode (CAFFEPY_TEST_MODE=gpu), from tests/conformance;
 #   4. the layer unit tests in GPU mode (informational: several of them compare blob arrays
 #      with NumPy directly, which CuPy refuses; see docs/gpu.md);
 #   5. benchmarks/bench_nets.py --gpu.
-# Environment: PYTHON (default python3), CAFFEPY_SHARED, GPU_CHECK_VENV=1 (make a venv with
+# Environment: PYTHON (default python3), GPU_CHECK_VENV=1 (make a venv with
 # --system-site-packages in build/gpu-venv first), GPU_CHECK_ITER (benchmark iterations, 20).
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -93,22 +92,12 @@ TIMEOUT_OPT=
 junit() { [ -n "$JUNIT_DIR" ] && echo "--junitxml=$JUNIT_DIR/$1.xml"; }
 
 section "conformance cases, GPU mode"
-SH=
-for c in "${CAFFEPY_SHARED:-}" ../shared shared build/gpu_shared; do
-    if [ -n "$c" ] && [ -d "$c/conformance" ]; then SH=$(cd "$c" && pwd); break; fi
-done
-if [ -z "$SH" ]; then
-    echo "SKIPPED: no conformance folder (set CAFFEPY_SHARED to the folder holding conformance/;"
-    echo "docs/gpu.md says how to carry it to the GPU machine)"
-else
-    echo "conformance from $SH/conformance"
-    # no -x: one run on the GPU should show every failing case
-    CAFFEPY_SHARED=$SH CAFFEPY_TEST_MODE=gpu timeout "$(cap 240 200)" "$PY" -m pytest -q -p no:cacheprovider \
-        $TIMEOUT_OPT --tb=short --maxfail=40 $(junit conformance) \
-        tests/test_conformance_layers.py tests/test_conformance_solvers.py
-    rc=$?; echo "conformance pytest exit code: $rc (124 = hit the time budget)"
-    [ $rc -ne 0 ] && STATUS=1
-fi
+# no -x: one run on the GPU should show every failing case
+CAFFEPY_TEST_MODE=gpu timeout "$(cap 240 200)" "$PY" -m pytest -q -p no:cacheprovider \
+    $TIMEOUT_OPT --tb=short --maxfail=40 $(junit conformance) \
+    tests/test_conformance_layers.py tests/test_conformance_solvers.py
+rc=$?; echo "conformance pytest exit code: $rc (124 = hit the time budget)"
+[ $rc -ne 0 ] && STATUS=1
 
 section "layer unit tests, GPU mode (informational)"
 CAFFEPY_TEST_MODE=gpu timeout "$(cap 110 90)" "$PY" -m pytest -q -p no:cacheprovider $TIMEOUT_OPT \
