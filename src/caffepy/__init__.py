@@ -7,6 +7,7 @@ import logging as _logging
 # appear once the application (or the caffepy CLI) sets up a handler.
 _logging.getLogger("caffepy").addHandler(_logging.NullHandler())
 
+from .errors import *  # noqa: F401,F403  (CaffepyError and its subclasses)
 from .proto import caffe_pb2  # noqa: F401
 from .backend import set_mode_cpu, set_mode_gpu, set_device, set_random_seed  # noqa: F401
 from .blob import Blob  # noqa: F401

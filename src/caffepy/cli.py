@@ -25,18 +25,11 @@ import os
 import platform
 import sys
 import time
+from .errors import CaffepyError, CliError, FlagError  # noqa: F401
 
 log = logging.getLogger("caffepy")
 
 PROGRAM = "caffepy"
-
-
-class CliError(Exception):
-    """A fatal command-line error (Caffe's CHECK/LOG(FATAL) in tools/caffe.cpp)."""
-
-
-class FlagError(Exception):
-    """A flag that gflags would reject (unknown flag, bad value, missing argument)."""
 
 
 # -- flags (gflags) -----------------------------------------------------------------------
@@ -874,18 +867,6 @@ def upgrade_solver_proto_text(flags, args):
 
 # -- main ----------------------------------------------------------------------------------
 
-def _known_errors():
-    errs = [CliError]
-    for mod, name in (("caffepy.net", "NetError"), ("caffepy.layer", "LayerError"),
-                      ("caffepy.proto.io", "ProtoError"), ("caffepy.data.db", "DataError"),
-                      ("caffepy.lr_policies", "SolverError"), ("caffepy.solver", "SolverError"),
-                      ("caffepy.tools", "ToolError"), ("caffepy.proto.upgrade", "UpgradeError")):
-        m = sys.modules.get(mod)
-        if m is not None and isinstance(getattr(m, name, None), type):
-            errs.append(getattr(m, name))
-    return tuple(errs)
-
-
 def _log_fatal(exc, with_traceback):
     """LOG(FATAL): an F line naming where the error was raised."""
     tb = exc.__traceback__
@@ -951,7 +932,7 @@ def run(argv, solver_overrides=None, solver_param=None):
     except KeyboardInterrupt:
         log.error("Interrupted.")
         return 130
-    except _known_errors() as e:
+    except CaffepyError as e:
         _log_fatal(e, with_tb)
         return 1
     except Exception as e:   # a bug, or an error type caffepy does not know: show where

@@ -9,10 +9,7 @@ import math
 import numpy as np
 
 from . import backend
-
-
-class FillerError(ValueError):
-    pass
+from .errors import FillerError  # noqa: F401
 
 
 def _fans(shape):

@@ -13,10 +13,7 @@ Use it on your own layers::
 import numpy as np
 
 from . import backend
-
-
-class GradientCheckError(AssertionError):
-    pass
+from .errors import GradientCheckError  # noqa: F401
 
 
 class GradientChecker:

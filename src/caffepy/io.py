@@ -24,6 +24,7 @@ float64 arrays holding the stored float32 values exactly.
 import numpy as np
 
 from .proto import caffe_pb2
+from .errors import TransformerError  # noqa: F401
 
 __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotovector_str",
            "blobprotovector_str_to_arraylist", "array_to_datum", "datum_to_array",
@@ -310,10 +311,6 @@ def oversample(images, crop_dims):
 
 
 # -- pre-processing ------------------------------------------------------------------
-
-class TransformerError(ValueError):
-    """A Transformer call with an unknown input name or settings that do not fit the input."""
-
 
 class Transformer:
     """Transform input for feeding into a Net (pycaffe's ``caffe.io.Transformer``).

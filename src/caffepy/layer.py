@@ -23,13 +23,10 @@ import numpy as np
 
 from . import backend
 from .blob import Blob
+from .errors import LayerError  # noqa: F401
 
 _f32 = np.float32
 log = logging.getLogger("caffepy")
-
-
-class LayerError(Exception):
-    """A user mistake in a layer's configuration or inputs; the message names the layer."""
 
 
 class BlobList(list):

@@ -12,17 +12,11 @@ User policies can be added with ``@register_lr_policy("name")``.
 import logging
 
 import numpy as np
+from .errors import SolverError  # noqa: F401
 
 log = logging.getLogger("caffepy")
 
 f32 = np.float32
-
-
-class SolverError(ValueError):
-    """A solver that cannot be built or run: bad SolverParameter, bad snapshot, bad state.
-
-    The message says what is wrong in the terms of Caffe's solver prototxt.
-    """
 
 
 _POLICIES = {}

@@ -20,11 +20,9 @@ from .proto import caffe_pb2
 from .proto.io import ProtoError, blobproto_shape, blobproto_to_array, read_binary, read_text, \
     set_blobproto, write_binary
 
+from .errors import NetError  # noqa: F401
+
 log = logging.getLogger("caffepy")
-
-
-class NetError(ValueError):
-    """A net that cannot be built or loaded; the message names the layer/blob/file."""
 
 
 # -- NetState filtering and split insertion (free functions, as in Caffe) ----------

@@ -11,10 +11,7 @@ import threading
 import numpy as np
 
 from ..proto import caffe_pb2
-
-
-class DataError(ValueError):
-    """A data source that cannot be read (missing file, bad record, missing package)."""
+from ..errors import DataError  # noqa: F401
 
 
 def _default_error(msg, *args):

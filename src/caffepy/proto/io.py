@@ -10,10 +10,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from . import caffe_pb2
-
-
-class ProtoError(ValueError):
-    """A prototxt or binary proto file that cannot be read; the message names the file."""
+from ..errors import ProtoError  # noqa: F401
 
 
 # -- text format --------------------------------------------------------------------
