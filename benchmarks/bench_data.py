@@ -26,7 +26,7 @@ import caffepy
 from caffepy.data import array_to_datum, write_lmdb
 from caffepy.datasets import mnist_5k
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import read_text
+from caffepy.proto import read_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LENET = os.path.join(HERE, "..", "examples", "mnist", "lenet_train_test.prototxt")

@@ -24,7 +24,7 @@ import numpy as np
 
 import caffepy
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 LENET = """
 name: "LeNet"

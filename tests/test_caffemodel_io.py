@@ -7,7 +7,7 @@ import pytest
 
 import caffepy
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import blobproto_to_array, read_binary
+from caffepy.proto import blobproto_to_array, read_binary
 from helpers import SOLVER_CASES, copy_case
 
 CASES = [c for c in sorted(SOLVER_CASES)

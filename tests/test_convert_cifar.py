@@ -10,7 +10,7 @@ import pytest
 import caffepy
 from caffepy import cli
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import read_binary
+from caffepy.proto import read_binary
 
 lmdb = pytest.importorskip("lmdb")
 

@@ -13,7 +13,7 @@ import caffepy
 from caffepy.blob import Blob
 from caffepy.net import NetError, insert_splits
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text, read_binary, set_blobproto, write_binary
+from caffepy.proto import parse_text, read_binary, set_blobproto, write_binary
 from caffepy.solver import SolverError
 
 from test_solver import W0, TARGETS0, make_solver, quad_layer  # noqa: F401  (registers SolverTestQuad)

@@ -21,7 +21,7 @@ from caffepy.data import (DataError, array_to_datum, datum_to_array, resize_bili
 from caffepy.data.window import parse_window_file, window_geometry
 from caffepy.layer import LayerError, create_layer
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text, write_mean_binaryproto
+from caffepy.proto import parse_text, write_mean_binaryproto
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools",
@@ -419,7 +419,7 @@ def test_prefetch_thread_exits_on_interrupt_and_at_exit(ramp_lmdb):
         import os, signal, sys, caffepy
         from caffepy.layer import create_layer
         from caffepy.proto import caffe_pb2
-        from caffepy.proto.io import parse_text
+        from caffepy.proto import parse_text
         lp = parse_text('name: "d" type: "Data" top: "data" top: "label" '
                         'data_param { source: "db" batch_size: 2 backend: LMDB }',
                         caffe_pb2.LayerParameter())

@@ -7,7 +7,7 @@ import pytest
 
 import caffepy
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 pydot = pytest.importorskip("pydot")
 from caffepy import draw  # noqa: E402

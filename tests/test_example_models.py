@@ -24,7 +24,7 @@ import pytest
 
 import caffepy
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import read_text
+from caffepy.proto import read_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST

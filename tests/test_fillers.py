@@ -8,7 +8,7 @@ import caffepy
 from caffepy import Blob
 from caffepy.fillers import FillerError, fill, fill_array
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 
 def filler(text):

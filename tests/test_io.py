@@ -70,7 +70,7 @@ def test_blobprotovector_round_trip():
 
 
 def test_mean_binaryproto_reads_with_blobproto_to_array(tmp_path):
-    from caffepy.proto.io import write_mean_binaryproto
+    from caffepy.proto import write_mean_binaryproto
     mean = np.arange(12, dtype=np.float32).reshape(3, 2, 2) * 0.25
     path = str(tmp_path / "mean.binaryproto")
     write_mean_binaryproto(mean, path)

@@ -8,7 +8,7 @@ import pytest
 import caffepy
 from caffepy import backend
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 BATCH, C, H, W = 32, 8, 24, 24
 CLASSES = 10

@@ -8,7 +8,7 @@ from caffepy.layer import build_layer
 from caffepy import Blob, LayerError, caffe_pb2
 from caffepy.gradient_check import check_layer
 from caffepy.layer import create_layer
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 
 def rnd(*shape, seed=0, lo=-1.0, hi=1.0):

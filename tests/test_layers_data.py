@@ -12,7 +12,7 @@ from caffepy.data import (DataError, DataTransformer, array_to_datum, datum_to_a
                           write_lmdb)
 from caffepy.layer import LayerError, create_layer
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text, write_mean_binaryproto
+from caffepy.proto import parse_text, write_mean_binaryproto
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 

@@ -5,7 +5,7 @@ import pytest
 import caffepy
 from caffepy.gradient_check import check_layer
 from caffepy.layer import LayerError, build_layer
-from caffepy.proto.io import array_to_blobproto, write_binary
+from caffepy.proto import array_to_blobproto, write_binary
 
 
 def make(text, arrays, ntop=1):

@@ -6,7 +6,7 @@ from caffepy.blob import Blob
 from caffepy.gradient_check import GradientChecker, check_layer
 from caffepy.layer import LayerError, create_layer
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 
 def make_layer(text, phase=None):

@@ -6,7 +6,7 @@ from caffepy.blob import Blob
 from caffepy.gradient_check import GradientChecker
 from caffepy.layer import create_layer
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 
 def make(text, arrays):

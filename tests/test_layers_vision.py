@@ -11,7 +11,7 @@ from caffepy.layer import build_layer
 from caffepy import Blob, LayerError, caffe_pb2
 from caffepy.gradient_check import check_layer
 from caffepy.layer import create_layer
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 FLT_MAX = float(np.finfo(np.float32).max)
 

@@ -8,7 +8,7 @@ import pytest
 import caffepy
 from caffepy.net import NetError, filter_net, insert_splits
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import ProtoError, parse_text, read_binary
+from caffepy.proto import ProtoError, parse_text, read_binary
 
 LENET_TEST = """
 name: "LeNet"

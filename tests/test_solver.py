@@ -23,7 +23,7 @@ from caffepy import fillers
 from caffepy.layer import Layer, register_layer
 from caffepy.lr_policies import SolverError, get_learning_rate
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import blobproto_to_array, read_binary
+from caffepy.proto import blobproto_to_array, read_binary
 from caffepy.regularizers import Regularizer, register_regularizer
 from caffepy.solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
                             RMSPropSolver, SGDSolver, Solver, get_solver)

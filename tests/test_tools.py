@@ -8,7 +8,7 @@ import pytest
 
 from caffepy import cli
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import read_binary, read_text, write_binary
+from caffepy.proto import read_binary, read_text, write_binary
 
 lmdb = pytest.importorskip("lmdb")
 Image = pytest.importorskip("PIL.Image")

@@ -5,7 +5,7 @@ import pytest
 from google.protobuf import text_format
 
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import ProtoError, write_binary
+from caffepy.proto import ProtoError, write_binary
 from caffepy.proto.upgrade import (
     read_net_param, read_net_param_binary, read_solver_param, upgrade_net_as_needed,
     upgrade_solver_as_needed, net_needs_upgrade)

@@ -10,7 +10,7 @@ import pytest
 import caffepy
 from caffepy.gradient_check import GradientChecker, check_layer
 from caffepy.proto import caffe_pb2
-from caffepy.proto.io import parse_text
+from caffepy.proto import parse_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -75,7 +75,7 @@ def build_layer(layer_param, bottom_arrays=(), ntop=None, phase=None):
     Returns ``(layer, bottom, top)``."""
     import numpy as np
     from .proto import caffe_pb2
-    from .proto.io import parse_text
+    from .proto import parse_text
     if isinstance(layer_param, str):
         layer_param = parse_text(layer_param, caffe_pb2.LayerParameter())
     bottom = []
@@ -116,7 +116,7 @@ class Layer:
         self.loss_weights = []
         # Blobs stored in the prototxt/caffemodel are loaded as the layer's initial params.
         if len(layer_param.blobs):
-            from .proto.io import blobproto_to_array
+            from .proto import blobproto_to_array
             for bp in layer_param.blobs:
                 arr = blobproto_to_array(bp)
                 b = Blob(arr.shape)

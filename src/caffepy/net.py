@@ -17,9 +17,10 @@ from . import backend
 from .blob import Blob
 from .layer import LayerError, create_layer
 from .proto import caffe_pb2
-from .proto.io import ProtoError, blobproto_shape, blobproto_to_array, read_binary, read_text, \
+from .proto import ProtoError, blobproto_shape, blobproto_to_array, read_binary, read_text, \
     set_blobproto, write_binary
 
+from .atomic import atomic_path
 from .errors import NetError  # noqa: F401
 
 log = logging.getLogger("caffepy")
@@ -161,7 +162,7 @@ def load_net_param(source):
     if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
         return upgrade.read_net_param(str(source))
     if isinstance(source, str) and ("{" in source or "\n" in source):
-        from .proto.io import parse_text
+        from .proto import parse_text
         param = parse_text(source, caffe_pb2.NetParameter(), "<string>")
         upgrade.upgrade_net_as_needed(param, "<string>")
         return param
@@ -656,28 +657,18 @@ class Net:
     def save_hdf5(self, path, write_diff=False):
         """Write the HDF5 form (/data/{layer}/{j}, owners only; /diff for all), atomically."""
         import h5py
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp = os.path.join(directory, ".%s.tmp-%d" % (os.path.basename(path), os.getpid()))
-        try:
-            with h5py.File(tmp, "w") as f:
-                data = f.create_group("data")
-                diff = f.create_group("diff") if write_diff else None
-                for i, layer in enumerate(self.layers):
-                    name = self.layer_names[i]
-                    gd = data.create_group(name)
-                    gf = diff.create_group(name) if write_diff else None
-                    for j, b in enumerate(layer.blobs):
-                        if self.param_owners[self.param_id_vecs[i][j]] == -1:
-                            gd.create_dataset(str(j), data=backend.to_numpy(b.data))
-                        if write_diff:
-                            gf.create_dataset(str(j), data=backend.to_numpy(b.diff))
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            for i, layer in enumerate(self.layers):
+                name = self.layer_names[i]
+                gd = data.create_group(name)
+                gf = diff.create_group(name) if write_diff else None
+                for j, b in enumerate(layer.blobs):
+                    if self.param_owners[self.param_id_vecs[i][j]] == -1:
+                        gd.create_dataset(str(j), data=backend.to_numpy(b.data))
+                    if write_diff:
+                        gf.create_dataset(str(j), data=backend.to_numpy(b.diff))
 
     def load_hdf5(self, path):
         self._copy_from_hdf5(path)

@@ -32,10 +32,11 @@ import numpy as np
 from google.protobuf import text_format
 
 from . import backend
+from .atomic import atomic_path
 from .lr_policies import SolverError, check_lr_policy, get_learning_rate
 from .net import Net
 from .proto import caffe_pb2
-from .proto.io import blobproto_to_array, read_binary, set_blobproto, write_binary
+from .proto import blobproto_to_array, read_binary, set_blobproto, write_binary
 from .regularizers import (Regularizer, RegularizeContext, apply_weight_decay,  # noqa: F401
                            create_regularizer, register_regularizer)
 from .updaters import (AdaDeltaRule, AdaGradRule, AdamRule, NesterovRule, RMSPropRule,
@@ -774,25 +775,14 @@ class Solver:
 
     def _write_state_hdf5(self, path, model_filename):
         import h5py
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp = os.path.join(directory, ".%s.tmp-%d" % (os.path.basename(path), os.getpid()))
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("iter", data=np.array([self.iter], dtype=np.int32))
-                _h5_save_string(f, "learned_net", model_filename)
-                f.create_dataset("current_step", data=np.array([self.current_step],
-                                                               dtype=np.int32))
-                g = f.create_group("history")
-                for i, h in enumerate(self.history):
-                    g.create_dataset(str(i), data=backend.to_numpy(h).astype(np.float32))
-                f.flush()
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset("iter", data=np.array([self.iter], dtype=np.int32))
+            _h5_save_string(f, "learned_net", model_filename)
+            f.create_dataset("current_step", data=np.array([self.current_step],
+                                                           dtype=np.int32))
+            g = f.create_group("history")
+            for i, h in enumerate(self.history):
+                g.create_dataset(str(i), data=backend.to_numpy(h).astype(np.float32))
 
     def restore(self, state_file):
         """Restore iter, current_step, history and the learned_net weights (binary or .h5)."""

@@ -47,7 +47,7 @@ class DataTransformer:
         if param.HasField("mean_file"):
             if len(param.mean_value):
                 raise error("transform_param: cannot specify mean_file and mean_value at the same time")
-            from ..proto.io import ProtoError, read_mean_binaryproto
+            from ..proto import ProtoError, read_mean_binaryproto
             try:
                 mean = read_mean_binaryproto(param.mean_file)
             except (OSError, ProtoError) as e:

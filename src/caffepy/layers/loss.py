@@ -247,7 +247,7 @@ class InfogainLossLayer(_SoftmaxLoss):
             if not ip.HasField("source") or not ip.source:
                 raise self.error("the infogain matrix H must be given, either as "
                                  "infogain_loss_param.source or as a third bottom")
-            from ..proto.io import ProtoError, blobproto_to_array, read_binary
+            from ..proto import ProtoError, blobproto_to_array, read_binary
             try:
                 h = blobproto_to_array(read_binary(ip.source, caffe_pb2.BlobProto()))
             except (ProtoError, OSError) as e:

@@ -1,2 +1,7 @@
 """Caffe's schema (caffe_pb2, generated from caffe.proto) and its file formats."""
 from . import caffe_pb2  # noqa: F401
+from ..errors import ProtoError  # noqa: F401
+from .files import (atomic_write, parse_binary, parse_text, read_binary, read_proto,  # noqa: F401
+                    read_text, write_binary, write_text)
+from .blobproto import (array_to_blobproto, blobproto_shape, blobproto_to_array,  # noqa: F401
+                        read_mean_binaryproto, set_blobproto, write_mean_binaryproto)

@@ -22,7 +22,7 @@ file.
 import logging
 
 from . import caffe_pb2
-from .io import ProtoError, read_binary, read_text
+from .files import ProtoError, read_binary, read_text
 
 log = logging.getLogger("caffepy")
 

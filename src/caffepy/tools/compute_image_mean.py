@@ -104,7 +104,7 @@ def compute_image_mean(db_path, output_file=None, backend="lmdb"):
         bp = caffe_pb2.BlobProto()
         bp.num, bp.channels, bp.height, bp.width = 1, shape[0], shape[1], shape[2]
         bp.data[:] = mean
-        from ..proto.io import write_binary
+        from ..proto import write_binary
         write_binary(bp, output_file)
     log.info("Number of channels: %d", channels)
     for c in range(channels):

@@ -14,7 +14,7 @@ upgrade reported problems (the output is written all the same), else 0.
 import logging
 
 from ..proto import caffe_pb2, upgrade
-from ..proto.io import ProtoError, read_binary, read_text, write_binary, write_text
+from ..proto import ProtoError, read_binary, read_text, write_binary, write_text
 
 log = logging.getLogger("caffepy")
 

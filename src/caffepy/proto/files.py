@@ -1,4 +1,4 @@
-"""Reading and writing Caffe's files: text prototxt, binary protobuf, BlobProto arrays.
+"""Reading and writing Caffe's protobuf files: text prototxt and binary messages.
 
 Errors name the file, the line and the field, so a typo in a prototxt reads like a
 compiler message rather than a traceback.
@@ -10,6 +10,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from . import caffe_pb2
+from ..atomic import atomic_write  # noqa: F401
 from ..errors import ProtoError  # noqa: F401
 
 
@@ -80,82 +81,3 @@ def read_proto(path, message):
     except Exception:
         message.Clear()
     return parse_text(data.decode("utf-8", errors="replace"), message, filename=path)
-
-
-def atomic_write(path, data):
-    """Write ``data`` (bytes) to ``path`` via a temporary file and a rename.
-
-    A crash mid-write leaves the old file (or none), never a truncated one.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, ".%s.tmp-%d" % (os.path.basename(path), os.getpid()))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-# -- BlobProto <-> array -------------------------------------------------------------
-
-def blobproto_shape(bp):
-    if bp.HasField("num") or bp.HasField("channels") or bp.HasField("height") or bp.HasField("width"):
-        return (bp.num, bp.channels, bp.height, bp.width)
-    return tuple(int(d) for d in bp.shape.dim)
-
-
-def blobproto_to_array(bp, return_diff=False):
-    """A float32 array with the BlobProto's shape (legacy 4-D fields take precedence)."""
-    shape = blobproto_shape(bp)
-    if return_diff:
-        vals = bp.double_diff if len(bp.double_diff) else bp.diff
-    else:
-        vals = bp.double_data if len(bp.double_data) else bp.data
-    arr = np.asarray(vals, dtype=np.float32)
-    count = int(np.prod(shape)) if len(shape) else 1
-    if arr.size != count:
-        raise ProtoError("BlobProto holds %d values but its shape %s needs %d"
-                         % (arr.size, shape, count))
-    return arr.reshape(shape)
-
-
-def array_to_blobproto(arr, diff=None, bp=None):
-    bp = caffe_pb2.BlobProto() if bp is None else bp
-    arr = np.asarray(arr)
-    bp.shape.dim.extend(int(d) for d in arr.shape)
-    bp.data.extend(arr.astype(np.float32).ravel().tolist())
-    if diff is not None:
-        bp.diff.extend(np.asarray(diff, dtype=np.float32).ravel().tolist())
-    return bp
-
-
-def set_blobproto(bp, data, diff=None):
-    """Fill ``bp`` with shape and float data quickly (bulk copy via numpy)."""
-    bp.Clear()
-    bp.shape.dim.extend(int(d) for d in data.shape)
-    bp.data[:] = np.ascontiguousarray(data, dtype=np.float32).ravel()
-    if diff is not None:
-        bp.diff[:] = np.ascontiguousarray(diff, dtype=np.float32).ravel()
-    return bp
-
-
-def read_mean_binaryproto(path):
-    bp = read_binary(path, caffe_pb2.BlobProto())
-    return blobproto_to_array(bp)
-
-
-def write_mean_binaryproto(arr, path):
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim == 3:
-        arr = arr[None]
-    bp = caffe_pb2.BlobProto()
-    bp.num, bp.channels, bp.height, bp.width = arr.shape
-    bp.data[:] = arr.ravel()
-    write_binary(bp, path)

@@ -39,12 +39,7 @@ Use ``xp`` for array maths so the same code runs on GPU.  A regularizer that nee
 (e.g. a proximal step after the update) may also implement ``after_update(solver)``,
 called once per iteration after the weights have been updated.
 """
-import numpy as np
-
-from . import backend
-from .lr_policies import SolverError
-
-f32 = np.float32
+from ..errors import RegularizerError
 
 _REGISTRY = {}
 
@@ -71,7 +66,7 @@ def create_regularizer(name, *args, **kwargs):
     """Instantiate the regularizer registered as ``name``."""
     cls = _REGISTRY.get(name)
     if cls is None:
-        raise SolverError("Unknown regularizer '%s' (registered: %s)"
+        raise RegularizerError("Unknown regularizer '%s' (registered: %s)"
                           % (name, ", ".join(regularizer_names()) or "none"))
     return cls(*args, **kwargs)
 
@@ -99,48 +94,3 @@ class Regularizer:
 
     def __repr__(self):
         return "<%s regularizer>" % self.name
-
-
-def apply_weight_decay(regularization_type, local_decay, data, diff, temp=None):
-    """Caffe's Regularize for one param: flat float32 ``data``/``diff`` arrays, in place.
-
-    ``temp`` is an optional work buffer (Caffe's ``temp_``) for the L1 sign.
-    """
-    local_decay = f32(local_decay)
-    if not local_decay:
-        return
-    xp = backend.array_module(diff)
-    if regularization_type == "L2":
-        diff += local_decay * data                            # caffe_axpy
-    elif regularization_type == "L1":
-        if temp is None:
-            temp = xp.empty_like(data)
-        xp.sign(data, out=temp)                               # caffe_cpu_sign, sign(0)=0
-        diff += local_decay * temp
-    else:
-        raise SolverError("Unknown regularization type: '%s' (regularization_type must be "
-                          "\"L2\" or \"L1\")" % regularization_type)
-
-
-@register_regularizer("L2")
-class L2Regularizer(Regularizer):
-    """An extra L2 penalty 0.5·coeff·decay_mult·||w||² (like weight_decay, own coefficient)."""
-
-    def __init__(self, coeff):
-        self.coeff = float(coeff)
-
-    def regularize(self, param_id, blob, ctx):
-        apply_weight_decay("L2", f32(f32(self.coeff) * f32(ctx.decay_mult)),
-                           blob.flat_data, blob.flat_diff)
-
-
-@register_regularizer("L1")
-class L1Regularizer(Regularizer):
-    """An extra L1 penalty coeff·decay_mult·|w| (like weight_decay "L1", own coefficient)."""
-
-    def __init__(self, coeff):
-        self.coeff = float(coeff)
-
-    def regularize(self, param_id, blob, ctx):
-        apply_weight_decay("L1", f32(f32(self.coeff) * f32(ctx.decay_mult)),
-                           blob.flat_data, blob.flat_diff)
