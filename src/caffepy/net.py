@@ -453,6 +453,18 @@ class Net:
                 self.has_params_decay[lid] = True
                 self.params_weight_decay[lid] = spec.decay_mult
 
+    def learnable_param_info(self):
+        """For each learnable param id, where its owner blob lives: a tuple (layer index,
+        layer name, blob index, the layer's ParamSpec for that blob or None)."""
+        info = []
+        for net_param_id, owner in enumerate(self.param_owners):
+            if owner == -1:
+                layer_id, blob_id = self.param_layer_indices[net_param_id]
+                specs = self.layers[layer_id].layer_param.param
+                spec = specs[blob_id] if blob_id < len(specs) else None
+                info.append((layer_id, self.layer_names[layer_id], blob_id, spec))
+        return info
+
     def _share_weights(self):
         for i, owner in enumerate(self.param_owners):
             if owner < 0:
