@@ -6,17 +6,24 @@ newer set sits beside the checkout in ../shared/conformance (or wherever CAFFEPY
 its cases are run too: a case only there is added, a case whose files differ there replaces the
 repository's copy. ``tools/sync_conformance.py`` takes such cases into the repository.
 CAFFEPY_CONFORMANCE=/some/folder runs exactly the cases in that folder instead.
+
+Below the cases: one layer built from prototxt text and run outside a net (make, setup_layer,
+fwd, bwd), and the command line run in this process (run_cli, messages).
 """
 import filecmp
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 
 import numpy as np
 
+from caffepy import Blob, cli
 from caffepy.backend import to_numpy
+from caffepy.layer import build_layer, create_layer
+from caffepy.proto import caffe_pb2, parse_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_CONFORMANCE = os.path.join(HERE, "conformance")
@@ -110,3 +117,56 @@ def assert_close(actual, expected, tol, what):
                              "got %r, expected %r; max abs err %g"
                              % (what, int(bad.sum()), bad.size, rtol, atol, i,
                                 float(actual[i]), float(expected[i]), float(err.max())))
+
+
+# -- one layer outside a net -----------------------------------------------------------------
+
+def make(text, bottoms=(), ntop=None, phase=None):
+    """Build a layer from LayerParameter text and set it up on fresh blobs holding the arrays
+    ``bottoms``; ``ntop`` defaults to the number of tops the text names (at least 1).
+    Returns ``(layer, bottom, top)``."""
+    return build_layer(text, bottoms, ntop, phase)
+
+
+def setup_layer(text, phase=caffe_pb2.TRAIN, bottom=()):
+    """Build a layer from LayerParameter text and set it up on the Blobs ``bottom`` (none for a
+    data layer) with exactly one top per top the text names. Returns ``(layer, bottom, top)``."""
+    lp = parse_text(text, caffe_pb2.LayerParameter())
+    layer = create_layer(lp, phase)
+    top = [Blob() for _ in lp.top]
+    bottom = list(bottom)
+    layer.setup(bottom, top)
+    return layer, bottom, top
+
+
+def fwd(layer, bottom, top):
+    """Forward; returns a copy of every top's data."""
+    layer.forward(bottom, top)
+    return [t.data.copy() for t in top]
+
+
+def bwd(layer, bottom, top, top_diffs, propagate=None):
+    """Backward from the top diffs ``top_diffs`` with the param diffs cleared first;
+    ``propagate`` defaults to every bottom."""
+    for b in layer.blobs:
+        b.diff[...] = 0
+    for t, d in zip(top, top_diffs):
+        t.diff[...] = d
+    if propagate is None:
+        propagate = [True] * len(bottom)
+    layer.backward(top, propagate, bottom)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def run_cli(capsys, *argv):
+    """Run ``caffepy <argv>`` in this process; returns (exit status, stdout, stderr)."""
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def messages(err):
+    """The message part of every glog line."""
+    return [m.group(1) for m in re.finditer(r"^[IWEF]\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$", err,
+                                            re.M)]

@@ -17,6 +17,7 @@ from caffepy import cli
 from caffepy.proto import caffe_pb2
 from caffepy.tools import ToolError
 from caffepy.tools import convert_mnist as cm
+from helpers import messages, run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,17 +57,6 @@ def _have_gpu():
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
-
-
-def run_cli(capsys, *argv):
-    rc = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def messages(err):
-    """The message part of every glog line."""
-    return [m.group(1) for m in re.finditer(r"^[IWEF]\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$", err, re.M)]
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import caffepy
-from caffepy import cli
 from caffepy.proto import caffe_pb2
 from caffepy.proto import read_binary
+from helpers import run_cli
 
 lmdb = pytest.importorskip("lmdb")
 
@@ -37,12 +37,6 @@ def make_batches(folder, seed=0):
         train += write("data_batch_%d.bin" % (i + 1), n)
     test = write("test_batch.bin", TEST_COUNT)
     return train, test
-
-
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def read_db(path):

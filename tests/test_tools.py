@@ -9,23 +9,12 @@ import pytest
 from caffepy import cli
 from caffepy.proto import caffe_pb2
 from caffepy.proto import read_binary, read_text, write_binary
+from helpers import messages, run_cli
 
 lmdb = pytest.importorskip("lmdb")
 Image = pytest.importorskip("PIL.Image")
 
 H, W = 4, 6
-
-
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def messages(err):
-    """The message part of every glog line."""
-    return [m.group(1) for m in re.finditer(r"^[IWEF]\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$", err,
-                                            re.M)]
 
 
 def read_db(path):
