@@ -3,36 +3,15 @@ random inputs and hand-computed values, plus the user errors Caffe CHECKs."""
 import numpy as np
 import pytest
 
-from caffepy.layer import build_layer
-
 from caffepy import Blob, LayerError, caffe_pb2
 from caffepy.gradient_check import check_layer
 from caffepy.layer import create_layer
 from caffepy.proto import parse_text
+from helpers import bwd, fwd, make
 
 
 def rnd(*shape, seed=0, lo=-1.0, hi=1.0):
     return np.random.default_rng(seed).uniform(lo, hi, size=shape).astype(np.float32)
-
-
-def make(text, bottoms, ntop=1, phase=None):
-    """Build a layer from LayerParameter text, set it up on blobs holding ``bottoms``."""
-    return build_layer(text, bottoms, ntop, phase)
-
-
-def fwd(layer, bottom, top):
-    layer.forward(bottom, top)
-    return [t.data.copy() for t in top]
-
-
-def bwd(layer, bottom, top, top_diffs, propagate=None):
-    for b in layer.blobs:
-        b.diff[...] = 0
-    for t, d in zip(top, top_diffs):
-        t.diff[...] = d
-    if propagate is None:
-        propagate = [True] * len(bottom)
-    layer.backward(top, propagate, bottom)
 
 
 def distinct(n_arrays, shape, seed=0, spacing=0.05):

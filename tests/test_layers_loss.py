@@ -4,12 +4,9 @@ import pytest
 
 import caffepy
 from caffepy.gradient_check import check_layer
-from caffepy.layer import LayerError, build_layer
+from caffepy.layer import LayerError
 from caffepy.proto import array_to_blobproto, write_binary
-
-
-def make(text, arrays, ntop=1):
-    return build_layer(text, arrays, ntop)
+from helpers import make
 
 
 def run(text, arrays, ntop=1, backward=True, prop=None):

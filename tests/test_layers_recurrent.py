@@ -2,25 +2,8 @@
 import numpy as np
 import pytest
 
-from caffepy.blob import Blob
 from caffepy.gradient_check import GradientChecker
-from caffepy.layer import create_layer
-from caffepy.proto import caffe_pb2
-from caffepy.proto import parse_text
-
-
-def make(text, arrays):
-    lp = parse_text(text, caffe_pb2.LayerParameter())
-    bottom = []
-    for a in arrays:
-        b = Blob(a.shape)
-        b.data[...] = a
-        bottom.append(b)
-    layer = create_layer(lp, caffe_pb2.TRAIN)
-    ntop = len(lp.top)
-    top = [Blob() for _ in range(ntop)]
-    layer.setup(bottom, top)
-    return layer, bottom, top
+from helpers import make
 
 
 def sig(x):

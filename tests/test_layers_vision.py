@@ -6,12 +6,11 @@ import itertools
 import numpy as np
 import pytest
 
-from caffepy.layer import build_layer
-
 from caffepy import Blob, LayerError, caffe_pb2
 from caffepy.gradient_check import check_layer
 from caffepy.layer import create_layer
 from caffepy.proto import parse_text
+from helpers import bwd, fwd, make
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -25,24 +24,6 @@ def distinct(shape, seed=0, spacing=0.05):
     count = int(np.prod(shape))
     vals = (np.arange(count) - count / 2.0) * spacing
     return np.random.default_rng(seed).permutation(vals).astype(np.float32).reshape(shape)
-
-
-def make(text, bottoms, ntop=1, phase=None):
-    """Build a layer from LayerParameter text, set it up on blobs holding ``bottoms``."""
-    return build_layer(text, bottoms, ntop, phase)
-
-
-def fwd(layer, bottom, top):
-    layer.forward(bottom, top)
-    return [t.data.copy() for t in top]
-
-
-def bwd(layer, bottom, top, top_diffs, propagate=None):
-    for b in layer.blobs:
-        b.diff[...] = 0
-    for t, d in zip(top, top_diffs):
-        t.diff[...] = d
-    layer.backward(top, propagate or [True] * len(bottom), bottom)
 
 
 def close(a, b, rtol=1e-4, atol=1e-5):
