@@ -15,25 +15,18 @@ import numpy as np
 import pytest
 
 import caffepy
-from caffepy import Blob, backend
+from caffepy import backend
 from caffepy.data import (DataError, array_to_datum, datum_to_array, resize_bilinear,
                           write_lmdb)
 from caffepy.data.window import parse_window_file, window_geometry
-from caffepy.layer import LayerError, create_layer
+from caffepy.layer import LayerError
 from caffepy.proto import caffe_pb2
-from caffepy.proto import parse_text, write_mean_binaryproto
+from caffepy.proto import write_mean_binaryproto
+from helpers import setup_layer
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools",
                     "caffe-proto-fields.tsv")
-
-
-def setup_layer(text, phase=TRAIN):
-    lp = parse_text(text, caffe_pb2.LayerParameter())
-    layer = create_layer(lp, phase)
-    top = [Blob() for _ in lp.top]
-    layer.setup([], top)
-    return layer, top
 
 
 def forward(layer, top):
@@ -208,8 +201,8 @@ def mnist_lmdb(path, n=10):
 def test_mnist_lmdb_reads_back_exactly_in_key_order_with_wrap(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     images, labels = mnist_lmdb("mnist_lmdb", 10)
-    layer, top = setup_layer('name: "mnist" type: "Data" top: "data" top: "label" '
-                             'data_param { source: "mnist_lmdb" batch_size: 4 backend: LMDB }')
+    layer, _, top = setup_layer('name: "mnist" type: "Data" top: "data" top: "label" '
+                                'data_param { source: "mnist_lmdb" batch_size: 4 backend: LMDB }')
     assert top[0].shape == (4, 1, 28, 28) and top[1].shape == (4,)
     order = list(range(10)) * 2
     for b in range(4):                               # 16 items: wraps after 10
@@ -248,7 +241,7 @@ def test_imageset_encoded_and_raw_give_the_same_batch(tmp_path, monkeypatch, gra
     out = {}
     for db in ("raw", "enc"):
         backend.set_random_seed(7)
-        layer, top = setup_layer(
+        layer, _, top = setup_layer(
             'name: "d" type: "Data" top: "data" top: "label" transform_param { mirror: true '
             'crop_size: 4 mean_value: 100 scale: 0.5 } data_param { source: "%s" batch_size: 3 '
             'backend: LMDB }' % db)
@@ -259,8 +252,8 @@ def test_imageset_encoded_and_raw_give_the_same_batch(tmp_path, monkeypatch, gra
         np.testing.assert_array_equal(l1, l2)
     # and the raw values are the images in BGR order, exactly
     backend.set_random_seed(7)
-    layer, top = setup_layer('name: "d" type: "Data" top: "data" top: "label" '
-                             'data_param { source: "enc" batch_size: 6 backend: LMDB }', TEST)
+    layer, _, top = setup_layer('name: "d" type: "Data" top: "data" top: "label" '
+                                'data_param { source: "enc" batch_size: 6 backend: LMDB }', TEST)
     data, lab = forward(layer, top)
     np.testing.assert_array_equal(data, np.stack([bgr_chw(x) for x in rgbs]).astype(np.float32))
     np.testing.assert_array_equal(lab, labels)
@@ -300,9 +293,11 @@ def ramp_lmdb(tmp_path, monkeypatch):
 
 
 def data_layer(transform, phase=TRAIN, batch=4, extra=""):
-    return setup_layer('name: "d" type: "Data" top: "data" top: "label" transform_param { %s } '
-                       'data_param { source: "db" batch_size: %d backend: LMDB %s }'
-                       % (transform, batch, extra), phase)
+    layer, _, top = setup_layer('name: "d" type: "Data" top: "data" top: "label" '
+                                'transform_param { %s } '
+                                'data_param { source: "db" batch_size: %d backend: LMDB %s }'
+                                % (transform, batch, extra), phase)
+    return layer, top
 
 
 def test_train_crop_offsets_and_mirror_follow_the_layer_generator(ramp_lmdb):
@@ -445,8 +440,8 @@ def test_errors_in_the_prefetch_thread_reach_the_forward_that_needs_the_batch(tm
     write_lmdb("db", [("%08d" % i, array_to_datum(good if i != 3 else np.zeros((1, 3, 2),
                                                                                np.uint8), i))
                       for i in range(6)])
-    layer, top = setup_layer('name: "mnist" type: "Data" top: "data" top: "label" '
-                             'data_param { source: "db" batch_size: 2 backend: LMDB }')
+    layer, _, top = setup_layer('name: "mnist" type: "Data" top: "data" top: "label" '
+                                'data_param { source: "db" batch_size: 2 backend: LMDB }')
     layer.forward([], top)                                     # records 0, 1
     with pytest.raises(LayerError, match=r"Layer 'mnist' \(Data\): record '00000003' is "
                                          r"1 x 3 x 2 but the first record of its batch "
@@ -496,8 +491,8 @@ def test_leveldb_backend_needs_the_extra_and_reads_through_plyvel(ramp_lmdb, mon
             pass
     os.mkdir("ldb")
     monkeypatch.setitem(sys.modules, "plyvel", types.SimpleNamespace(DB=FakeDB))
-    layer, top = setup_layer('name: "d" type: "Data" top: "data" top: "label" '
-                             'data_param { source: "ldb" batch_size: 2 prefetch: 0 }')
+    layer, _, top = setup_layer('name: "d" type: "Data" top: "data" top: "label" '
+                                'data_param { source: "ldb" batch_size: 2 prefetch: 0 }')
     labels = [forward(layer, top)[1].tolist() for _ in range(3)]
     assert labels == [[0, 1], [2, 0], [1, 2]]
     layer.close()
@@ -550,7 +545,7 @@ IMAGEDATA = ('name: "img" type: "ImageData" top: "data" top: "label" transform_p
 
 def test_imagedata_reads_list_in_order_bgr_and_wraps(image_list):
     rgbs, labels = image_list
-    layer, top = setup_layer(IMAGEDATA % ("scale: 0.5", 2, ""))
+    layer, _, top = setup_layer(IMAGEDATA % ("scale: 0.5", 2, ""))
     assert top[0].shape == (2, 3, 6, 8) and top[1].shape == (2,)
     order = [0, 1, 2, 3, 4] * 2
     for b in range(4):
@@ -566,8 +561,8 @@ def test_imagedata_gray_resize_and_transform(image_list):
     from caffepy.data.image import rgb_to_gray
     rgbs, labels = image_list
     backend.set_random_seed(4)
-    layer, top = setup_layer(IMAGEDATA % ("crop_size: 3 mirror: true mean_value: 8", 5,
-                                          "is_color: false new_height: 4 new_width: 5"))
+    layer, _, top = setup_layer(IMAGEDATA % ("crop_size: 3 mirror: true mean_value: 8", 5,
+                                             "is_color: false new_height: 4 new_width: 5"))
     assert top[0].shape == (5, 1, 3, 3)
     r = layer_rng(4)
     data, lab = forward(layer, top)
@@ -583,7 +578,7 @@ def test_imagedata_gray_resize_and_transform(image_list):
 def test_imagedata_shuffle_is_a_new_permutation_each_epoch(image_list):
     rgbs, labels = image_list
     backend.set_random_seed(8)
-    layer, top = setup_layer(IMAGEDATA % ("", 5, "shuffle: true"), TEST)
+    layer, _, top = setup_layer(IMAGEDATA % ("", 5, "shuffle: true"), TEST)
     r = layer_rng(8)                  # no transformer draws: the shuffle generator is first
     lines = list(range(5))
     epochs = []
@@ -610,7 +605,7 @@ def test_imagedata_errors(image_list):
         f.write(b"this is not a png")
     with open("missing.txt", "w") as f:
         f.write("a.png 0\nc.png 1\n\nnot_there.png 5\nbroken.png 6\n")
-    layer, top = setup_layer(IMAGEDATA.replace("list.txt", "missing.txt") % ("", 2, ""))
+    layer, _, top = setup_layer(IMAGEDATA.replace("list.txt", "missing.txt") % ("", 2, ""))
     layer.forward([], top)
     with pytest.raises(LayerError, match=r"could not load image 'imgs/not_there.png' \(line 4 of "
                                          r"'missing.txt'\): no such file"):
@@ -680,7 +675,7 @@ def test_window_file_parsing(window_file):
 def test_windowdata_batches(window_file):
     img = bgr_chw(window_file).astype(np.float32)
     backend.set_random_seed(6)
-    layer, top = setup_layer(
+    layer, _, top = setup_layer(
         'name: "w" type: "WindowData" top: "data" top: "label" transform_param { crop_size: 10 '
         'mirror: true mean_value: 1 mean_value: 2 mean_value: 3 } window_data_param { '
         'source: "windows.txt" batch_size: 6 fg_fraction: 0.5 fg_threshold: 0.5 '
@@ -713,7 +708,7 @@ def test_windowdata_batches(window_file):
 def test_windowdata_context_pad_leaves_zero_padding(window_file):
     with open("corner.txt", "w") as f:
         f.write("# 0\nim0.png\n3\n20\n30\n2\n1 0.9 0 0 9 9\n1 0.1 0 0 9 9\n")
-    layer, top = setup_layer(
+    layer, _, top = setup_layer(
         'name: "w" type: "WindowData" top: "data" top: "label" transform_param { crop_size: 10 } '
         'window_data_param { source: "corner.txt" batch_size: 2 context_pad: 1 '
         'fg_fraction: 0.5 }', TEST)
@@ -744,7 +739,7 @@ def test_windowdata_errors(window_file):
         setup_layer(base % ("crop_size: 4", "nofg.txt", "fg_fraction: 0.5"))
     with open("missing.txt", "w") as f:
         f.write("# 0\nnot_there.png\n3\n20\n30\n2\n1 0.9 0 0 4 4\n1 0.1 0 0 4 4\n")
-    layer, top = setup_layer(base % ("crop_size: 4", "missing.txt", ""))
+    layer, _, top = setup_layer(base % ("crop_size: 4", "missing.txt", ""))
     with pytest.raises(LayerError, match="could not load image 'not_there.png'"):
         layer.forward([], top)
     layer.close()
@@ -754,7 +749,7 @@ def test_windowdata_errors(window_file):
 
 def test_memorydata_add_mat_vector_transforms_hwc_images():
     backend.set_random_seed(0)
-    layer, top = setup_layer(
+    layer, _, top = setup_layer(
         'name: "m" type: "MemoryData" top: "data" top: "label" transform_param { scale: 2 '
         'mean_value: 1 mean_value: 2 } memory_data_param { batch_size: 2 channels: 2 height: 1 '
         'width: 3 }')

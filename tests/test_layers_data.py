@@ -10,25 +10,12 @@ import pytest
 from caffepy import Blob, backend
 from caffepy.data import (DataError, DataTransformer, array_to_datum, datum_to_array,
                           write_lmdb)
-from caffepy.layer import LayerError, create_layer
+from caffepy.layer import LayerError
 from caffepy.proto import caffe_pb2
 from caffepy.proto import parse_text, write_mean_binaryproto
+from helpers import setup_layer
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
-
-
-def make_layer(text, phase=TRAIN):
-    lp = parse_text(text, caffe_pb2.LayerParameter())
-    return create_layer(lp, phase)
-
-
-def setup_layer(text, phase=TRAIN, bottom=()):
-    layer = make_layer(text, phase)
-    ntop = len(layer.layer_param.top)
-    top = [Blob() for _ in range(ntop)]
-    bottom = list(bottom)
-    layer.setup(bottom, top)
-    return layer, bottom, top
 
 
 def tparam(text):
