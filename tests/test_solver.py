@@ -286,6 +286,19 @@ def test_train_outputs_display_loss_weight(tmp_path, monkeypatch):
     assert r["loss"] == pytest.approx(0.5 * raw, rel=1e-6)
 
 
+def test_debug_info_prints_only_on_display_iterations(tmp_path, monkeypatch, caplog):
+    # Solver::Step: net_->set_debug_info(display && param_.debug_info()).
+    net = 'name: "n"\n' + quad_layer("q0", W0, TARGETS0)
+    solver = make_solver(tmp_path, monkeypatch, 'base_lr: 0.1\nlr_policy: "fixed"\n'
+                         'display: 2\ndebug_info: true\n', net)
+    with caplog.at_level(logging.INFO, logger="caffepy"):
+        solver.step(3)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("[Backward] All net params" in m for m in msgs) == 2
+    assert sum("[Forward] Layer q0, top blob q0_loss data:" in m for m in msgs) == 2
+    assert sum(m.startswith("Iteration ") and "lr = " in m for m in msgs) == 2
+
+
 # -- learning-rate policies ----------------------------------------------------------------
 
 def _sp(**kw):
@@ -537,6 +550,48 @@ def test_restore_history_count_mismatch(tmp_path, monkeypatch):
         adam.restore("nope.solverstate")
 
 
+def test_hdf5_solverstate_learned_net_is_a_nul_terminated_string(tmp_path, monkeypatch):
+    # hdf5_save_string -> H5LTmake_dataset_string: a scalar fixed-length string of
+    # strlen + 1 bytes, H5T_STR_NULLTERM; hdf5_load_string builds std::string(buf) from it.
+    h5py = pytest.importorskip("h5py")
+    net = 'name: "n"\n' + quad_layer("q0", W0, TARGETS0)
+    solver = make_solver(tmp_path, monkeypatch, 'base_lr: 0.1\nlr_policy: "fixed"\n'
+                         'snapshot_format: HDF5\n', net)
+    solver.step(1)
+    model, state = solver.snapshot()
+    assert model == "snap_iter_1.caffemodel.h5" and state == "snap_iter_1.solverstate.h5"
+    with h5py.File(state, "r") as f:
+        ds = f["learned_net"]
+        assert ds.shape == ()
+        tid = ds.id.get_type()
+        assert tid.get_strpad() == h5py.h5t.STR_NULLTERM
+        assert tid.get_size() == len(model) + 1
+        assert ds[()] == model.encode()
+        assert f["iter"].shape == (1,) and int(f["iter"][0]) == 1
+    solver2 = make_solver(tmp_path, monkeypatch, 'base_lr: 0.1\nlr_policy: "fixed"\n', net)
+    solver2.restore(state)
+    assert solver2.iter == 1
+    np.testing.assert_array_equal(solver2.net.learnable_params[0].data,
+                                  solver.net.learnable_params[0].data)
+
+
+def test_hdf5_restore_checks_the_history_shape(tmp_path, monkeypatch):
+    # RestoreSolverStateFromHDF5 -> hdf5_load_nd_dataset(..., reshape=false) CHECKs shapes.
+    h5py = pytest.importorskip("h5py")
+    net = 'name: "n"\n' + quad_layer("q0", W0, TARGETS0)
+    solver = make_solver(tmp_path, monkeypatch, 'base_lr: 0.1\nlr_policy: "fixed"\n'
+                         'momentum: 0.9\nsnapshot_format: HDF5\n', net)
+    solver.step(1)
+    _, state = solver.snapshot()
+    with h5py.File(state, "r+") as f:
+        h = np.asarray(f["history/0"])
+        del f["history/0"]
+        f["history/0"] = h.reshape(1, 3)
+    with pytest.raises(SolverError, match="shape"):
+        make_solver(tmp_path, monkeypatch, 'base_lr: 0.1\nlr_policy: "fixed"\n', net) \
+            .restore(state)
+
+
 def test_snapshot_prefix_directory(tmp_path, monkeypatch):
     (tmp_path / "snaps").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -552,6 +607,19 @@ def test_snapshot_prefix_directory(tmp_path, monkeypatch):
     (tmp_path / "other.prototxt").write_text(BASIC + 'net: "net.prototxt"\nmax_iter: 1\n')
     get_solver("other.prototxt").solve()
     assert os.path.isfile("other_iter_1.caffemodel") and os.path.isfile("other_iter_1.solverstate")
+
+
+def test_display_zero_and_snapshot_after_train_rule(tmp_path, monkeypatch):
+    # display 0: no output; Solve: snapshot after train only if iter % snapshot != 0
+    net = 'name: "n"\n' + quad_layer("q0", W0, TARGETS0)
+    solver = make_solver(tmp_path, monkeypatch, 'base_lr: 0.1\nlr_policy: "fixed"\n'
+                         'max_iter: 4\nsnapshot: 2\n', net)
+    solver.solve()
+    files = sorted(f for f in os.listdir(str(tmp_path)) if f.startswith("snap_"))
+    assert files == ["snap_iter_2.caffemodel", "snap_iter_2.solverstate",
+                     "snap_iter_4.caffemodel", "snap_iter_4.solverstate"]
+    st = read_binary(str(tmp_path / "snap_iter_4.solverstate"), caffe_pb2.SolverState())
+    assert st.iter == 4 and st.learned_net == "snap_iter_4.caffemodel"
 
 
 def test_weights_field_finetunes(tmp_path, monkeypatch):
