@@ -1,5 +1,6 @@
 """Binary files interoperate with Caffe's: the conformance solver cases' init.caffemodel
-files (written by Caffe) load into their nets, and what caffepy writes reads back exactly."""
+files (written by Caffe) load into their nets, what caffepy writes reads back exactly, and the
+layer params caffepy saves equal those of the caffemodels Caffe wrote."""
 import os
 
 import numpy as np
@@ -42,3 +43,22 @@ def test_init_caffemodel_loads_into_its_net(case, tmp_path, monkeypatch):
         for l in net.layers:
             if hasattr(l, "close"):
                 l.close()
+
+
+@pytest.mark.parametrize("case", sorted(SOLVER_CASES))
+def test_to_proto_layer_params_equal_caffes_snapshot(case, tmp_path, monkeypatch):
+    # The expected/final.caffemodel of every solver reference case is Caffe's Net::ToProto
+    # of the train net; apart from the blobs, caffepy's to_proto must give the same
+    # LayerParameters (inherited phase, Split layers, loss weights, BatchNorm ParamSpecs).
+    d = copy_case(SOLVER_CASES[case], tmp_path)
+    monkeypatch.chdir(d)
+    solver = caffepy.get_solver("solver.prototxt")
+    act = solver.net.to_proto()
+    exp = read_binary(os.path.join("expected", "final.caffemodel"), caffe_pb2.NetParameter())
+    assert act.name == exp.name
+    assert [lp.name for lp in act.layer] == [lp.name for lp in exp.layer]
+    for la, le in zip(act.layer, exp.layer):
+        assert len(la.blobs) == len(le.blobs), la.name
+        del la.blobs[:]
+        del le.blobs[:]
+        assert la == le, "layer %s:\n%s\nexpected\n%s" % (la.name, la, le)

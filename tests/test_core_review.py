@@ -255,27 +255,3 @@ def test_net_init_log_order_and_memory(caplog):
                              "Top shape: (1)", "    with loss weight 1",
                              "Memory required for data: 36"]
     assert msgs[0].startswith("Initializing net from parameters: ")
-
-
-# -- Net::ToProto against the caffemodels Caffe itself wrote ----------------------------------
-
-from helpers import SOLVER_CASES, copy_case  # noqa: E402
-
-
-@pytest.mark.parametrize("case", sorted(SOLVER_CASES))
-def test_to_proto_layer_params_equal_caffes_snapshot(case, tmp_path, monkeypatch):
-    # The expected/final.caffemodel of every solver reference case is Caffe's Net::ToProto
-    # of the train net; apart from the blobs, caffepy's to_proto must give the same
-    # LayerParameters (inherited phase, Split layers, loss weights, BatchNorm ParamSpecs).
-    d = copy_case(SOLVER_CASES[case], tmp_path)
-    monkeypatch.chdir(d)
-    solver = caffepy.get_solver("solver.prototxt")
-    act = solver.net.to_proto()
-    exp = read_binary(os.path.join("expected", "final.caffemodel"), caffe_pb2.NetParameter())
-    assert act.name == exp.name
-    assert [lp.name for lp in act.layer] == [lp.name for lp in exp.layer]
-    for la, le in zip(act.layer, exp.layer):
-        assert len(la.blobs) == len(le.blobs), la.name
-        del la.blobs[:]
-        del le.blobs[:]
-        assert la == le, "layer %s:\n%s\nexpected\n%s" % (la.name, la, le)
