@@ -6,6 +6,8 @@ library never configures logging.  Lines look like glog's::
     I1128 16:58:03.123456 12345 solver.py:123] Iteration 100, loss = 0.2
 
 (severity letter I/W/E/F, month+day, time with microseconds, thread id, file:line).
+The command line's own lines name ``cli.py`` whichever module of ``caffepy.cli`` wrote them
+(see :data:`CLI_LOG`), as Caffe's tool lines name caffe.cpp.
 With ``log_dir`` a glog-style file ``caffepy.<host>.<user>.log.INFO.<date>-<time>.<pid>``
 is written there too, with a ``caffepy.INFO`` symlink to the newest one.
 """
@@ -19,11 +21,14 @@ import threading
 
 LOGGER_NAME = "caffepy"
 
-_LETTERS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W",
-            logging.ERROR: "E", logging.CRITICAL: "F"}
-
 # glog's --minloglevel: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL.
 _MINLOGLEVEL = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
+
+
+# The logger of the command line's own lines (caffepy.cli): records carry the source name
+# ``cli.py``, so the lines read the same whichever module of the package logged them.
+CLI_SOURCE = "cli.py"
+CLI_LOG = logging.LoggerAdapter(logging.getLogger(LOGGER_NAME), {"glog_source": CLI_SOURCE})
 
 
 def severity_letter(levelno):
@@ -38,7 +43,8 @@ def severity_letter(levelno):
 
 class GlogFormatter(logging.Formatter):
     """``I1128 16:58:03.123456 12345 file.py:123] message`` (multi-line messages keep the prefix
-    on their first line only, as glog does)."""
+    on their first line only, as glog does).  A record's ``glog_source`` attribute, when set,
+    replaces the file name."""
 
     def format(self, record):
         t = datetime.datetime.fromtimestamp(record.created)
@@ -46,9 +52,9 @@ class GlogFormatter(logging.Formatter):
         if tid is None:
             tid = (os.getpid() if record.threadName == "MainThread"
                    else (record.thread or 0) % 100000)
+        source = getattr(record, "glog_source", None) or record.filename
         prefix = "%s%s %s %5d %s:%d] " % (severity_letter(record.levelno), t.strftime("%m%d"),
-                                          t.strftime("%H:%M:%S.%f"), tid, record.filename,
-                                          record.lineno)
+                                          t.strftime("%H:%M:%S.%f"), tid, source, record.lineno)
         msg = record.getMessage()
         if record.exc_info:
             msg = msg + "\n" + self.formatException(record.exc_info)
