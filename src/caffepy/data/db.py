@@ -1,4 +1,4 @@
-"""Key-value databases of Datum records (LMDB, LevelDB) and Datum <-> array conversion.
+"""Key-value databases of Datum records (LMDB, LevelDB).
 
 Caffe's ``db::DB``/``db::Cursor`` in Python: a database is opened read-only, a cursor walks
 the records in key order (bytewise, as both LMDB and LevelDB sort them), and
@@ -8,10 +8,11 @@ Reading lives in these small classes so that a prefetching thread can drive them
 import os
 import threading
 
-import numpy as np
-
 from ..proto import caffe_pb2
 from ..errors import DataError  # noqa: F401
+# The Datum codec lives in caffepy.data.datum; these names stay importable from here.
+from .datum import (array_to_datum, datum_to_array, decode_image, encoded_datum,  # noqa: F401
+                    parse_datum)
 
 
 def _default_error(msg, *args):
@@ -202,76 +203,6 @@ class WrappingCursor:
         kv = (self._cursor.key(), self._cursor.value())
         self.next()
         return kv
-
-
-# -- Datum ---------------------------------------------------------------------------
-
-def parse_datum(value, key=None, error=_default_error):
-    datum = caffe_pb2.Datum()
-    try:
-        datum.ParseFromString(value)
-    except Exception as e:
-        raise error("record %s is not a valid Datum: %s", _key_str(key), e) from None
-    return datum
-
-
-def _key_str(key):
-    if key is None:
-        return "?"
-    if isinstance(key, bytes):
-        return repr(key.decode("utf-8", errors="replace"))
-    return repr(key)
-
-
-def decode_image(data, force_color=False, force_gray=False, error=_default_error, key=None):
-    """Decode a Datum's PNG/JPEG bytes to a C×H×W uint8 array, as Caffe's DataTransformer does:
-    force_color -> 3 channels (BGR), force_gray -> 1, neither -> OpenCV's IMREAD_ANYCOLOR
-    (3 channels for a colour image, 1 for a grey one). See ``caffepy.data.image``."""
-    from .image import decode_image as _decode
-    if force_color and force_gray:
-        raise error("transform_param: cannot set both force_color and force_gray")
-    mode = "color" if force_color else "gray" if force_gray else "native"
-    return _decode(data, mode, error, "record %s" % _key_str(key))
-
-
-def datum_to_array(datum, force_color=False, force_gray=False, error=_default_error, key=None):
-    """The Datum's values as a C×H×W array: uint8 for raw/encoded ``data``, else float32.
-
-    Raw uint8 ``data`` takes priority over ``float_data``, as in Caffe.
-    """
-    if datum.encoded:
-        return decode_image(datum.data, force_color, force_gray, error, key)
-    c, h, w = datum.channels, datum.height, datum.width
-    if c <= 0:
-        raise error("record %s: Datum channels must be positive (got %d)", _key_str(key), c)
-    n = c * h * w
-    if len(datum.data):
-        if len(datum.data) != n:
-            raise error("record %s: Datum data holds %d bytes but channels x height x width = "
-                        "%d x %d x %d = %d", _key_str(key), len(datum.data), c, h, w, n)
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(c, h, w)
-    if len(datum.float_data) != n:
-        raise error("record %s: Datum float_data holds %d values but channels x height x width = "
-                    "%d x %d x %d = %d", _key_str(key), len(datum.float_data), c, h, w, n)
-    return np.asarray(datum.float_data, dtype=np.float32).reshape(c, h, w)
-
-
-def array_to_datum(arr, label=None):
-    """A Datum from a C×H×W array: uint8 arrays go to ``data``, others to ``float_data``
-    (pycaffe's caffe.io.array_to_datum)."""
-    arr = np.asarray(arr)
-    if arr.ndim != 3:
-        raise ValueError("Incorrect array shape: a Datum holds a C x H x W array, got %s"
-                         % (arr.shape,))
-    datum = caffe_pb2.Datum()
-    datum.channels, datum.height, datum.width = arr.shape
-    if arr.dtype == np.uint8:
-        datum.data = np.ascontiguousarray(arr).tobytes()
-    else:
-        datum.float_data.extend(np.asarray(arr, dtype=np.float32).ravel().tolist())
-    if label is not None:
-        datum.label = int(label)
-    return datum
 
 
 def write_lmdb(path, records, map_size=1 << 30):

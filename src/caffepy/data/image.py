@@ -22,7 +22,7 @@ import io
 
 import numpy as np
 
-from .db import DataError
+from ..errors import DataError
 
 
 def _default_error(msg, *args):

@@ -20,7 +20,8 @@ import numpy as np
 
 from .. import backend
 from ..proto import caffe_pb2
-from .db import DataError, datum_to_array
+from .datum import datum_to_array
+from .db import DataError
 
 
 def _default_error(msg, *args):

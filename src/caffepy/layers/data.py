@@ -598,7 +598,7 @@ class DatumSource:
         self._error = error
 
     def load(self, batch):
-        from ..data.db import parse_datum
+        from ..data.datum import parse_datum
         t, error = self.transformer, self._error
         items, labels = [], []
         first_key = first_shape = None
@@ -644,7 +644,8 @@ class DataLayer(_PrefetchingDataLayer):
 
     def layer_setup(self, bottom, top):
         from ..data import DataTransformer
-        from ..data.db import WrappingCursor, open_db, parse_datum
+        from ..data.datum import parse_datum
+        from ..data.db import WrappingCursor, open_db
         p = self.layer_param.data_param
         if p.batch_size <= 0:
             raise self.error("data_param.batch_size must be positive")

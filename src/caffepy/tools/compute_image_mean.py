@@ -14,7 +14,8 @@ import logging
 
 import numpy as np
 
-from ..proto import caffe_pb2
+from ..data.datum import datum_values, decode_image, parse_datum
+from ..proto import write_mean_binaryproto
 from . import ToolError
 from .dbio import check_backend
 
@@ -29,24 +30,16 @@ def _key(key):
 
 def _record_values(value, key):
     """One record -> (shape (C, H, W), flat float32 values, was it encoded)."""
-    from ..data.db import DataError, decode_image
-    datum = caffe_pb2.Datum()
-    try:
-        datum.ParseFromString(value)
-    except Exception as e:
-        raise ToolError("record '%s' is not a valid Datum: %s" % (_key(key), e)) from None
+    datum = parse_datum(value, key, _tool_error)
     if datum.encoded:
-        try:
-            img = decode_image(datum.data, key=key)
-        except DataError as e:
-            raise ToolError(str(e)) from None
+        img = decode_image(datum.data, error=_tool_error, key=key)
         return img.shape, img.reshape(-1).astype(np.float32), True
     shape = (datum.channels, datum.height, datum.width)
-    if len(datum.data):
-        vals = np.frombuffer(datum.data, dtype=np.uint8).astype(np.float32)
-    else:
-        vals = np.asarray(datum.float_data, dtype=np.float32)
-    return shape, vals, False
+    return shape, datum_values(datum).astype(np.float32), False
+
+
+def _tool_error(msg, *args):
+    return ToolError(msg % args if args else msg)
 
 
 def compute_image_mean(db_path, output_file=None, backend="lmdb"):
@@ -101,11 +94,7 @@ def compute_image_mean(db_path, output_file=None, backend="lmdb"):
     dim = int(shape[1]) * int(shape[2])
     if output_file:
         log.info("Write to %s", output_file)
-        bp = caffe_pb2.BlobProto()
-        bp.num, bp.channels, bp.height, bp.width = 1, shape[0], shape[1], shape[2]
-        bp.data[:] = mean
-        from ..proto import write_binary
-        write_binary(bp, output_file)
+        write_mean_binaryproto(mean.reshape(shape), output_file)
     log.info("Number of channels: %d", channels)
     for c in range(channels):
         # float mean_values[c] += data(...) one by one, then / dim (float arithmetic).
