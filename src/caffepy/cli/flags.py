@@ -180,7 +180,8 @@ def parse_flags(args, flag_index=None):
 
 
 
-# The help sections, in the order ``--help`` prints them (gflags' own flags come last).
+# The help sections (a Flag's ``section``), in the order ``--help`` prints them.  The usage
+# message after a mistake shows all but gflags' own flags.
 SECTION_TITLES = {
     "caffe": "Flags from tools/caffe.cpp:",
     "convert_mnist": "Flags of convert_mnist (examples/mnist/convert_mnist_data.cpp):",
@@ -188,7 +189,7 @@ SECTION_TITLES = {
     "glog": "Logging flags (glog):",
     "gflags": "Other flags (gflags):",
 }
-HELP_SECTIONS = ("caffe", "convert_mnist", "convert_imageset", "glog")
+HELP_SECTIONS = tuple(s for s in SECTION_TITLES if s != "gflags")
 
 
 def flags_help(sections=HELP_SECTIONS):
