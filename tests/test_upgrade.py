@@ -5,6 +5,7 @@ import pytest
 from google.protobuf import text_format
 
 from caffepy.proto import caffe_pb2
+from caffepy.errors import CaffepyError
 from caffepy.proto import ProtoError, write_binary
 from caffepy.proto.upgrade import (
     read_net_param, read_net_param_binary, read_solver_param, upgrade_net_as_needed,
@@ -433,6 +434,33 @@ def test_v0_unknown_bottom_is_fatal():
         upgrade_net_as_needed(n, "u.prototxt")
 
 
+
+@pytest.mark.parametrize("text, message", [
+    # a conv fed by a padding layer takes one bottom
+    ("""input: "a" input: "b"
+        layers { layer { name: "p" type: "padding" pad: 1 } bottom: "a" top: "p" }
+        layers { layer { name: "c" type: "conv" } bottom: "p" bottom: "b" top: "c" }""",
+     "Conv Layer takes a single blob as input."),
+    ("""input: "a" input: "b"
+        layers { layer { name: "p" type: "padding" pad: 1 } bottom: "a" bottom: "b" top: "p" }
+        layers { layer { name: "c" type: "conv" } bottom: "p" top: "c" }""",
+     "Padding Layer takes a single blob as input."),
+    ("""input: "a"
+        layers { layer { name: "p" type: "padding" pad: 1 } bottom: "a" top: "p" top: "q" }
+        layers { layer { name: "c" type: "pool" } bottom: "p" top: "c" }""",
+     "Padding Layer produces a single blob as output."),
+    ("""input: "a" input: "b" input_shape { dim: 1 }
+        layer { name: "r" type: "ReLU" bottom: "a" top: "r" }""",
+     "2 inputs but only 1 input_shape entries"),
+])
+def test_upgrade_mistakes_raise_proto_error(text, message):
+    n = net(text)
+    with pytest.raises(ProtoError) as e:
+        upgrade_net_as_needed(n, "old.prototxt")
+    assert type(e.value) is ProtoError and isinstance(e.value, CaffepyError)
+    assert str(e.value) == "old.prototxt: " + message
+
+
 # -- net input upgrade -------------------------------------------------------------------
 
 def test_input_dim_upgrade():
@@ -594,6 +622,16 @@ def test_read_solver_param(tmp_path):
     s = read_solver_param(str(p))
     assert s.type == "Nesterov" and not s.HasField("solver_type")
     assert s.net == "train.prototxt"
+
+
+def test_read_net_param_binary_of_a_text_file(tmp_path):
+    p = tmp_path / "w.caffemodel"
+    p.write_text('name: "text"\n')
+    with pytest.raises(ProtoError, match=r"w\.caffemodel: not a valid binary NetParameter"):
+        read_net_param_binary(str(p))
+    p.write_bytes(net(V1_LENET).SerializeToString())
+    n = read_net_param_binary(str(p))                   # binary, upgraded like the text
+    assert len(n.layers) == 0 and [l.type for l in n.layer][:2] == ["Data", "Convolution"]
 
 
 def test_read_errors_name_the_file(tmp_path):

@@ -4,8 +4,8 @@ Errors name the file, the line and the field, so a typo in a prototxt reads like
 compiler message rather than a traceback.
 """
 import os
+import re
 
-import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
@@ -32,14 +32,27 @@ def parse_text(text, message, filename="<string>"):
     return message
 
 
-def read_text(path, message):
+def _read_bytes(path, message):
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as e:
         raise ProtoError("cannot read %s file '%s': %s"
                          % (message.DESCRIPTOR.name, path, e.strerror or e)) from None
-    return parse_text(text, message, filename=path)
+
+
+def _decode_text(data, message, path):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtoError("%s: not a text %s: byte %d is not UTF-8 (a binary file?)"
+                         % (path, message.DESCRIPTOR.name, e.start)) from None
+
+
+def read_text(path, message):
+    """Parse the text (prototxt) file ``path`` into ``message``."""
+    return parse_text(_decode_text(_read_bytes(path, message), message, path), message,
+                      filename=path)
 
 
 def write_text(message, path):
@@ -58,26 +71,48 @@ def parse_binary(data, message, filename="<bytes>"):
 
 
 def read_binary(path, message):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ProtoError("cannot read %s file '%s': %s"
-                         % (message.DESCRIPTOR.name, path, e.strerror or e)) from None
-    return parse_binary(data, message, filename=path)
+    """Parse the binary file ``path`` (a .caffemodel, .binaryproto, .solverstate) into
+    ``message``."""
+    return parse_binary(_read_bytes(path, message), message, filename=path)
 
 
 def write_binary(message, path):
     atomic_write(path, message.SerializeToString())
 
 
-def read_proto(path, message):
-    """Binary or text, whichever the file holds (binary first, like Caffe's tools)."""
-    with open(path, "rb") as f:
-        data = f.read()
+# -- either -------------------------------------------------------------------------
+
+TEXT_EXTENSIONS = (".prototxt", ".pbtxt", ".prototext", ".txt")
+BINARY_EXTENSIONS = (".caffemodel", ".binaryproto", ".solverstate", ".pb")
+
+# A byte that never stands in a prototxt: a C0 control other than whitespace, or DEL.
+_NON_TEXT = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def is_text_proto(data, path=""):
+    """Whether a proto file is text: by its extension when it is a known one (.prototxt,
+    .pbtxt, .txt are text; .caffemodel, .binaryproto, .solverstate, .pb binary), otherwise by
+    its content: UTF-8 without control bytes is text. (Binary protobuf is field tags, lengths
+    and raw numbers: control bytes and bytes that are not UTF-8 come within its first few.)"""
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext in TEXT_EXTENSIONS:
+        return True
+    if ext in BINARY_EXTENSIONS:
+        return False
+    if _NON_TEXT.search(data):
+        return False
     try:
-        message.ParseFromString(data)
-        return message
-    except Exception:
-        message.Clear()
-    return parse_text(data.decode("utf-8", errors="replace"), message, filename=path)
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_proto(path, message):
+    """Parse ``path`` into ``message`` as text or binary, decided once by the file's extension
+    or content (:func:`is_text_proto`); a file that does not parse in that format raises
+    ProtoError naming the file (and, for text, the line and column)."""
+    data = _read_bytes(path, message)
+    if is_text_proto(data, path):
+        return parse_text(_decode_text(data, message, path), message, filename=path)
+    return parse_binary(data, message, filename=path)

@@ -22,7 +22,8 @@ file.
 import logging
 
 from . import caffe_pb2
-from .files import ProtoError, read_binary, read_text
+from ..errors import ProtoError
+from .files import read_binary, read_text
 
 log = logging.getLogger("caffepy")
 
