@@ -1,12 +1,16 @@
 """Tests of caffepy.io (pycaffe's caffe.io): proto/datum conversion, image loading and
-resizing, oversampling and the Transformer, with hand-computed values."""
+resizing, oversampling and the Transformer, with hand-computed values; and of the codecs it
+wraps (caffepy.proto.blobproto, caffepy.data.datum) and of reading proto files."""
 import io as _stdio
 
 import numpy as np
 import pytest
 
 from caffepy import io as cio
-from caffepy.proto import caffe_pb2
+from caffepy.data import datum as dcodec
+from caffepy.errors import DataError, ProtoError
+from caffepy.proto import blobproto as bcodec
+from caffepy.proto import caffe_pb2, files
 
 
 @pytest.fixture
@@ -82,6 +86,114 @@ def test_mean_binaryproto_reads_with_blobproto_to_array(tmp_path):
     np.testing.assert_array_equal(a[0], mean)
 
 
+# -- BlobProto: the caffepy codec and pycaffe's view of it ------------------------------
+
+def _legacy_blob():
+    bp = caffe_pb2.BlobProto(num=2, channels=1, height=1, width=2)
+    bp.data.extend([0.1, -2.5, 3.0, 0.2])
+    bp.diff.extend([1.5, 0.0, -0.25, 1e-3])
+    return bp
+
+
+def test_blobproto_legacy_shape_both_views():
+    bp = _legacy_blob()
+    inner = bcodec.blobproto_to_array(bp)
+    assert inner.dtype == np.float32 and inner.shape == (2, 1, 1, 2)
+    np.testing.assert_array_equal(inner.ravel(), np.float32([0.1, -2.5, 3.0, 0.2]))
+    py = cio.blobproto_to_array(bp)
+    assert py.dtype == np.float64 and py.shape == (2, 1, 1, 2)
+    # pycaffe's float64 holds the stored float32 values exactly: 0.1 reads 0.10000000149...
+    assert py[0, 0, 0, 0] == float(np.float32(0.1)) and py[0, 0, 0, 0] != 0.1
+    np.testing.assert_array_equal(py, inner.astype(np.float64))
+    d = cio.blobproto_to_array(bp, return_diff=True)
+    assert d.dtype == np.float64 and d.shape == (2, 1, 1, 2)
+    np.testing.assert_array_equal(d.ravel(), np.float32([1.5, 0.0, -0.25, 1e-3]))
+    np.testing.assert_array_equal(bcodec.blobproto_to_array(bp, return_diff=True),
+                                  d.astype(np.float32))
+
+
+def test_blobproto_one_legacy_field_is_enough():
+    # only width set: the legacy shape (0, 0, 0, 3) holds no values, shape.dim is ignored
+    bp = caffe_pb2.BlobProto(width=3)
+    bp.shape.dim.extend([3])
+    assert bcodec.blobproto_shape(bp) == (0, 0, 0, 3)
+    assert cio.blobproto_to_array(bp).shape == (0, 0, 0, 3)
+    bp.data.extend([1, 2, 3])
+    with pytest.raises(ProtoError, match=r"holds 3 data values but its shape 0 x 0 x 0 x 3 "
+                                         r"needs 0"):
+        cio.blobproto_to_array(bp)
+
+
+def test_blobproto_double_data_caffe_prefers_it_pycaffe_does_not():
+    bp = caffe_pb2.BlobProto()
+    bp.shape.dim.extend([3])
+    bp.data.extend([0.5, 1.5, 2.5])
+    bp.double_data.extend([0.1, 0.2, 0.3])
+    # Blob::FromProto reads double_data when it has values (float32 inside caffepy) ...
+    np.testing.assert_array_equal(bcodec.blobproto_to_array(bp), np.float32([0.1, 0.2, 0.3]))
+    # ... pycaffe reads data
+    py = cio.blobproto_to_array(bp)
+    assert py.dtype == np.float64
+    np.testing.assert_array_equal(py, [0.5, 1.5, 2.5])
+    # a blob saved in double precision only: both read double_data, pycaffe keeps float64
+    only = caffe_pb2.BlobProto()
+    only.shape.dim.extend([1, 2])
+    only.double_data.extend([0.1, -1e-40])
+    assert cio.blobproto_to_array(only).tolist() == [[0.1, -1e-40]]
+    inner = bcodec.blobproto_to_array(only)
+    assert inner.dtype == np.float32 and inner.tolist() == [[float(np.float32(0.1)),
+                                                              float(np.float32(-1e-40))]]
+
+
+def test_blobproto_double_diff():
+    bp = caffe_pb2.BlobProto()
+    bp.shape.dim.extend([2])
+    bp.data.extend([1, 2])
+    bp.diff.extend([-1, -2])
+    bp.double_diff.extend([0.25, 0.75])
+    np.testing.assert_array_equal(bcodec.blobproto_to_array(bp, return_diff=True), [0.25, 0.75])
+    np.testing.assert_array_equal(cio.blobproto_to_array(bp, return_diff=True), [-1, -2])
+    # no diff at all: an empty field does not fit a shape of 2
+    bp.ClearField("diff")
+    bp.ClearField("double_diff")
+    with pytest.raises(ProtoError, match="holds 0 diff values but its shape 2 needs 2"):
+        cio.blobproto_to_array(bp, return_diff=True)
+
+
+def test_array_to_blobproto_writes_shape_dim_float32():
+    arr = np.array([[0.1, 2.0, -3.5]])                   # float64 in, float32 stored
+    bp = cio.array_to_blobproto(arr, diff=np.array([1, 2, 3]))
+    assert list(bp.shape.dim) == [1, 3]
+    assert not any(bp.HasField(f) for f in ("num", "channels", "height", "width"))
+    assert list(bp.data) == [float(np.float32(0.1)), 2.0, -3.5]
+    assert list(bp.diff) == [1.0, 2.0, 3.0]
+    assert len(bp.double_data) == 0 and len(bp.double_diff) == 0
+    # filling a given BlobProto replaces what it held
+    bcodec.array_to_blobproto(np.float32([7]), bp=bp)
+    assert list(bp.shape.dim) == [1] and list(bp.data) == [7.0] and len(bp.diff) == 0
+    assert bcodec.set_blobproto(bp, np.zeros((2, 2)), np.ones((2, 2))) is bp
+    assert list(bp.shape.dim) == [2, 2] and list(bp.diff) == [1.0] * 4
+
+
+def test_blobprotovector_bytes_both_views():
+    s = cio.arraylist_to_blobprotovector_str([np.float32([[0.1, 2]]), np.zeros((0, 3))])
+    vec = caffe_pb2.BlobProtoVector.FromString(s)
+    assert [list(b.shape.dim) for b in vec.blobs] == [[1, 2], [0, 3]]
+    py = cio.blobprotovector_str_to_arraylist(s)
+    assert [a.dtype for a in py] == [np.float64, np.float64]
+    assert py[0].tolist() == [[float(np.float32(0.1)), 2.0]] and py[1].shape == (0, 3)
+    inner = bcodec.blobprotovector_to_arrays(s)
+    assert inner[0].dtype == np.float32 and inner[0].tolist() == py[0].tolist()
+    with pytest.raises(ProtoError, match="not a valid binary BlobProtoVector"):
+        cio.blobprotovector_str_to_arraylist(b"\x0a\x05\x01")
+
+
+def test_write_mean_binaryproto_shape_errors(tmp_path):
+    with pytest.raises(ProtoError, match=r"m\.binaryproto"):
+        bcodec.write_mean_binaryproto(np.zeros((2, 2)), str(tmp_path / "m.binaryproto"))
+    assert not (tmp_path / "m.binaryproto").exists()
+
+
 # -- Datum -----------------------------------------------------------------------------
 
 def test_datum_uint8_round_trip():
@@ -120,6 +232,78 @@ def test_encoded_datum_is_decoded_to_bgr(Image):
     a = cio.datum_to_array(d)
     assert a.shape == (3, 2, 2) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, rgb[:, :, ::-1].transpose(2, 0, 1))   # BGR planes
+
+
+# -- Datum: the caffepy codec and pycaffe's view of it ----------------------------------
+
+def test_datum_codec_raw_and_float_dtypes():
+    d = caffe_pb2.Datum(channels=1, height=2, width=2, data=bytes([0, 7, 128, 255]), label=3)
+    inner = dcodec.datum_to_array(d)
+    assert inner.dtype == np.uint8 and inner.tolist() == [[[0, 7], [128, 255]]]
+    assert not inner.flags.writeable                     # a view of the record's bytes
+    py = cio.datum_to_array(d)
+    assert py.tolist() == inner.tolist() and py.flags.writeable
+    f = caffe_pb2.Datum(channels=2, height=1, width=1, float_data=[0.1, -4.0])
+    inner = dcodec.datum_to_array(f)
+    assert inner.dtype == np.float32 and inner.ravel().tolist() == [float(np.float32(0.1)), -4.0]
+    py = cio.datum_to_array(f)
+    assert py.dtype == np.float64 and py.shape == (2, 1, 1)
+    assert py.ravel().tolist() == [float(np.float32(0.1)), -4.0]
+
+
+def test_datum_raw_data_takes_priority_over_float_data():
+    d = caffe_pb2.Datum(channels=1, height=1, width=2, data=bytes([5, 6]), float_data=[0.5, 9])
+    assert dcodec.datum_to_array(d).tolist() == [[[5, 6]]]
+    assert cio.datum_to_array(d).dtype == np.uint8
+    np.testing.assert_array_equal(dcodec.datum_values(d), [5, 6])
+
+
+def test_datum_size_errors_name_the_record():
+    d = caffe_pb2.Datum(channels=1, height=2, width=3, data=bytes(5))
+    with pytest.raises(DataError, match=r"record 'k7': Datum data holds 5 bytes but channels "
+                                        r"x height x width = 1 x 2 x 3 = 6"):
+        dcodec.datum_to_array(d, key=b"k7")
+    f = caffe_pb2.Datum(channels=2, height=1, width=1, float_data=[1.0])
+    with pytest.raises(DataError, match=r"float_data holds 1 values but .* = 2 x 1 x 1 = 2"):
+        cio.datum_to_array(f)
+    with pytest.raises(DataError, match="channels must be positive"):
+        dcodec.datum_to_array(caffe_pb2.Datum())
+    # pycaffe reshapes an empty Datum to an empty 0 x 0 x 0 array
+    empty = cio.datum_to_array(caffe_pb2.Datum())
+    assert empty.shape == (0, 0, 0) and empty.dtype == np.float64
+    with pytest.raises(DataError, match=r"record 'x' is not a valid Datum"):
+        dcodec.parse_datum(b"\x0a\x09", "x")
+
+
+def test_array_to_datum_fills_and_reuses():
+    d = dcodec.array_to_datum(np.arange(6, dtype=np.uint8).reshape(1, 2, 3), label=4)
+    assert (d.channels, d.height, d.width, d.label) == (1, 2, 3, 4)
+    assert d.data == bytes([0, 1, 2, 3, 4, 5]) and not d.HasField("encoded")
+    # a reused Datum is cleared: the label and the raw data of the last record go
+    same = dcodec.array_to_datum(np.float64([[[0.1]], [[2]]]), datum=d)
+    assert same is d and (d.channels, d.height, d.width) == (2, 1, 1)
+    assert not d.HasField("label") and d.data == b""
+    assert list(d.float_data) == [float(np.float32(0.1)), 2.0]
+    with pytest.raises(DataError, match=r"Incorrect array shape.*\(2, 3\)"):
+        dcodec.array_to_datum(np.zeros((2, 3), np.uint8))
+
+
+def test_encoded_datum_decodes_in_each_mode(Image):
+    rgb = np.array([[[200, 100, 50], [0, 255, 10]]], dtype=np.uint8)      # 1 x 2 x RGB
+    buf = _stdio.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
+    d = dcodec.encoded_datum(buf.getvalue(), label=9)
+    assert d.encoded and d.label == 9 and not d.HasField("channels")
+    bgr = dcodec.datum_to_array(d)
+    assert bgr.tolist() == [[[50, 10]], [[100, 255]], [[200, 0]]]
+    # OpenCV's grey: (R*4899 + G*9617 + B*1868 + 8192) >> 14
+    grey = dcodec.datum_to_array(d, force_gray=True)
+    assert grey.tolist() == [[[(200 * 4899 + 100 * 9617 + 50 * 1868 + 8192) >> 14,
+                               (255 * 9617 + 10 * 1868 + 8192) >> 14]]]
+    assert grey.tolist() == [[[124, 151]]]
+    np.testing.assert_array_equal(cio.datum_to_array(d), bgr)
+    with pytest.raises(DataError, match="cannot set both force_color and force_gray"):
+        dcodec.datum_to_array(d, force_color=True, force_gray=True)
 
 
 # -- load_image ------------------------------------------------------------------------
@@ -324,3 +508,45 @@ def test_transformer_grey_image():
     np.testing.assert_allclose(out[0], im[:, :, 0] * 255 - 100, rtol=1e-6)
     t.set_mean("data", np.full((3, 2), 50.0))            # H x W mean for a 1-channel input
     np.testing.assert_allclose(t.preprocess("data", im)[0], im[:, :, 0] * 255 - 50, rtol=1e-6)
+
+
+
+# -- proto files: text or binary, decided once -------------------------------------------
+
+def test_read_proto_text_and_binary(tmp_path):
+    txt = tmp_path / "net"                                # no extension: by content
+    txt.write_text('name: "n"\nlayer { name: "a" type: "ReLU" }\n')
+    assert files.read_proto(str(txt), caffe_pb2.NetParameter()).layer[0].type == "ReLU"
+    binf = tmp_path / "net.bin"
+    ref = caffe_pb2.NetParameter(name="m")
+    ref.layer.add(name="b", type="TanH")
+    binf.write_bytes(ref.SerializeToString())
+    assert files.read_proto(str(binf), caffe_pb2.NetParameter()) == ref
+    assert files.is_text_proto(b"x: 1\t\r\n") and not files.is_text_proto(b"\x08\x01")
+    assert not files.is_text_proto("é".encode("latin-1"))              # not UTF-8
+    assert files.is_text_proto(b"\x08", "a.prototxt")                  # extension first
+    assert not files.is_text_proto(b"name: 1", "a.caffemodel")
+
+
+def test_read_proto_binary_error_is_not_retried_as_text(tmp_path):
+    bad = tmp_path / "w.caffemodel"
+    bad.write_bytes(b'name: "text in a binary file"\n')
+    with pytest.raises(ProtoError, match=r"w\.caffemodel: not a valid binary NetParameter"):
+        files.read_proto(str(bad), caffe_pb2.NetParameter())
+    trunc = tmp_path / "w2"
+    trunc.write_bytes(caffe_pb2.NetParameter(name="abc").SerializeToString()[:-1])
+    with pytest.raises(ProtoError, match=r"w2: not a valid binary NetParameter"):
+        files.read_proto(str(trunc), caffe_pb2.NetParameter())
+
+
+def test_read_proto_text_error_names_line_and_column(tmp_path):
+    p = tmp_path / "t.prototxt"
+    p.write_text('name: "n"\nlayer {\n  nme: "a"\n}\n')
+    with pytest.raises(ProtoError, match=r"t\.prototxt:3:\d+: cannot parse NetParameter: .*nme"):
+        files.read_proto(str(p), caffe_pb2.NetParameter())
+    p.write_bytes(b"name: \"\xff\"\n")
+    with pytest.raises(ProtoError, match=r"t\.prototxt: not a text NetParameter: byte 7 is "
+                                         r"not UTF-8"):
+        files.read_proto(str(p), caffe_pb2.NetParameter())
+    with pytest.raises(ProtoError, match=r"cannot read NetParameter file '.*missing'"):
+        files.read_proto(str(tmp_path / "missing"), caffe_pb2.NetParameter())

@@ -23,8 +23,9 @@ float64 arrays holding the stored float32 values exactly.
 """
 import numpy as np
 
-from .proto import caffe_pb2
 from .errors import TransformerError  # noqa: F401
+from .data import datum as _datum
+from .proto import blobproto as _blobproto
 
 __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotovector_str",
            "blobprotovector_str_to_arraylist", "array_to_datum", "datum_to_array",
@@ -32,58 +33,35 @@ __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotove
 
 
 # -- proto / datum / ndarray conversion ----------------------------------------------
-
-def _blob_values(blob, return_diff):
-    if return_diff:
-        vals = blob.diff if len(blob.diff) or not len(blob.double_diff) else blob.double_diff
-    else:
-        vals = blob.data if len(blob.data) or not len(blob.double_data) else blob.double_data
-    return np.asarray(vals, dtype=np.float64)
-
+# Thin wrappers over caffepy's one BlobProto codec (caffepy.proto.blobproto) and Datum codec
+# (caffepy.data.datum), giving pycaffe's types at this boundary.
 
 def blobproto_to_array(blob, return_diff=False):
     """Convert a BlobProto to an array (its diff instead of its data if ``return_diff``).
 
     The legacy 4-D shape (num, channels, height, width) is used if any of it is set,
-    otherwise ``shape.dim``. The array is float64, as in pycaffe.
+    otherwise ``shape.dim``. The values come from ``data`` (``diff``), as in pycaffe; a blob
+    that holds only ``double_data`` (``double_diff``) is read from those. The array is
+    float64, as in pycaffe. A count that does not fit the shape raises ProtoError.
     """
-    data = _blob_values(blob, return_diff)
-    if (blob.HasField("num") or blob.HasField("channels") or blob.HasField("height")
-            or blob.HasField("width")):
-        shape = (blob.num, blob.channels, blob.height, blob.width)
-    else:
-        shape = tuple(int(d) for d in blob.shape.dim)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if data.size != count:
-        raise ValueError("BlobProto holds %d %s values but its shape %s needs %d"
-                         % (data.size, "diff" if return_diff else "data", shape, count))
-    return data.reshape(shape)
+    return _blobproto.blobproto_to_array(blob, return_diff, dtype=np.float64,
+                                         prefer_double=False)
 
 
 def array_to_blobproto(arr, diff=None):
     """Convert an N-dimensional array (and optionally its diff) to a BlobProto with
     ``shape.dim`` set. As in pycaffe, the diff's shape is not checked."""
-    arr = np.asarray(arr)
-    blob = caffe_pb2.BlobProto()
-    blob.shape.dim.extend(int(d) for d in arr.shape)
-    blob.data.extend(np.ascontiguousarray(arr, dtype=np.float32).ravel())
-    if diff is not None:
-        blob.diff.extend(np.ascontiguousarray(diff, dtype=np.float32).ravel())
-    return blob
+    return _blobproto.array_to_blobproto(arr, diff)
 
 
 def arraylist_to_blobprotovector_str(arraylist):
     """Serialise a list of arrays as a BlobProtoVector (bytes)."""
-    vec = caffe_pb2.BlobProtoVector()
-    vec.blobs.extend([array_to_blobproto(arr) for arr in arraylist])
-    return vec.SerializeToString()
+    return _blobproto.arrays_to_blobprotovector(arraylist).SerializeToString()
 
 
 def blobprotovector_str_to_arraylist(str):  # noqa: A002 (pycaffe's argument name)
-    """Parse a serialised BlobProtoVector into a list of arrays."""
-    vec = caffe_pb2.BlobProtoVector()
-    vec.ParseFromString(str)
-    return [blobproto_to_array(blob) for blob in vec.blobs]
+    """Parse a serialised BlobProtoVector into a list of float64 arrays."""
+    return _blobproto.blobprotovector_to_arrays(str, dtype=np.float64, prefer_double=False)
 
 
 def array_to_datum(arr, label=None):
@@ -91,38 +69,18 @@ def array_to_datum(arr, label=None):
 
     uint8 arrays are stored as raw bytes in ``data``, any other dtype as ``float_data``.
     """
-    arr = np.asarray(arr)
-    if arr.ndim != 3:
-        raise ValueError("Incorrect array shape.")
-    datum = caffe_pb2.Datum()
-    datum.channels, datum.height, datum.width = (int(d) for d in arr.shape)
-    if arr.dtype == np.uint8:
-        datum.data = np.ascontiguousarray(arr).tobytes()
-    else:
-        datum.float_data.extend(np.ascontiguousarray(arr, dtype=np.float32).ravel())
-    if label is not None:
-        datum.label = label
-    return datum
+    return _datum.array_to_datum(arr, label)
 
 
 def datum_to_array(datum):
     """Convert a Datum to a channels × height × width array (the label is ``datum.label``).
 
-    Raw ``data`` gives uint8, ``float_data`` float64 (as in pycaffe). An encoded Datum
-    (PNG/JPEG bytes) is decoded with Pillow as Caffe's DecodeDatumToCVMatNative does:
-    3 channels in BGR order for a colour image, 1 for a grey one.
+    Raw ``data`` gives a (writable) uint8 array, ``float_data`` float64, as in pycaffe. An
+    encoded Datum (PNG/JPEG bytes) is decoded with Pillow as Caffe's DecodeDatumToCVMatNative
+    does: 3 channels in BGR order for a colour image, 1 for a grey one.
     """
-    if datum.encoded:
-        from .data.image import decode_image
-        return decode_image(datum.data, "native", _value_error, "encoded Datum")
-    shape = (datum.channels, datum.height, datum.width)
-    if len(datum.data):
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).copy()
-    return np.asarray(datum.float_data, dtype=np.float64).reshape(shape)
-
-
-def _value_error(msg, *args):
-    return ValueError(msg % args if args else msg)
+    arr = _datum.datum_to_array(datum, float_dtype=np.float64, allow_empty=True)
+    return arr if arr.flags.writeable else arr.copy()
 
 
 # -- image IO --------------------------------------------------------------------------
