@@ -19,6 +19,7 @@ TEST = caffe_pb2.TEST
 
 from .net import Net, NetError  # noqa: E402,F401
 from . import gradient_check, fillers  # noqa: E402,F401
+from .fillers import register_filler  # noqa: E402,F401
 from .solver import (Solver, SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,  # noqa: E402,F401
                      AdaDeltaSolver, AdamSolver, get_solver, SolverError)
 from .regularizers import Regularizer, register_regularizer  # noqa: E402,F401
