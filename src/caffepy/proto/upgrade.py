@@ -491,55 +491,55 @@ def upgrade_net_batchnorm(net_param):
 
 # -- entry points ----------------------------------------------------------------------
 
+_DEPRECATED = "Attempting to upgrade input file specified using deprecated "
+_UPGRADED = "Successfully upgraded file specified using deprecated "
+
+# UpgradeNetAsNeeded's steps, in its order: (is the step needed, the step (net, source), what
+# is logged before it, after success, after a problem, and the closing note). A step with a
+# problem message returns False when some field could not be upgraded (the net has changed
+# either way); a step without one returns whether it changed the net.
+_NET_STEPS = (
+    (net_needs_v0_to_v1_upgrade, upgrade_v0_net,
+     _DEPRECATED + "V0LayerParameter: %s", _UPGRADED + "V0LayerParameter",
+     "Warning: had one or more problems upgrading V0NetParameter to NetParameter (see above); "
+     "continuing anyway.",
+     "Note that future Caffe releases will not support V0NetParameter; use "
+     "./build/tools/upgrade_net_proto_text for prototxt and "
+     "./build/tools/upgrade_net_proto_binary for model weights upgrade this and any other net "
+     "protos to the new format."),
+    (net_needs_data_upgrade, lambda net, source: upgrade_net_data_transformation(net) or True,
+     _DEPRECATED + "transformation parameters: %s",
+     _UPGRADED + "data transformation parameters.", None,
+     "Note that future Caffe releases will only support transform_param messages for "
+     "transformation fields."),
+    (net_needs_v1_to_v2_upgrade, upgrade_v1_net,
+     _DEPRECATED + "V1LayerParameter: %s", _UPGRADED + "V1LayerParameter",
+     "Warning: had one or more problems upgrading V1LayerParameter (see above); continuing "
+     "anyway.", None),
+    (net_needs_input_upgrade, lambda net, source: upgrade_net_input(net, source) or True,
+     _DEPRECATED + "input fields: %s", _UPGRADED + "input fields.", None,
+     "Note that future Caffe releases will only support input layers and not input fields."),
+    (net_needs_batchnorm_upgrade, lambda net, source: upgrade_net_batchnorm(net),
+     "Attempting to upgrade batch norm layers using deprecated params: %s",
+     "Successfully upgraded batch norm layers using deprecated params.", None, None),
+)
+
+
 def upgrade_net_as_needed(net_param, source="<net>"):
     """UpgradeNetAsNeeded, in place.  Returns True if anything changed."""
     changed = False
-    if net_needs_v0_to_v1_upgrade(net_param):
-        log.info("Attempting to upgrade input file specified using deprecated "
-                 "V0LayerParameter: %s", source)
-        if not upgrade_v0_net(net_param, source):
-            log.error("Warning: had one or more problems upgrading V0NetParameter to "
-                      "NetParameter (see above); continuing anyway.")
+    for needs, step, attempt, success, problem, note in _NET_STEPS:
+        if not needs(net_param):
+            continue
+        log.info(attempt, source)
+        ok = step(net_param, source)
+        if problem is not None and not ok:
+            log.error(problem)
         else:
-            log.info("Successfully upgraded file specified using deprecated "
-                     "V0LayerParameter")
-        log.warning("Note that future Caffe releases will not support V0NetParameter; "
-                    "use ./build/tools/upgrade_net_proto_text for prototxt and "
-                    "./build/tools/upgrade_net_proto_binary for model weights upgrade "
-                    "this and any other net protos to the new format.")
-        changed = True
-    if net_needs_data_upgrade(net_param):
-        log.info("Attempting to upgrade input file specified using deprecated "
-                 "transformation parameters: %s", source)
-        upgrade_net_data_transformation(net_param)
-        log.info("Successfully upgraded file specified using deprecated data "
-                 "transformation parameters.")
-        log.warning("Note that future Caffe releases will only support transform_param "
-                    "messages for transformation fields.")
-        changed = True
-    if net_needs_v1_to_v2_upgrade(net_param):
-        log.info("Attempting to upgrade input file specified using deprecated "
-                 "V1LayerParameter: %s", source)
-        if not upgrade_v1_net(net_param, source):
-            log.error("Warning: had one or more problems upgrading V1LayerParameter "
-                      "(see above); continuing anyway.")
-        else:
-            log.info("Successfully upgraded file specified using deprecated "
-                     "V1LayerParameter")
-        changed = True
-    if net_needs_input_upgrade(net_param):
-        log.info("Attempting to upgrade input file specified using deprecated input "
-                 "fields: %s", source)
-        upgrade_net_input(net_param, source)
-        log.info("Successfully upgraded file specified using deprecated input fields.")
-        log.warning("Note that future Caffe releases will only support input layers "
-                    "and not input fields.")
-        changed = True
-    if net_needs_batchnorm_upgrade(net_param):
-        log.info("Attempting to upgrade batch norm layers using deprecated params: %s",
-                 source)
-        changed |= upgrade_net_batchnorm(net_param)
-        log.info("Successfully upgraded batch norm layers using deprecated params.")
+            log.info(success)
+        if note is not None:
+            log.warning(note)
+        changed |= True if problem is not None else bool(ok)
     return changed
 
 
