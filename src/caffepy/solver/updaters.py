@@ -10,13 +10,39 @@ rounding is Caffe's.  After ``update(...)`` the parameter's diff holds the value
 ``history`` is the list of history arrays the rule keeps for *one* parameter
 (``history_blobs`` of them: 1, or 2 for AdaDelta/Adam whose second half lives at
 ``history[N + p]`` in the solverstate).
+
+The rules are a registry keyed by ``SolverParameter.type``: ``@register_update_rule("Name")``
+on an ``UpdateRule`` subclass makes ``type: "Name"`` in a solver prototxt train with it.
 """
 import numpy as np
 
-from . import backend
-from .lr_policies import SolverError
+from .. import backend
+from ..errors import SolverError
+from .registry import Registry
 
 f32 = np.float32
+
+_RULES = Registry("Unknown solver type: '%s' (known types: %s)", name_attr="name")
+
+
+def register_update_rule(type_name, cls=None):
+    """Register an UpdateRule subclass as the solver type ``type_name`` (without ``cls``, a
+    decorator); it sets the class's ``name``."""
+    return _RULES.register(type_name, cls)
+
+
+def update_rule_names():
+    return _RULES.names()
+
+
+def get_update_rule(type_name):
+    """The UpdateRule class registered as ``type_name`` (SolverError if there is none)."""
+    return _RULES.lookup(type_name)
+
+
+def find_update_rule(type_name):
+    """The UpdateRule class registered as ``type_name``, or None."""
+    return _RULES.get(type_name)
 
 
 def _axpby(alpha, x, beta, y):
@@ -25,8 +51,33 @@ def _axpby(alpha, x, beta, y):
     y += alpha * x
 
 
+def _scaled_ratio(xp, num, h, delta, factor, buf, out):
+    """out = factor * num / (sqrt(h) + delta), computed in ``buf`` (Caffe's update_/temp_):
+    caffe_powx(h, 0.5), caffe_add_scalar(delta), caffe_div(num, buf), then the scale."""
+    xp.sqrt(h, out=buf)
+    buf += delta
+    xp.divide(num, buf, out=buf)
+    xp.multiply(buf, factor, out=out)
+
+
+def _check_no_momentum(param, type_name):
+    if param.momentum != 0:
+        raise SolverError("Momentum cannot be used with %s (momentum is %g; remove it from "
+                          "the solver prototxt)" % (type_name, param.momentum))
+
+
+def scratch_buffer(scratch, name, like):
+    """The work buffer ``scratch[name]`` shaped like ``like``, allocated on first use."""
+    b = scratch.get(name)
+    if b is None or b.shape != like.shape:
+        b = backend.array_module(like).zeros_like(like)
+        scratch[name] = b
+    return b
+
+
 class UpdateRule:
-    """Base class.  Subclasses set ``name``, ``history_blobs`` and implement ``update``."""
+    """Base class.  Subclasses set ``history_blobs``, implement ``update`` and are registered
+    with ``@register_update_rule("Name")`` (which sets ``name``)."""
     name = None
     history_blobs = 1
 
@@ -46,18 +97,10 @@ class UpdateRule:
         """
         raise NotImplementedError
 
-    @staticmethod
-    def _buf(scratch, name, like):
-        b = scratch.get(name)
-        if b is None or b.shape != like.shape:
-            b = backend.array_module(like).zeros_like(like)
-            scratch[name] = b
-        return b
 
-
+@register_update_rule("SGD")
 class SGDRule(UpdateRule):
     """h = momentum*h + lr*g; diff = h (the history holds the lr-scaled velocity)."""
-    name = "SGD"
 
     def update(self, diff, history, local_rate, it, scratch):
         h = history[0]
@@ -65,53 +108,44 @@ class SGDRule(UpdateRule):
         diff[...] = h
 
 
+@register_update_rule("Nesterov")
 class NesterovRule(UpdateRule):
     """h_old = h; h = momentum*h + lr*g; diff = (1+momentum)*h - momentum*h_old."""
-    name = "Nesterov"
 
     def update(self, diff, history, local_rate, it, scratch):
         h = history[0]
         momentum = f32(self.param.momentum)
-        upd = self._buf(scratch, "update", diff)
+        upd = scratch_buffer(scratch, "update", diff)
         upd[...] = h                                          # caffe_copy(history -> update)
         _axpby(f32(local_rate), diff, momentum, h)            # update history
         _axpby(f32(f32(1) + momentum), h, -momentum, upd)     # compute update: on temp
         diff[...] = upd                                       # copy
 
 
+@register_update_rule("AdaGrad")
 class AdaGradRule(UpdateRule):
     """h += g^2; diff = lr * g / (sqrt(h) + delta)."""
-    name = "AdaGrad"
 
     def check(self, param):
-        if param.momentum != 0:
-            raise SolverError("Momentum cannot be used with AdaGrad (momentum is %g; "
-                              "remove it from the solver prototxt)" % param.momentum)
+        _check_no_momentum(param, "AdaGrad")
 
     def update(self, diff, history, local_rate, it, scratch):
         xp = backend.array_module(diff)
         h = history[0]
         delta = f32(self.param.delta)
-        upd = self._buf(scratch, "update", diff)
+        upd = scratch_buffer(scratch, "update", diff)
         xp.multiply(diff, diff, out=upd)       # caffe_powx(g, 2)
         h += upd                               # caffe_add(update, history, history)
-        xp.sqrt(h, out=upd)                    # caffe_powx(history, 0.5)
-        upd += delta                           # caffe_add_scalar
-        xp.divide(diff, upd, out=upd)          # caffe_div(g, update)
-        xp.multiply(upd, f32(local_rate), out=diff)   # axpby(lr, update, 0, diff)
+        _scaled_ratio(xp, diff, h, delta, f32(local_rate), upd, diff)
 
 
+@register_update_rule("RMSProp")
 class RMSPropRule(UpdateRule):
     """h = rms_decay*h + (1-rms_decay)*g^2; diff = lr * g / (sqrt(h) + delta)."""
-    name = "RMSProp"
 
     def check(self, param):
-        if param.momentum != 0:
-            raise SolverError("Momentum cannot be used with RMSProp (momentum is %g; "
-                              "remove it from the solver prototxt)" % param.momentum)
-        if not (param.rms_decay >= 0):
-            raise SolverError("rms_decay should lie between 0 and 1 (got %g)" % param.rms_decay)
-        if not (param.rms_decay < 1):
+        _check_no_momentum(param, "RMSProp")
+        if not (0 <= param.rms_decay < 1):
             raise SolverError("rms_decay should lie between 0 and 1 (got %g)" % param.rms_decay)
 
     def update(self, diff, history, local_rate, it, scratch):
@@ -119,19 +153,16 @@ class RMSPropRule(UpdateRule):
         h = history[0]
         rms_decay = f32(self.param.rms_decay)
         delta = f32(self.param.delta)
-        upd = self._buf(scratch, "update", diff)
+        upd = scratch_buffer(scratch, "update", diff)
         xp.multiply(diff, diff, out=upd)
         _axpby(f32(f32(1) - rms_decay), upd, rms_decay, h)
-        xp.sqrt(h, out=upd)
-        upd += delta
-        xp.divide(diff, upd, out=upd)
-        xp.multiply(upd, f32(local_rate), out=diff)
+        _scaled_ratio(xp, diff, h, delta, f32(local_rate), upd, diff)
 
 
+@register_update_rule("AdaDelta")
 class AdaDeltaRule(UpdateRule):
     """ρ = momentum.  h1 = ρh1 + (1-ρ)g²; u = g·sqrt((h2+δ)/(h1+δ)); h2 = ρh2 + (1-ρ)u²;
     diff = lr·u."""
-    name = "AdaDelta"
     history_blobs = 2
 
     def update(self, diff, history, local_rate, it, scratch):
@@ -140,8 +171,8 @@ class AdaDeltaRule(UpdateRule):
         momentum = f32(self.param.momentum)
         delta = f32(self.param.delta)
         one_minus = f32(f32(1) - momentum)
-        upd = self._buf(scratch, "update", diff)
-        temp = self._buf(scratch, "temp", diff)
+        upd = scratch_buffer(scratch, "update", diff)
+        temp = scratch_buffer(scratch, "temp", diff)
         xp.multiply(diff, diff, out=upd)          # square of gradient
         _axpby(one_minus, upd, momentum, h1)      # update history of gradients
         temp[...] = delta                         # caffe_set(delta)
@@ -155,10 +186,10 @@ class AdaDeltaRule(UpdateRule):
         xp.multiply(diff, f32(local_rate), out=diff)   # caffe_cpu_scale(lr, diff)
 
 
+@register_update_rule("Adam")
 class AdamRule(UpdateRule):
     """β1 = momentum, β2 = momentum2, ε = delta, t = iter + 1.
     m = β1m + (1-β1)g; v = β2v + (1-β2)g²; diff = lr·sqrt(1-β2^t)/(1-β1^t) · m/(sqrt(v)+ε)."""
-    name = "Adam"
     history_blobs = 2
 
     def update(self, diff, history, local_rate, it, scratch):
@@ -170,15 +201,9 @@ class AdamRule(UpdateRule):
         t = it + 1
         # sqrt(Dtype(1) - pow(beta2, t)) / (Dtype(1) - pow(beta1, t)): double, stored as Dtype
         correction = f32(np.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
-        temp = self._buf(scratch, "temp", diff)
+        temp = scratch_buffer(scratch, "temp", diff)
         _axpby(f32(f32(1) - beta1), diff, beta1, m)   # m
         xp.multiply(diff, diff, out=temp)             # g^2
         _axpby(f32(f32(1) - beta2), temp, beta2, v)   # v
-        xp.sqrt(v, out=temp)
-        temp += eps_hat
-        xp.divide(m, temp, out=temp)
-        xp.multiply(temp, f32(f32(local_rate) * correction), out=diff)
+        _scaled_ratio(xp, m, v, eps_hat, f32(f32(local_rate) * correction), temp, diff)
 
-
-UPDATE_RULES = {r.name: r for r in (SGDRule, NesterovRule, AdaGradRule, RMSPropRule,
-                                    AdaDeltaRule, AdamRule)}

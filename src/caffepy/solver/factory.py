@@ -1,0 +1,64 @@
+"""``get_solver`` and pycaffe's solver classes.
+
+A solver type is an update rule registered in updaters.py (``register_update_rule``); the
+pycaffe names ``SGDSolver`` ... ``AdamSolver`` are thin Solver subclasses that only name
+their rule, so ``SGDSolver(path)`` forces SGD whatever the file's ``type`` says, and
+``get_solver(path)`` builds the class of the file's ``type`` (``type(s) is AdamSolver``).
+A rule registered later gets its class, ``<Name>Solver``, the first time it is asked for.
+``register_solver`` still takes a whole Solver subclass for a type name.
+"""
+from ..errors import SolverError
+from . import config
+from .solver import Solver
+from .updaters import find_update_rule, update_rule_names
+
+_CLASSES = {}        # type name -> Solver subclass
+
+
+def register_solver(type_name, cls=None):
+    """Register a Solver subclass under a ``type`` name (without ``cls``, a decorator)."""
+    def deco(c):
+        _CLASSES[type_name] = c
+        c.type_name = type_name
+        return c
+    return deco(cls) if cls is not None else deco
+
+
+def solver_type_list():
+    return sorted(set(_CLASSES) | set(update_rule_names()))
+
+
+def solver_class(type_name):
+    """The Solver subclass for the solver type ``type_name``."""
+    cls = _CLASSES.get(type_name)
+    if cls is None:
+        if find_update_rule(type_name) is None:
+            raise SolverError("Unknown solver type: '%s' (known types: %s)"
+                              % (type_name, ", ".join(solver_type_list())))
+        cls = _rule_solver(type_name)
+    return cls
+
+
+def _rule_solver(type_name):
+    """A Solver subclass ``<type_name>Solver`` that trains with the update rule registered
+    as ``type_name`` (looked up when a solver is built)."""
+    cls = type(type_name + "Solver", (Solver,), {
+        "__module__": __name__,
+        "__doc__": "pycaffe's %sSolver: a Solver with the \"%s\" update rule, whatever the "
+                   "solver file's type says." % (type_name, type_name)})
+    return register_solver(type_name, cls)
+
+
+SGDSolver = _rule_solver("SGD")
+NesterovSolver = _rule_solver("Nesterov")
+AdaGradSolver = _rule_solver("AdaGrad")
+RMSPropSolver = _rule_solver("RMSProp")
+AdaDeltaSolver = _rule_solver("AdaDelta")
+AdamSolver = _rule_solver("Adam")
+
+
+def get_solver(source, **kwargs):
+    """The solver class named by the file's ``type`` (default "SGD"), built from a path or
+    a SolverParameter.  Keyword arguments go to the solver (sigint_effect, sighup_effect)."""
+    param = config.solver_param(source)
+    return solver_class(param.type)(param, **kwargs)

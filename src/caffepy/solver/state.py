@@ -1,0 +1,168 @@
+"""Snapshots and restore: Caffe's ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate`` pair
+(binary protobuf), or ``.caffemodel.h5`` + ``.solverstate.h5`` (HDF5).
+
+The solver state holds the iteration, the model file it goes with (``learned_net``), the
+step counter of the "step"/"multistep" policies and the update rule's history blobs.  Every
+file is written atomically (caffepy.atomic): a crash mid-snapshot leaves the previous files.
+"""
+import logging
+import os
+
+import numpy as np
+
+from .. import backend
+from ..atomic import atomic_path
+from ..errors import SolverError
+from ..proto import blobproto_to_array, caffe_pb2, read_binary, set_blobproto, write_binary
+
+log = logging.getLogger("caffepy")
+
+# snapshot_format -> (model extension, state extension, how Caffe's log names the format)
+_FORMATS = {
+    caffe_pb2.SolverParameter.BINARYPROTO: (".caffemodel", ".solverstate", "binary proto file"),
+    caffe_pb2.SolverParameter.HDF5: (".caffemodel.h5", ".solverstate.h5", "HDF5 file"),
+}
+
+
+def snapshot_filename(prefix, it, extension):
+    return "%s_iter_%d%s" % (prefix, it, extension)
+
+
+def check_snapshot_prefix(param, it):
+    """Solver::CheckSnapshotWritePermissions: with ``snapshot`` set, a file can be created
+    (and removed) at the snapshot prefix."""
+    if not param.snapshot:
+        return
+    if not param.HasField("snapshot_prefix"):
+        raise SolverError("In solver params, snapshot is specified but snapshot_prefix is not")
+    probe = snapshot_filename(param.snapshot_prefix, it, ".tempfile")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise SolverError("Cannot write to snapshot prefix '%s' (%s). Make sure that the "
+                          "directory exists and is writeable."
+                          % (param.snapshot_prefix, e.strerror or e)) from None
+
+
+def write_snapshot(net, param, it, current_step, history):
+    """Write the model, then the solver state; return (model file, state file)."""
+    model_ext, state_ext, kind = _FORMATS[param.snapshot_format]
+    hdf5 = param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+    try:
+        model_filename = snapshot_filename(param.snapshot_prefix, it, model_ext)
+        log.info("Snapshotting to %s %s", kind, model_filename)
+        if hdf5:
+            net.save_hdf5(model_filename, param.snapshot_diff)
+        else:
+            net.save(model_filename, param.snapshot_diff)
+        state_filename = snapshot_filename(param.snapshot_prefix, it, state_ext)
+        log.info("Snapshotting solver state to %s %s", kind, state_filename)
+        if hdf5:
+            _write_state_hdf5(state_filename, it, model_filename, current_step, history)
+        else:
+            write_binary(solver_state(it, model_filename, current_step, history),
+                         state_filename)
+    except OSError as e:
+        raise SolverError("Cannot write snapshot '%s': %s. Make sure that the directory "
+                          "of snapshot_prefix '%s' exists and is writeable."
+                          % (getattr(e, "filename", None)
+                             or snapshot_filename(param.snapshot_prefix, it, ""),
+                             e.strerror or e, param.snapshot_prefix)) from None
+    return model_filename, state_filename
+
+
+def solver_state(it, model_filename, current_step, history):
+    """The SolverState message Caffe writes (iter, learned_net, current_step, history)."""
+    state = caffe_pb2.SolverState()
+    state.iter = it
+    state.learned_net = model_filename
+    state.current_step = current_step
+    for h in history:
+        set_blobproto(state.history.add(), backend.to_numpy(h))
+    return state
+
+
+def _write_state_hdf5(path, it, model_filename, current_step, history):
+    import h5py
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("iter", data=np.array([it], dtype=np.int32))
+        _h5_save_string(f, "learned_net", model_filename)
+        f.create_dataset("current_step", data=np.array([current_step], dtype=np.int32))
+        g = f.create_group("history")
+        for i, h in enumerate(history):
+            g.create_dataset(str(i), data=backend.to_numpy(h).astype(np.float32))
+
+
+def _h5_save_string(f, name, s):
+    """Caffe's hdf5_save_string (H5LTmake_dataset_string): a scalar dataset of a fixed-length
+    NUL-terminated string whose size counts the terminator, which hdf5_load_string needs."""
+    import h5py
+    raw = s.encode("utf-8") + b"\0"
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(raw))
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    dset = h5py.h5d.create(f.id, name.encode("utf-8"), tid, space)
+    dset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(raw, dtype="S%d" % len(raw)), mtype=tid)
+
+
+def read_solver_state(path):
+    """(iter, learned_net or None, current_step, [float32 history arrays]) from a
+    ``.solverstate`` or, for a name ending in ``.h5``, a ``.solverstate.h5``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise SolverError("Cannot restore: solver state file '%s' does not exist" % path)
+    if path.endswith(".h5"):
+        return _read_state_hdf5(path)
+    state = read_binary(path, caffe_pb2.SolverState())
+    learned_net = state.learned_net if state.HasField("learned_net") else None
+    history = [blobproto_to_array(bp) for bp in state.history]
+    return state.iter, learned_net, state.current_step, history
+
+
+def _read_state_hdf5(path):
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            it = int(np.asarray(f["iter"]).ravel()[0])
+            learned_net = None
+            if "learned_net" in f:
+                v = f["learned_net"][()]
+                if isinstance(v, np.ndarray):
+                    v = v.ravel()[0]
+                if isinstance(v, bytes):
+                    v = v.decode("utf-8")
+                learned_net = str(v).rstrip("\0")
+            current_step = int(np.asarray(f["current_step"]).ravel()[0]) \
+                if "current_step" in f else 0
+            g = f["history"]
+            history = [np.asarray(g[str(i)], dtype=np.float32) for i in range(len(g))]
+    except (OSError, KeyError) as e:
+        raise SolverError("Cannot read solver state '%s': %s" % (path, e)) from None
+    return it, learned_net, current_step, history
+
+
+def check_learned_net(state_file, learned_net):
+    if not os.path.exists(learned_net):
+        raise SolverError("Cannot restore from '%s': its learned_net '%s' does not exist "
+                          "(the path is relative to the current directory %s)"
+                          % (state_file, learned_net, os.getcwd()))
+
+
+def check_history(history, arrays, state_file, type_name):
+    """The saved history blobs ``arrays`` fit the solver's ``history``: as many, and each of
+    the same size (HDF5: of the same shape, as hdf5_load_nd_dataset checks)."""
+    if len(arrays) != len(history):
+        raise SolverError("Incorrect length of history blobs: '%s' holds %d, the %s solver "
+                          "needs %d" % (state_file, len(arrays), type_name, len(history)))
+    h5 = os.fspath(state_file).endswith(".h5")
+    for i, (arr, h) in enumerate(zip(arrays, history)):
+        if h5 and tuple(np.shape(arr)) != tuple(h.shape):
+            raise SolverError("Cannot restore history blob %d from '%s': shape mismatch "
+                              "(source shape %s, target shape %s)"
+                              % (i, state_file, np.shape(arr), tuple(h.shape)))
+        if np.size(arr) != h.size:
+            raise SolverError("Cannot restore history blob %d from '%s': it has %d values, "
+                              "the parameter has %d" % (i, state_file, np.size(arr), h.size))
