@@ -50,6 +50,28 @@ random_seed: 1
 solver_mode: GPU
 """
 
+LEVEL_NET = """
+name: "n"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 }
+    data_filler { type: "constant" value: 1 } data_filler { type: "constant" value: 0 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 1 weight_filler { type: "constant" value: 0 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss"
+  loss_weight: 3 }
+layer { name: "lvl" type: "Reduction" bottom: "ip" top: "lvl" include { min_level: 2 } }
+"""
+
+LEVEL_SOLVER = """
+net: "net.prototxt"
+base_lr: 0
+lr_policy: "fixed"
+max_iter: 0
+test_iter: 1
+test_interval: 100
+test_net: "net.prototxt"
+"""
+
 
 def _have_gpu():
     try:
@@ -75,6 +97,19 @@ def tiny_weights(tiny):
     net.params["ip"][1].data[...] = [0.05, 0.0]
     net.save("w.caffemodel")
     return "w.caffemodel"
+
+
+@pytest.fixture
+def clidir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(LEVEL_NET)
+    (tmp_path / "solver.prototxt").write_text(LEVEL_SOLVER)
+    for name, w in (("a.caffemodel", 1.0), ("b.caffemodel", 2.0)):
+        net = caffepy.Net("net.prototxt", caffepy.TEST)
+        net.params["ip"][0].data[...] = w
+        net.params["ip"][1].data[...] = 0.5
+        net.save(name)
+    return tmp_path
 
 
 # -- flag parsing ---------------------------------------------------------------------------
@@ -360,6 +395,31 @@ def test_test_command_without_stage_has_no_sum(capsys, tiny, tiny_weights):
     assert "Batch 0, loss = 0.01625" in m and not any("sum" in x for x in m)
 
 
+def test_test_command_level_batches_and_loss_weight_suffix(clidir, capsys):
+    # Net(model, TEST, level, stages); per batch "Batch i, out = v"; then "Loss: " and the means
+    # with " (* w = w*mean loss)". ip = 3 * 2 + 0.5 = 6.5 per item, Euclidean = 2*6.5^2/(2*2).
+    rc = cli.main(["test", "-model", "net.prototxt", "-weights", "b.caffemodel", "-level", "2",
+                   "-iterations", "2"])
+    m = messages(capsys.readouterr().err)
+    assert rc == 0
+    assert "Running for 2 iterations." in m
+    for i in range(2):
+        assert "Batch %d, loss = 21.125" % i in m
+        assert "Batch %d, lvl = 13" % i in m          # Reduction SUM of [6.5, 6.5]
+    assert "Loss: 63.375" in m                         # 3 * 21.125
+    assert "loss = 21.125 (* 3 = 63.375 loss)" in m
+    assert "lvl = 13" in m
+    # outputs are reported in output-blob order (alphabetical: loss, lvl)
+    assert m.index("Batch 0, loss = 21.125") < m.index("Batch 0, lvl = 13")
+
+
+def test_test_command_default_iterations_is_50(clidir, capsys):
+    assert cli.main(["test", "-model", "net.prototxt", "-weights", "a.caffemodel"]) == 0
+    m = messages(capsys.readouterr().err)
+    assert "Running for 50 iterations." in m
+    assert "Batch 49, loss = 6.125" in m and "Batch 50, loss = 6.125" not in m
+
+
 def test_time_command(capsys, tiny):
     rc, _, err = run_cli(capsys, "time", "-model", "net.prototxt", "-iterations", "3",
                          "-stage", "with_sum")
@@ -384,6 +444,38 @@ def test_time_phase_flag(capsys, tiny):
     assert rc == 0, err
     rc, _, err = run_cli(capsys, "time", "-model", "net.prototxt", "-phase", "VAL")
     assert rc == 1 and 'phase must be "TRAIN" or "TEST"' in err
+
+
+def test_time_backward_runs_every_layer_with_bottom_need_backward(clidir, capsys, monkeypatch):
+    # time(): layers[i]->Backward(top_vecs[i], bottom_need_backward[i], bottom_vecs[i]) for
+    # every layer, regardless of layer_need_backward; -level reaches the net.
+    from caffepy.net import Net
+    calls = []
+    orig_init = Net.__init__
+
+    def init(self, *a, **kw):
+        orig_init(self, *a, **kw)
+        for i, layer in enumerate(self.layers):
+            orig = layer.backward
+
+            def spy(top, pd, bottom, _orig=orig, _i=i):
+                calls.append((_i, list(pd)))
+                return _orig(top, pd, bottom)
+            layer.backward = spy
+        self._spied = True
+        seen_nets.append(self)
+    seen_nets = []
+    monkeypatch.setattr(Net, "__init__", init)
+    rc = cli.main(["time", "-model", "net.prototxt", "-iterations", "2", "-level", "2"])
+    capsys.readouterr()
+    assert rc == 0
+    net = seen_nets[0]
+    names = [l.layer_param.name for l in net.layers]
+    assert "lvl" in names
+    timed = calls[-2 * len(names):]
+    assert [i for i, _ in timed] == list(range(len(names)))[::-1] * 2
+    for i, pd in timed[:len(names)]:
+        assert pd == list(net.bottom_need_backward[i])
 
 
 def test_device_query(capsys):
@@ -484,6 +576,14 @@ def test_train_flags_reach_the_solver(capsys, tiny, monkeypatch):
     assert "sum" not in seen["solver"].test_nets[0].outputs
 
 
+def test_train_level_affects_only_the_train_net(clidir, capsys, monkeypatch):
+    seen = _capture_solver_param(monkeypatch)
+    assert cli.main(["train", "-solver", "solver.prototxt", "-level", "2"]) == 0
+    assert "lvl" in seen["solver"].net.outputs
+    assert "lvl" not in seen["solver"].test_nets[0].outputs
+    capsys.readouterr()
+
+
 def test_train_finetune_and_resume(capsys, tiny, tiny_weights, monkeypatch):
     seen = _capture_solver_param(monkeypatch)
     (tiny / "solver.prototxt").write_text(TINY_SOLVER.replace("max_iter: 4", "max_iter: 0"))
@@ -507,6 +607,19 @@ def test_train_finetune_and_resume(capsys, tiny, tiny_weights, monkeypatch):
     assert "Resuming from snap/tiny_iter_2.solverstate" in messages(err)
     assert seen["solver"].iter == 4
     assert "tiny_iter_4.solverstate" in _snapshots()
+
+
+def test_train_weights_list_copied_into_train_and_test_nets_in_order(clidir, capsys,
+                                                                         monkeypatch):
+    # CopyLayers: for each model in order, CopyTrainedLayersFrom into net() and every test net;
+    # the later model wins for a layer both hold.
+    seen = _capture_solver_param(monkeypatch)
+    assert cli.main(["train", "-solver", "solver.prototxt",
+                     "-weights", "a.caffemodel,b.caffemodel"]) == 0
+    s = seen["solver"]
+    for net in [s.net] + list(s.test_nets):
+        np.testing.assert_array_equal(net.params["ip"][0].data, [[2, 2, 2]])
+    capsys.readouterr()
 
 
 def test_train_sigint_stops_and_snapshots(capsys, tiny, monkeypatch):

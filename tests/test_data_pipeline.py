@@ -575,6 +575,28 @@ def test_imagedata_gray_resize_and_transform(image_list):
     layer.close()
 
 
+def test_imagedata_gray_resize_and_label_shape(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((4, 6, 3), 90, np.uint8)).save("a b.png")     # space in the name
+    Image.fromarray(np.full((5, 3, 3), 30, np.uint8)).save("c.png")
+    with open("list.txt", "w") as f:
+        f.write("a b.png 3\nc.png 5\n")                  # split at the last space
+    layer, _, top = setup_layer('name: "i" type: "ImageData" top: "data" top: "label" '
+                                'image_data_param { source: "list.txt" batch_size: 3 '
+                                'new_height: 2 new_width: 3 is_color: false }', TEST)
+    assert top[0].shape == (3, 1, 2, 3) and top[1].shape == (3,)
+    layer.forward([], top)
+    np.testing.assert_array_equal(top[1].data, [3, 5, 3])
+    np.testing.assert_array_equal(top[0].data[:, 0, 0, 0], [90, 30, 90])
+    layer.close()
+    # CHECK((new_height == 0 && new_width == 0) || (new_height > 0 && new_width > 0))
+    with pytest.raises(LayerError, match="new_height and new_width"):
+        setup_layer('name: "i" type: "ImageData" top: "data" top: "label" '
+                    'image_data_param { source: "list.txt" batch_size: 1 new_height: 2 }')
+
+
 def test_imagedata_shuffle_is_a_new_permutation_each_epoch(image_list):
     rgbs, labels = image_list
     backend.set_random_seed(8)

@@ -149,6 +149,29 @@ def test_memorydata_add_datum_vector_is_transformed():
     layer.add_datum_vector(datums[:1])        # consumed: new data may be added
 
 
+MEM = ('name: "m" type: "MemoryData" top: "data" top: "label" '
+       'memory_data_param { batch_size: 2 channels: 1 height: 1 width: 2 }')
+
+
+def test_memorydata_shapes_and_reset_restarts():
+    layer, _, top = setup_layer(MEM)
+    # LayerSetUp: label_shape(1, batch_size); Forward_cpu: top[1]->Reshape(batch_size, 1, 1, 1)
+    assert top[1].shape == (2,)
+    data = np.arange(12, dtype=np.float32).reshape(6, 1, 1, 2)
+    layer.reset(data, np.arange(6, dtype=np.float32), 6)
+    layer.forward([], top)
+    layer.forward([], top)
+    assert top[1].shape == (2, 1, 1, 1)
+    np.testing.assert_array_equal(top[1].data.ravel(), [2, 3])
+    # Reset(): pos_ = 0
+    layer.reset(data, np.arange(6, dtype=np.float32), 6)
+    layer.forward([], top)
+    np.testing.assert_array_equal(top[1].data.ravel(), [0, 1])
+    # CHECK_EQ(n % batch_size_, 0)
+    with pytest.raises(LayerError, match="multiple of batch_size"):
+        layer.reset(data[:3], np.arange(3, dtype=np.float32), 3)
+
+
 # -- HDF5Data --------------------------------------------------------------------------
 
 def _write_h5(path, **datasets):
@@ -236,6 +259,51 @@ def test_hdf5data_errors(h5files, tmp_path):
     layer.forward([], top)
     with pytest.raises(LayerError, match="same row shape"):
         layer.forward([], top)
+
+
+@pytest.fixture
+def h5two(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with h5py.File("a.h5", "w") as f:
+        f["data"] = np.arange(3, dtype=np.float32).reshape(3, 1)
+        f["label"] = np.arange(3, dtype=np.float32)
+    with h5py.File("b.h5", "w") as f:
+        f["data"] = np.arange(10, 12, dtype=np.float32).reshape(2, 1)
+        f["label"] = np.arange(10, 12, dtype=np.float32)
+    with open("list.txt", "w") as f:
+        f.write("a.h5 b.h5\n")
+
+
+H5 = ('name: "h" type: "HDF5Data" top: "data" top: "label" '
+      'hdf5_data_param { source: "list.txt" batch_size: 4 %s }')
+
+
+def test_hdf5_batches_span_files(h5two):
+    # Forward_cpu copies row by row and Next() moves to the next file at a file's end.
+    layer, _, top = setup_layer(H5 % "")
+    assert top[0].shape == (4, 1) and top[1].shape == (4,)
+    layer.forward([], top)
+    np.testing.assert_array_equal(top[1].data, [0, 1, 2, 10])
+    layer.forward([], top)
+    np.testing.assert_array_equal(top[1].data, [11, 0, 1, 2])
+    np.testing.assert_array_equal(top[0].data[:, 0], [11, 0, 1, 2])
+
+
+def test_hdf5_shuffle_keeps_rows_of_one_file_together(h5two):
+    # shuffle: the file order is shuffled (at setup and at each wrap) and the rows of each
+    # loaded file are permuted, but a file is read completely before the next one.
+    backend.set_random_seed(2)
+    layer, _, top = setup_layer(H5 % "shuffle: true")
+    seen = []
+    for _ in range(10):                                    # 40 rows = 8 epochs of 5
+        layer.forward([], top)
+        seen.extend(top[1].data.tolist())
+    np.testing.assert_array_equal(top[0].data[:, 0], top[1].data)   # rows stay aligned
+    for e in range(8):
+        epoch = seen[5 * e:5 * e + 5]
+        blocks = [epoch[:3], epoch[3:]] if epoch[0] < 10 else [epoch[:2], epoch[2:]]
+        assert sorted(blocks[0] + blocks[1]) == [0, 1, 2, 10, 11]
+        assert len({v < 10 for v in blocks[0]}) == 1 and len({v < 10 for v in blocks[1]}) == 1
 
 
 # -- HDF5Output ------------------------------------------------------------------------
@@ -401,6 +469,47 @@ def test_data_errors(lmdb_raw, tmp_path):
         setup_layer(DATA.replace('"db"', '"empty"') % ("", ""))
 
 
+@pytest.fixture
+def lmdb5(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    items = [(np.arange(12).reshape(1, 3, 4) + 20 * i).astype(np.uint8) for i in range(5)]
+    write_lmdb("db", [("%08d" % i, array_to_datum(items[i], 7 + i)) for i in (4, 2, 0, 3, 1)])
+    return items
+
+
+LMDB5_DATA = ('name: "d" type: "Data" top: "data" top: "label" '
+              'data_param { source: "db" batch_size: 3 backend: LMDB %s } %s')
+
+
+def test_data_label_shape_and_wrap_order(lmdb5):
+    # DataLayerSetUp: label_shape(1, batch_size); records in key order, wrapping (Next()).
+    layer, _, top = setup_layer(LMDB5_DATA % ("", ""), TEST)
+    assert top[0].shape == (3, 1, 3, 4) and top[1].shape == (3,)
+    for idx in ([0, 1, 2], [3, 4, 0], [1, 2, 3]):
+        layer.forward([], top)
+        assert top[1].shape == (3,)
+        np.testing.assert_array_equal(top[1].data, [7 + i for i in idx])
+        np.testing.assert_array_equal(top[0].data, np.stack([lmdb5[i] for i in idx]))
+    layer.close()
+
+
+def test_data_rand_skip_is_ignored_as_in_caffe_1_0(lmdb5):
+    # Caffe 1.0's DataLayer never reads data_param.rand_skip ("DEPRECATED. Each solver accesses
+    # a different subset of the database."): DataLayerSetUp reads cursor_->value() at the first
+    # key and load_batch only skips for other solver ranks (Skip()). So reading starts at key 0.
+    for seed in range(4):
+        backend.set_random_seed(seed)
+        layer, _, top = setup_layer(LMDB5_DATA % ("rand_skip: 4", ""), TRAIN)
+        layer.forward([], top)
+        np.testing.assert_array_equal(top[1].data, [7, 8, 9])
+        layer.close()
+
+
+def test_data_mean_value_per_channel_count_is_checked(lmdb5):
+    with pytest.raises(LayerError, match="1 mean_value or as many as channels"):
+        setup_layer(LMDB5_DATA % ("", "transform_param { mean_value: 1 mean_value: 2 }"), TEST)
+
+
 # -- DataTransformer -------------------------------------------------------------------
 
 def test_transformer_mean_value_per_channel_then_scale():
@@ -483,6 +592,97 @@ def test_transformer_errors(tmp_path):
     with pytest.raises(DataError, match="as many as channels"):
         DataTransformer(tparam("mean_value: 1 mean_value: 2")).transform(
             np.zeros((1, 3, 1, 1), np.uint8))
+
+
+X = np.arange(2 * 3 * 5, dtype=np.float32).reshape(1, 2, 3, 5)       # 1 item, C=2, H=3, W=5
+
+
+def test_mean_value_single_is_broadcast_then_scaled():
+    # one mean_value is replicated to every channel; out = (x - mean) * scale
+    t = DataTransformer(tparam("mean_value: 4 scale: 0.5"), TEST)
+    np.testing.assert_array_equal(t.transform(X), (X - 4) * np.float32(0.5))
+    assert t.transform(X)[0, 1, 2, 4] == (29 - 4) * 0.5
+
+
+def test_mean_value_per_channel_and_count_check():
+    t = DataTransformer(tparam("mean_value: 1 mean_value: 10 scale: 2"), TEST)
+    y = t.transform(X)
+    assert y[0, 0, 0, 0] == (0 - 1) * 2 and y[0, 1, 0, 0] == (15 - 10) * 2
+    # CHECK(mean_values_.size() == 1 || mean_values_.size() == datum_channels)
+    t = DataTransformer(tparam("mean_value: 1 mean_value: 2 mean_value: 3"), TEST)
+    with pytest.raises(ValueError, match="1 mean_value or as many as channels"):
+        t.transform(X)
+
+
+def test_mean_file_and_mean_value_are_exclusive(tmp_path):
+    # DataTransformer ctor: CHECK(!(has_mean_file && mean_value_size > 0))
+    write_mean_binaryproto(np.zeros((1, 2, 3, 5), np.float32), str(tmp_path / "m.binaryproto"))
+    with pytest.raises(ValueError, match="mean_file and mean_value"):
+        DataTransformer(tparam('mean_file: "%s" mean_value: 1' % (tmp_path / "m.binaryproto")))
+
+
+def test_test_centre_crop_uses_integer_division(tmp_path):
+    # TEST: h_off = (3 - 2) / 2 = 0, w_off = (5 - 2) / 2 = 1; the mean_file is indexed at the
+    # uncropped position: mean[(c * H + h_off + h) * W + w_off + w]
+    mean = (np.arange(30, dtype=np.float32) * 0.5).reshape(1, 2, 3, 5)
+    write_mean_binaryproto(mean, str(tmp_path / "m.binaryproto"))
+    t = DataTransformer(tparam('crop_size: 2 scale: 3 mean_file: "%s"'
+                               % (tmp_path / "m.binaryproto")), TEST)
+    y = t.transform(X)
+    assert y.shape == (1, 2, 2, 2)
+    # out[1, 1, 0] <- in[1, 1, 1] = 15 + 5 + 1 = 21, mean 10.5 -> (21 - 10.5) * 3 = 31.5
+    assert y[0, 1, 1, 0] == 31.5
+    np.testing.assert_array_equal(y[0], (X[0] - mean[0])[:, 0:2, 1:3] * 3)
+
+
+def test_test_crop_with_mirror_draws_only_the_coin():
+    # phase TEST, crop_size and mirror: do_mirror = mirror && Rand(2) (the only draw, since
+    # the offsets are the centre at TEST); a mirrored item is out[c,h,crop-1-w].
+    x = np.repeat(X, 6, axis=0) + np.arange(6, dtype=np.float32)[:, None, None, None] * 100
+    t = DataTransformer(tparam("crop_size: 2 mirror: true mean_value: 1"), TEST)
+    t.rng = np.random.default_rng(5)
+    y = t.transform(x)
+    ref = np.random.default_rng(5)
+    coins = [bool(ref.integers(2)) for _ in range(6)]
+    assert any(coins) and not all(coins)
+    for i in range(6):
+        crop = x[i, :, 0:2, 1:3] - 1
+        np.testing.assert_array_equal(y[i], crop[:, :, ::-1] if coins[i] else crop)
+
+
+def test_train_crop_draws_coin_then_offsets():
+    # TRAIN: coin first (if mirror), then h_off = Rand(H - crop + 1), w_off = Rand(W - crop + 1)
+    t = DataTransformer(tparam("crop_size: 2 mirror: true"), TRAIN)
+    t.rng = np.random.default_rng(3)
+    y = t.transform(X)
+    ref = np.random.default_rng(3)
+    m, h, w = bool(ref.integers(2)), int(ref.integers(2)), int(ref.integers(4))
+    crop = X[0, :, h:h + 2, w:w + 2]
+    np.testing.assert_array_equal(y[0], crop[:, :, ::-1] if m else crop)
+
+
+def test_transformer_draws_only_when_caffe_does():
+    # InitRand: rng only if mirror || (TRAIN && crop_size)
+    assert not DataTransformer(tparam("crop_size: 2"), TEST).needs_rand
+    assert DataTransformer(tparam("crop_size: 2"), TRAIN).needs_rand
+    assert DataTransformer(tparam("mirror: true"), TEST).needs_rand
+    assert not DataTransformer(tparam("scale: 2"), TRAIN).needs_rand
+
+
+def test_force_color_and_gray_for_encoded_datums():
+    pytest.importorskip("PIL")
+    grey = np.array([[0, 50, 100]], dtype=np.uint8)
+    d = caffe_pb2.Datum(encoded=True, data=_png_bytes(grey))
+    # DecodeDatumToCVMatNative keeps 1 channel; force_color -> 3 (grey replicated, BGR)
+    assert DataTransformer(tparam("")).decode(d).shape == (1, 1, 3)
+    c = DataTransformer(tparam("force_color: true")).decode(d)
+    assert c.shape == (3, 1, 3) and (c == grey[None]).all()
+    rgb = np.array([[[255, 0, 0]]], dtype=np.uint8)
+    d = caffe_pb2.Datum(encoded=True, data=_png_bytes(rgb))
+    assert DataTransformer(tparam("")).decode(d)[:, 0, 0].tolist() == [0, 0, 255]   # BGR
+    assert DataTransformer(tparam("force_gray: true")).decode(d).shape == (1, 1, 1)
+    with pytest.raises(ValueError, match="force_color and force_gray"):
+        DataTransformer(tparam("force_color: true force_gray: true"))
 
 
 def test_datum_roundtrip_and_size_check():
