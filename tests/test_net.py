@@ -35,14 +35,12 @@ layer { name: "accuracy" type: "Accuracy" bottom: "ip2" bottom: "label" top: "ac
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
 """
 
-
 SOFTMAX_NO_TOP = """
 force_backward: true
 layer { name: "in" type: "Input" top: "x" top: "label"
         input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" }
 """
-
 
 IP_NET = """
 name: "ipnet"
