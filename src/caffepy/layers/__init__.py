@@ -2,7 +2,8 @@
 
 Importing this package registers every built-in type with the layer registry.
 """
-from . import data, vision, neuron, common, normalization, loss, recurrent, python_layer  # noqa: F401
+from . import (data, conv, pooling, neuron, common, normalization, loss, recurrent,  # noqa: F401
+               python_layer, vision)
 
 
 def __getattr__(name):

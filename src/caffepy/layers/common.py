@@ -1,5 +1,5 @@
 """Common / utility layers: InnerProduct, Eltwise, Concat, Slice, Split, Reshape, Flatten,
-Embed, Tile, Filter, BatchReindex, Silence, Parameter.
+Embed, Tile, Filter, BatchReindex, Silence, Parameter, Crop.
 
 Each class reproduces the arithmetic (and the order of floating-point operations, where
 it matters) of the Caffe 1.0 layer of the same name.
@@ -8,27 +8,7 @@ from ..blob import Blob
 from ..kernels.pooling import scatter_add
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-def _prod(dims):
-    c = 1
-    for d in dims:
-        c *= int(d)
-    return c
-
-
-
-
-
-
-
-
-
-
-def _fmt_shape(shape):
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+from .shapes import prod, shape_str
 
 
 # -- InnerProduct -------------------------------------------------------------------------
@@ -73,7 +53,7 @@ class InnerProductLayer(Layer):
             raise self.error("input size incompatible with inner product parameters: the layer "
                              "was set up for %d inputs per item (product of bottom dims from "
                              "axis %d) but bottom '%s' has shape %s, i.e. %d",
-                             self.K, axis, "0", _fmt_shape(bottom[0].shape), k)
+                             self.K, axis, "0", shape_str(bottom[0].shape), k)
         self.M = bottom[0].count_range(0, axis)
         top[0].reshape(tuple(bottom[0].shape[:axis]) + (self.N,))
 
@@ -139,8 +119,8 @@ class EltwiseLayer(Layer):
         for i in range(1, len(bottom)):
             if bottom[i].shape != shape:
                 raise self.error("all bottoms must have the same shape: bottom 0 is %s, "
-                                 "bottom %d is %s", _fmt_shape(shape), i,
-                                 _fmt_shape(bottom[i].shape))
+                                 "bottom %d is %s", shape_str(shape), i,
+                                 shape_str(bottom[i].shape))
         top[0].reshape(shape)
         xp = self.xp
         if self.op == caffe_pb2.EltwiseParameter.MAX:
@@ -236,7 +216,7 @@ def _legacy_or_axis(layer, blob, param, legacy_name):
                               legacy_name, ax, legacy_name, blob.num_axes)
         if ax >= blob.num_axes:
             raise layer.error("%s %d is out of range for a bottom with %d axes (shape %s)",
-                              legacy_name, ax, blob.num_axes, _fmt_shape(blob.shape))
+                              legacy_name, ax, blob.num_axes, shape_str(blob.shape))
         return ax
     return layer.canonical_axis(blob, param.axis)
 
@@ -262,12 +242,12 @@ class ConcatLayer(Layer):
             bs = bottom[i].shape
             if len(bs) != len(shape):
                 raise self.error("all inputs must have the same number of axes: bottom 0 is %s, "
-                                 "bottom %d is %s", _fmt_shape(b0.shape), i, _fmt_shape(bs))
+                                 "bottom %d is %s", shape_str(b0.shape), i, shape_str(bs))
             for j in range(len(shape)):
                 if j != axis and bs[j] != shape[j]:
                     raise self.error("all inputs must have the same shape, except at the concat "
                                      "axis %d: bottom 0 is %s, bottom %d is %s", axis,
-                                     _fmt_shape(b0.shape), i, _fmt_shape(bs))
+                                     shape_str(b0.shape), i, shape_str(bs))
             shape[axis] += bs[axis]
         top[0].reshape(shape)
         self.num_concats = b0.count_range(0, axis)
@@ -326,7 +306,7 @@ class SliceLayer(Layer):
                                  len(self.slice_points), ntop)
             if ntop > n_axis:
                 raise self.error("cannot slice axis %d of size %d into %d tops (bottom shape %s)",
-                                 axis, n_axis, ntop, _fmt_shape(b.shape))
+                                 axis, n_axis, ntop, shape_str(b.shape))
             sizes = []
             prev = 0
             for s in self.slice_points:
@@ -337,13 +317,13 @@ class SliceLayer(Layer):
                 prev = s
             if prev >= n_axis:
                 raise self.error("slice_point %d is beyond the end of axis %d (size %d, bottom "
-                                 "shape %s)", prev, axis, n_axis, _fmt_shape(b.shape))
+                                 "shape %s)", prev, axis, n_axis, shape_str(b.shape))
             sizes.append(n_axis - prev)
         else:
             if n_axis % ntop:
                 raise self.error("the number of tops (%d) should evenly divide the input slice "
                                  "axis %d of size %d (bottom shape %s); or give slice_point",
-                                 ntop, axis, n_axis, _fmt_shape(b.shape))
+                                 ntop, axis, n_axis, shape_str(b.shape))
             sizes = [n_axis // ntop] * ntop
         self.sizes = sizes
         shape = list(b.shape)
@@ -468,20 +448,20 @@ class ReshapeLayer(_ViewLayer):
         start = in_axis if in_axis >= 0 else nb + in_axis + 1
         if not 0 <= start <= nb:
             raise self.error("axis %d out of range for a bottom with %d axes (shape %s)",
-                             in_axis, nb, _fmt_shape(b.shape))
+                             in_axis, nb, shape_str(b.shape))
         num_axes = int(p.num_axes)
         if num_axes < -1:
             raise self.error("num_axes must be >= 0, or -1 for all (got %d)", num_axes)
         end = nb if num_axes == -1 else start + num_axes
         if end > nb:
             raise self.error("end axis = axis + num_axes = %d is out of range for a bottom with "
-                             "%d axes (shape %s)", end, nb, _fmt_shape(b.shape))
+                             "%d axes (shape %s)", end, nb, shape_str(b.shape))
         shape = list(b.shape[:start]) + list(self.dims) + list(b.shape[end:])
         for ci in self.copy_axes:
             if start + ci >= nb:
                 raise self.error("new shape contains a 0 at position %d, but there is no "
                                  "corresponding bottom axis to copy (bottom shape %s)",
-                                 ci, _fmt_shape(b.shape))
+                                 ci, shape_str(b.shape))
             shape[start + ci] = b.shape[start + ci]
         if self.inferred_axis >= 0:
             explicit = self.constant_count * b.count_range(0, start) * b.count_range(end)
@@ -490,12 +470,12 @@ class ReshapeLayer(_ViewLayer):
             if explicit == 0 or b.count % explicit:
                 raise self.error("bottom count (%d, shape %s) must be divisible by the product "
                                  "of the specified dimensions (%d)", b.count,
-                                 _fmt_shape(b.shape), explicit)
+                                 shape_str(b.shape), explicit)
             shape[start + self.inferred_axis] = b.count // explicit
-        if _prod(shape) != b.count:
+        if prod(shape) != b.count:
             raise self.error("output count must match input count: new shape %s has %d "
-                             "elements, bottom shape %s has %d", _fmt_shape(shape), _prod(shape),
-                             _fmt_shape(b.shape), b.count)
+                             "elements, bottom shape %s has %d", shape_str(shape), prod(shape),
+                             shape_str(b.shape), b.count)
         self.view(bottom, top, shape)
 
 
@@ -643,12 +623,12 @@ class FilterLayer(Layer):
         for i in range(1, sel.num_axes):
             if sel.shape[i] != 1:
                 raise self.error("selector (last bottom) dimensions must be 1 except the first; "
-                                 "its shape is %s", _fmt_shape(sel.shape))
+                                 "its shape is %s", shape_str(sel.shape))
         n = sel.shape[0]
         for i, b in enumerate(bottom[:-1]):
             if b.num_axes < 1 or b.shape[0] != n:
                 raise self.error("each bottom must have the same first dimension as the selector "
-                                 "(%d): bottom %d has shape %s", n, i, _fmt_shape(b.shape))
+                                 "(%d): bottom %d has shape %s", n, i, shape_str(b.shape))
         self.indices = xp.nonzero(sel.flat_data != 0)[0]
         self.n_fwd = int(self.indices.shape[0])
         new_n = self.n_fwd
@@ -694,7 +674,7 @@ class BatchReindexLayer(Layer):
     def reshape(self, bottom, top):
         if bottom[1].num_axes != 1:
             raise self.error("the index bottom (bottom 1) must be 1-D, got shape %s",
-                             _fmt_shape(bottom[1].shape))
+                             shape_str(bottom[1].shape))
         if bottom[0].num_axes < 1:
             raise self.error("bottom 0 needs at least one axis")
         top[0].reshape((bottom[1].shape[0],) + tuple(bottom[0].shape[1:]))
@@ -772,7 +752,7 @@ class ParameterLayer(Layer):
         for d in shape:
             if d < 0:
                 raise self.error("parameter_param shape %s has a negative dimension",
-                                 _fmt_shape(shape))
+                                 shape_str(shape))
         if len(self.blobs) == 0:
             blob = Blob()
             blob.reshape(shape)
@@ -795,3 +775,55 @@ class ParameterLayer(Layer):
 
     def backward_impl(self, top, propagate_down, bottom):
         pass
+
+
+# -- Crop -----------------------------------------------------------------------------------
+
+@register_layer("Crop")
+class CropLayer(Layer):
+    """Crops bottom[0] to bottom[1]'s shape on axes >= axis, at the given offsets.
+    bottom[1] only provides the shape: no gradient goes to it."""
+    exact_num_bottom_blobs = 2
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.crop_param
+        self.start_axis = self.canonical_axis(bottom[0], p.axis)
+        n_off = len(p.offset)
+        if n_off > 1 and self.start_axis + n_off != bottom[0].num_axes:
+            raise self.error("number of offset values specified must be equal to the number of "
+                             "dimensions following axis (axis %d, %d offsets, bottom has %d axes)",
+                             self.start_axis, n_off, bottom[0].num_axes)
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.crop_param
+        s0, s1 = tuple(bottom[0].shape), tuple(bottom[1].shape)
+        if len(s0) != len(s1):
+            raise self.error("bottom[0] %s and bottom[1] %s must have the same number of axes",
+                             shape_str(s0), shape_str(s1))
+        new_shape, slices = [], []
+        for i in range(len(s0)):
+            if i < self.start_axis:
+                new_shape.append(s0[i])
+                slices.append(slice(None))
+                continue
+            off = 0
+            if len(p.offset) == 1:
+                off = int(p.offset[0])
+            elif len(p.offset) > 1:
+                off = int(p.offset[i - self.start_axis])
+            if s0[i] - off < s1[i]:
+                raise self.error("invalid crop parameters in dimension: %d (bottom[0] size %d, "
+                                 "offset %d, bottom[1] size %d)", i, s0[i], off, s1[i])
+            new_shape.append(s1[i])
+            slices.append(slice(off, off + s1[i]))
+        top[0].reshape(tuple(new_shape))
+        self._slices = tuple(slices)
+
+    def forward_impl(self, bottom, top):
+        top[0].data[...] = bottom[0].data[self._slices]
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = 0
+            bottom[0].diff[self._slices] = top[0].diff

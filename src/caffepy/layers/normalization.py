@@ -1,7 +1,11 @@
-"""Normalization and reduction layers: Softmax, BatchNorm, Scale, Bias, MVN, Reduction, ArgMax."""
+"""Normalization and reduction layers: Softmax, BatchNorm, Scale, Bias, MVN, Reduction, ArgMax,
+LRN (local response normalisation)."""
 import numpy as np
 
+from ..fillers import fill
 from ..layer import Layer, register_layer
+from ..proto import caffe_pb2
+from .shapes import nchw, prod
 
 _f32 = np.float32
 
@@ -10,15 +14,6 @@ def _c(v):
     """A constant as a Python float holding a float32 value (Caffe's Dtype arithmetic),
     so it mixes with NumPy and CuPy float32 arrays without upcasting."""
     return float(np.float32(v))
-
-
-
-
-def _prod(dims):
-    c = 1
-    for d in dims:
-        c *= int(d)
-    return c
 
 
 def _ensure_param_propagate(layer):
@@ -82,7 +77,6 @@ class BatchNormLayer(Layer):
     exact_num_top_blobs = 1
 
     def layer_setup(self, bottom, top):
-        from ..proto import caffe_pb2
         p = self.layer_param.batch_norm_param
         self.moving_average_fraction = _c(p.moving_average_fraction)
         self.use_global_stats = self.phase == caffe_pb2.TEST
@@ -223,7 +217,7 @@ class _BroadcastParam(Layer):
                                  "%s->shape(%d) = %d (bottom shape %s, %s shape %s)",
                                  axis + i, b.shape[axis + i], what, i, d, b.shape, what, pshape)
         outer = b.count_range(0, axis)
-        pdim = _prod(pshape)
+        pdim = prod(pshape)
         inner = b.count_range(axis + len(pshape))
         return outer, pdim, inner
 
@@ -233,7 +227,6 @@ class BiasLayer(_BroadcastParam):
     """y = x + b, b (learned blob or bottom[1]) broadcast from `axis`."""
 
     def layer_setup(self, bottom, top):
-        from ..fillers import fill
         p = self.layer_param.bias_param
         if len(bottom) == 1 and not self.blobs:
             shape = self._param_shape(bottom, p.axis, p.num_axes, "bias")
@@ -274,8 +267,6 @@ class ScaleLayer(_BroadcastParam):
     """y = x * s (+ b): s learned (blob 0) or bottom[1]; optional learned bias (last blob)."""
 
     def layer_setup(self, bottom, top):
-        from ..fillers import fill
-        from ..proto import caffe_pb2
         p = self.layer_param.scale_param
         if len(bottom) == 1 and not self.blobs:
             shape = self._param_shape(bottom, p.axis, p.num_axes, "scale")
@@ -413,7 +404,6 @@ class ReductionLayer(Layer):
     exact_num_top_blobs = 1
 
     def layer_setup(self, bottom, top):
-        from ..proto import caffe_pb2
         p = self.layer_param.reduction_param
         R = caffe_pb2.ReductionParameter
         self.op = p.operation
@@ -531,3 +521,110 @@ class ArgMaxLayer(Layer):
             out[:, 1, :] = vals[:, :, 0]
         else:
             top[0].data.reshape(outer, k)[...] = idx[:, :, 0]
+
+
+# -- LRN ------------------------------------------------------------------------------------
+
+def _box_sum(xp, src, n, pad_buf, row_buf, out):
+    """out = Σ over the n×n window centred on each pixel of src (N, C, H, W), zero-padded.
+    Separable: a sum along W into row_buf, then along H into out."""
+    H, W = src.shape[2], src.shape[3]
+    pre = (n - 1) // 2
+    pad_buf[:, :, pre:pre + H, pre:pre + W] = src
+    row_buf[...] = pad_buf[:, :, :, 0:W]
+    for j in range(1, n):
+        row_buf += pad_buf[:, :, :, j:j + W]
+    out[...] = row_buf[:, :, 0:H]
+    for i in range(1, n):
+        out += row_buf[:, :, i:i + H]
+    return out
+
+
+@register_layer("LRN")
+class LRNLayer(Layer):
+    """Local response normalisation.
+    ACROSS_CHANNELS: y = x·(k + α/n·Σ_{n channels} x²)^−β.
+    WITHIN_CHANNEL:  y = x·(1 + α/n²·Σ_{n×n window, zero-padded} x²)^−β (k is not used)."""
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.lrn_param
+        self.size = int(p.local_size)
+        if self.size % 2 != 1:
+            raise self.error("LRN only supports odd values for local_size (got %d)", self.size)
+        self.pre_pad = (self.size - 1) // 2
+        self.alpha, self.beta, self.k = float(p.alpha), float(p.beta), float(p.k)
+        self.across = p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
+        self._key = None
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        shape = nchw(self, b)
+        if top[0] is not b:
+            top[0].reshape(shape)
+        if shape != self._key:
+            self._key = shape
+            xp = self.xp
+            N, C, H, W = shape
+            n = self.size
+            if self.across:
+                self._pad = xp.zeros((N, C + n - 1, H, W), dtype=np.float32)
+            else:
+                self._pad = xp.zeros((N, C, H + n - 1, W + n - 1), dtype=np.float32)
+                self._row = xp.empty((N, C, H + n - 1, W), dtype=np.float32)
+            self._scale = xp.empty(shape, dtype=np.float32)
+            self._spow = xp.empty(shape, dtype=np.float32)
+            self._tmp = xp.empty(shape, dtype=np.float32)
+            self._xsave = None
+
+    def _window_sum(self, src, out):
+        """Σ of src over each element's LRN window (channels or n×n plane window)."""
+        xp = self.xp
+        if self.across:
+            C = src.shape[1]
+            pad = self._pad
+            pad[:, self.pre_pad:self.pre_pad + C] = src
+            out[...] = pad[:, 0:C]
+            for i in range(1, self.size):
+                out += pad[:, i:i + C]
+            return out
+        return _box_sum(xp, src, self.size, self._pad, self._row, out)
+
+    def forward_impl(self, bottom, top):
+        xp = self.xp
+        x = bottom[0].data
+        in_place = top[0] is bottom[0]
+        if in_place:
+            if self._xsave is None:
+                self._xsave = xp.empty(x.shape, dtype=np.float32)
+            self._xsave[...] = x
+        scale = self._scale
+        xp.multiply(x, x, out=self._tmp)
+        self._window_sum(self._tmp, scale)
+        if self.across:
+            scale *= np.float32(self.alpha / self.size)
+            scale += np.float32(self.k)
+        else:
+            # Caffe's chain: AVE pool (÷ n²) -> Power(scale α, shift 1, power −β)
+            scale *= np.float32(1.0 / (self.size * self.size))
+            scale *= np.float32(self.alpha)
+            scale += np.float32(1.0)
+        xp.power(scale, np.float32(-self.beta), out=self._spow)
+        xp.multiply(x, self._spow, out=top[0].data)
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp
+        dy, y = top[0].diff, top[0].data
+        x = self._xsave if top[0] is bottom[0] else bottom[0].data
+        n2 = self.size if self.across else self.size * self.size
+        ratio = self._tmp
+        xp.multiply(dy, y, out=ratio)
+        ratio /= self._scale
+        acc = self._window_sum(ratio, ratio)     # the sum reads ratio before overwriting it
+        acc *= x
+        acc *= np.float32(2.0 * self.alpha * self.beta / n2)
+        xp.multiply(dy, self._spow, out=bottom[0].diff)
+        bottom[0].diff[...] -= acc
