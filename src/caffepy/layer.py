@@ -214,8 +214,21 @@ class Layer:
         if not cond:
             raise self.error(msg, *args)
 
+    # -- which params get a gradient (Caffe's param_propagate_down_) -------------------
+    # The list is the layer's: ``setup`` sizes it to the param blobs (True for each, as every
+    # Caffe LayerSetUp does), the Net then sets each entry (lr_mult != 0, force_backward)
+    # through set_param_propagate_down, and backward_impl reads it through param_propagate.
     def param_propagate(self, i):
+        """Whether backward accumulates a gradient into param blob ``i``."""
         return i < len(self.param_propagate_down) and self.param_propagate_down[i]
+
+    def set_param_propagate_down(self, i, value):
+        self.param_propagate_down[i] = bool(value)
+
+    def _size_param_propagate_down(self):
+        n = len(self.blobs)
+        del self.param_propagate_down[n:]
+        self.param_propagate_down.extend([True] * (n - len(self.param_propagate_down)))
 
     # -- framework ------------------------------------------------------------
     def check_blob_counts(self, bottom, top):
@@ -239,8 +252,7 @@ class Layer:
             self.layer_param.loss_weight.append(1.0)
         self.layer_setup(bottom, top)
         # Like every Caffe LayerSetUp: params propagate unless the Net says otherwise.
-        if len(self.param_propagate_down) < len(self.blobs):
-            self.param_propagate_down.extend([True] * (len(self.blobs) - len(self.param_propagate_down)))
+        self._size_param_propagate_down()
         self.reshape(bottom, top)
         self.set_loss_weights(top)
 

@@ -8,9 +8,12 @@ exactly as Caffe does, so in place they see the output (Caffe's numbers).
 import numpy as np
 
 from .. import backend
+from ..fillers import fill
 from ..layer import NeuronLayer, register_layer
+from ..proto import caffe_pb2
 
 _f32 = np.float32
+_TRAIN = caffe_pb2.TRAIN
 
 
 def _c(v):
@@ -88,8 +91,6 @@ class PReLULayer(_SavesInput):
     """y = max(x, 0) + a_c * min(x, 0), a learned per channel (axis 1) or shared."""
 
     def layer_setup(self, bottom, top):
-        from ..fillers import fill
-        from ..proto import caffe_pb2
         p = self.layer_param.prelu_param
         if bottom[0].num_axes < 2:
             raise self.error("number of axes of bottom blob must be >= 2 (got shape %s)",
@@ -113,8 +114,6 @@ class PReLULayer(_SavesInput):
             raise self.error("negative slope size is inconsistent with prototxt config "
                              "(%d channels, slope blob has %d values)", channels,
                              self.blobs[0].count)
-        if len(self.param_propagate_down) < len(self.blobs):
-            self.param_propagate_down = [True] * len(self.blobs)
 
     def reshape(self, bottom, top):
         if bottom[0].num_axes < 2:
@@ -412,21 +411,25 @@ class ThresholdLayer(NeuronLayer):
 
 @register_layer("Dropout")
 class DropoutLayer(NeuronLayer):
-    """TRAIN: y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); TEST: identity."""
+    """TRAIN: y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); TEST: identity.
+
+    dropout_ratio 0 drops nothing (scale 1), so TRAIN is the identity too: Caffe checks the
+    ratio only in debug builds, and its release builds train such nets. A ratio of 1 (or more)
+    is refused: it would drop every unit and scale by 1/0."""
 
     def layer_setup(self, bottom, top):
         p = float(self.layer_param.dropout_param.dropout_ratio)
-        if not 0.0 < p < 1.0:
-            raise self.error("dropout_ratio must be in (0, 1), got %g", p)
+        if not 0.0 <= p < 1.0:
+            raise self.error("dropout_ratio must be in [0, 1), got %g", p)
         self.ratio = _c(p)
         self.scale = _c(1.0 / (1.0 - self.ratio))
         self._mask = None
         self._uniform = None     # host buffers: the draws and the scaled mask
         self._host_mask = None
 
-    def _train(self):
-        from ..proto import caffe_pb2
-        return self.phase == caffe_pb2.TRAIN
+    def _dropping(self):
+        """TRAIN with a positive ratio (otherwise the layer is the identity)."""
+        return self.phase == _TRAIN and self.ratio > 0
 
     def _draw_mask(self, shape):
         """Scale where kept, 0 where dropped. Drawn from caffepy's host stream, so CPU and
@@ -443,7 +446,7 @@ class DropoutLayer(NeuronLayer):
     def forward_impl(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
-        if self._train():
+        if self._dropping():
             # the mask carries the 1/(1-p) scale: x*scale for kept units, 0 otherwise
             self._mask = self._draw_mask(x.shape)
             xp.multiply(x, self._mask, out=top[0].data)
@@ -454,7 +457,7 @@ class DropoutLayer(NeuronLayer):
         if not propagate_down[0]:
             return
         xp = self.xp
-        if self._train():
+        if self._dropping():
             if self._mask is None or self._mask.shape != top[0].diff.shape:
                 raise self.error("backward called before forward (no dropout mask)")
             xp.multiply(top[0].diff, self._mask, out=bottom[0].diff)
