@@ -24,6 +24,7 @@ import shutil
 
 import numpy as np
 
+from ..data.datum import array_to_datum
 from ..proto import caffe_pb2
 from . import ToolError
 from .dbio import check_backend, discard, new_db, progress_bar
@@ -77,15 +78,13 @@ def _write_db(paths, db_path, backend, progress, what):
     count = 0
     try:
         datum = caffe_pb2.Datum()
-        datum.channels, datum.height, datum.width = 3, CIFAR_SIZE, CIFAR_SIZE
         for fileid, path in enumerate(paths):
             if what == "Training":
                 log.info("Training Batch %d", fileid + 1)
             labels, pixels = read_batch(path)
             items = []
             for i in range(len(labels)):
-                datum.label = int(labels[i])
-                datum.data = pixels[i].tobytes()
+                array_to_datum(pixels[i].reshape(3, CIFAR_SIZE, CIFAR_SIZE), labels[i], datum)
                 items.append((b"%05d" % count, datum.SerializeToString()))
                 count += 1
             writer.write(items)            # one commit per batch file

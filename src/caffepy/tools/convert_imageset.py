@@ -44,7 +44,7 @@ import os
 
 import numpy as np
 
-from ..proto import caffe_pb2
+from ..data.datum import array_to_datum, encoded_datum
 from . import ToolError
 from .dbio import check_backend, discard, new_db, progress_bar
 
@@ -174,25 +174,20 @@ class _Converter:
                              where=where)
         except _Unreadable as e:
             return None, str(e)
-        datum = caffe_pb2.Datum()
         if self.encoded:
             enc = self.encoding_of(rel)
             if not self.rh and not self.rw and (not enc or match_ext(path, enc)):
                 try:
                     with open(path, "rb") as f:
-                        datum.data = f.read()
+                        data = f.read()
                 except OSError as e:
                     return None, "could not load %s: %s" % (where, e.strerror or e)
             else:
-                datum.data = encode_image(img, enc or "png")
-            datum.label = label
-            datum.encoded = True
+                data = encode_image(img, enc or "png")
+            datum = encoded_datum(data, label)
         else:
-            c, h, w = img.shape
-            datum.channels, datum.height, datum.width = c, h, w
-            datum.encoded = False
-            datum.data = np.ascontiguousarray(img).tobytes()
-            datum.label = label
+            datum = array_to_datum(img, label)
+            datum.encoded = False               # as Caffe's CVMatToDatum writes it
         return img.shape, datum.SerializeToString()
 
 

@@ -19,6 +19,7 @@ import shutil
 
 import numpy as np
 
+from ..data.datum import array_to_datum
 from ..proto import caffe_pb2
 from . import ToolError, dbio
 
@@ -128,11 +129,9 @@ def write_mnist_db(images, labels, db_path, backend="lmdb", commit_every=COMMIT_
     count = 0
     try:
         datum = caffe_pb2.Datum()
-        datum.channels, datum.height, datum.width = 1, rows, cols
         batch = []
         for item_id in range(num):
-            datum.data = images[item_id].tobytes()
-            datum.label = int(labels[item_id])
+            array_to_datum(images[item_id][None], labels[item_id], datum)
             batch.append((b"%08d" % item_id, datum.SerializeToString()))
             count += 1
             if count % commit_every == 0:

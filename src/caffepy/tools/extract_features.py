@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from ..data.datum import array_to_datum
 from ..proto import caffe_pb2
 from . import ToolError
 from .dbio import check_backend, discard, new_db
@@ -117,8 +118,7 @@ def _run(net, blob_names, db_names, num_mini_batches, db_type, commit_every, bac
                     continue
                 items = values.reshape(num, -1)
                 for n in range(num):
-                    datum.channels, datum.height, datum.width = c, h, w
-                    datum.float_data[:] = items[n]
+                    array_to_datum(items[n].reshape(c, h, w), datum=datum)
                     pending[i].append((b"%010d" % counts[i], datum.SerializeToString()))
                     counts[i] += 1
                     if counts[i] % commit_every == 0:
