@@ -10,22 +10,20 @@ A rule registered later gets its class, ``<Name>Solver``, the first time it is a
 from ..errors import SolverError
 from . import config
 from .solver import Solver
+from .registry import Registry
 from .updaters import find_update_rule, update_rule_names
 
-_CLASSES = {}        # type name -> Solver subclass
+_CLASSES = Registry("Unknown solver type: '%s' (known types: %s)", name_attr="type_name")
 
 
 def register_solver(type_name, cls=None):
-    """Register a Solver subclass under a ``type`` name (without ``cls``, a decorator)."""
-    def deco(c):
-        _CLASSES[type_name] = c
-        c.type_name = type_name
-        return c
-    return deco(cls) if cls is not None else deco
+    """Register a Solver subclass under a ``type`` name (without ``cls``, a decorator); it
+    sets the class's ``type_name``."""
+    return _CLASSES.register(type_name, cls)
 
 
 def solver_type_list():
-    return sorted(set(_CLASSES) | set(update_rule_names()))
+    return sorted(set(_CLASSES.names()) | set(update_rule_names()))
 
 
 def solver_class(type_name):
