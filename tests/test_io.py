@@ -124,6 +124,19 @@ def test_blobproto_one_legacy_field_is_enough():
         cio.blobproto_to_array(bp)
 
 
+def test_blobproto_shape_equals_as_caffe():
+    legacy = caffe_pb2.BlobProto(num=1, channels=1, height=3, width=4)
+    assert bcodec.blobproto_is_legacy(legacy)
+    assert bcodec.blobproto_shape_equals((3, 4), legacy)            # right-aligned, 1-padded
+    assert bcodec.blobproto_shape_equals((1, 1, 3, 4), legacy)
+    assert not bcodec.blobproto_shape_equals((4, 3), legacy)
+    assert not bcodec.blobproto_shape_equals((1, 1, 1, 3, 4), legacy)  # more than 4 axes
+    nd = caffe_pb2.BlobProto()
+    nd.shape.dim.extend([3, 4])
+    assert not bcodec.blobproto_is_legacy(nd)
+    assert bcodec.blobproto_shape_equals((3, 4), nd)
+    assert not bcodec.blobproto_shape_equals((1, 3, 4), nd)
+
 def test_blobproto_double_data_caffe_prefers_it_pycaffe_does_not():
     bp = caffe_pb2.BlobProto()
     bp.shape.dim.extend([3])

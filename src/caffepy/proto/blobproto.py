@@ -15,11 +15,27 @@ from .files import parse_binary, read_binary, write_binary
 _LEGACY_FIELDS = ("num", "channels", "height", "width")
 
 
+def blobproto_is_legacy(bp):
+    """Whether the BlobProto gives its shape in the legacy num/channels/height/width fields
+    (any one of them set)."""
+    return any(bp.HasField(f) for f in _LEGACY_FIELDS)
+
+
 def blobproto_shape(bp):
     """The blob's shape: legacy (num, channels, height, width) if any is set, else shape.dim."""
-    if any(bp.HasField(f) for f in _LEGACY_FIELDS):
+    if blobproto_is_legacy(bp):
         return (bp.num, bp.channels, bp.height, bp.width)
     return tuple(int(d) for d in bp.shape.dim)
+
+
+def blobproto_shape_equals(shape, bp):
+    """Caffe's Blob::ShapeEquals: whether a blob of ``shape`` matches the BlobProto. A legacy
+    4-D proto matches a blob of at most 4 axes padded with leading 1s (a bias of shape (N,)
+    matches 1 x 1 x 1 x N); otherwise shape.dim must equal the shape."""
+    shape = tuple(int(d) for d in shape)
+    if blobproto_is_legacy(bp):
+        return len(shape) <= 4 and (1,) * (4 - len(shape)) + shape == blobproto_shape(bp)
+    return shape == blobproto_shape(bp)
 
 
 def _values(bp, return_diff, prefer_double):
