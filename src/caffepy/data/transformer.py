@@ -19,7 +19,7 @@ index (random TRAIN offsets), then one subtract, one multiply and one flip of th
 import numpy as np
 
 from .. import backend
-from ..proto import caffe_pb2
+from ..proto import ProtoError, caffe_pb2, read_mean_binaryproto
 from .datum import datum_to_array
 from .db import DataError
 
@@ -48,7 +48,6 @@ class DataTransformer:
         if param.HasField("mean_file"):
             if len(param.mean_value):
                 raise error("transform_param: cannot specify mean_file and mean_value at the same time")
-            from ..proto import ProtoError, read_mean_binaryproto
             try:
                 mean = read_mean_binaryproto(param.mean_file)
             except (OSError, ProtoError) as e:

@@ -44,8 +44,18 @@ def scatter_add(xp, target_flat, index, values):
     elif hasattr(xp.add, "at"):  # pragma: no cover - GPU only: CuPy >= 12 has ufunc.at
         xp.add.at(target_flat, index, values)
     else:  # pragma: no cover - older CuPy
+        _legacy_scatter_add()(target_flat, index, values)
+
+
+_cupyx_scatter_add = None       # CuPy < 12: cupyx.scatter_add, looked up once
+
+
+def _legacy_scatter_add():  # pragma: no cover - older CuPy
+    global _cupyx_scatter_add
+    if _cupyx_scatter_add is None:
         import cupyx
-        cupyx.scatter_add(target_flat, index, values)
+        _cupyx_scatter_add = cupyx.scatter_add
+    return _cupyx_scatter_add
 
 
 def _phase_range(size, grid, phase, stride, pad):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..blob import Blob
 from ..layer import Layer, LossLayer, register_layer
-from ..proto import caffe_pb2
+from ..proto import ProtoError, blobproto_to_array, caffe_pb2, read_binary
 
 _f32 = np.float32
 FLT_MIN = _f32(np.finfo(np.float32).tiny)   # 1.17549435e-38
@@ -247,7 +247,6 @@ class InfogainLossLayer(_SoftmaxLoss):
             if not ip.HasField("source") or not ip.source:
                 raise self.error("the infogain matrix H must be given, either as "
                                  "infogain_loss_param.source or as a third bottom")
-            from ..proto import ProtoError, blobproto_to_array, read_binary
             try:
                 h = blobproto_to_array(read_binary(ip.source, caffe_pb2.BlobProto()))
             except (ProtoError, OSError) as e:
