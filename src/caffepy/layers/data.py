@@ -8,16 +8,30 @@ setup and each forward writes (and, where the data decides, reshapes) them.
 Data, ImageData and WindowData load their batches in a background thread (caffepy.data.prefetch)
 ``data_param.prefetch`` batches ahead (default 4). ``layer.close()`` stops it; so does the layer
 (or its Net) being garbage collected, and interpreter exit.
+
+The layers read their parameters, check them and hand the reading to a source in caffepy.data:
+``sources.DatumSource`` (Data), ``sources.ImageListSource`` (ImageData),
+``window.WindowSampler`` (WindowData), ``hdf5.HDF5ListSource`` (HDF5Data) and
+``sources.ArraySource`` (MemoryData).
 """
 import logging
-import os
 
 import numpy as np
 
 from .. import backend
+from ..data.datum import parse_datum
+from ..data.db import WrappingCursor, open_db
+from ..data.hdf5 import HDF5ListSource, load_h5py
+from ..data.prefetch import Batch, Prefetcher, attach
+from ..data.sources import (ArraySource, DatumSource, ImageListSource, dims_str,
+                            parse_image_list)
+from ..data.transformer import DataTransformer
+from ..data.window import WindowSampler, parse_window_file
 from ..fillers import FillerError, fill_array
 from ..layer import Layer, LayerError, register_layer
 from ..proto import caffe_pb2
+
+log = logging.getLogger("caffepy")
 
 
 def _write(blob, arr):
@@ -26,8 +40,14 @@ def _write(blob, arr):
     blob.data[...] = xp.asarray(arr)
 
 
-def _shape_str(shape):
-    return " x ".join(str(d) for d in shape) if len(shape) else "(scalar)"
+def _error_factory(layer):
+    """A LayerError maker naming ``layer`` that holds no reference to it (so a source, which a
+    prefetch thread may use, does not keep the layer alive)."""
+    prefix = "Layer '%s' (%s): " % (layer.name, layer.type)
+
+    def error(msg, *args):
+        return LayerError(prefix + (msg % args if args else msg))
+    return error
 
 
 class _NoGradLayer(Layer):
@@ -149,10 +169,7 @@ class MemoryDataLayer(_NoGradLayer):
                              "positive in memory_data_param")
         top[0].reshape((self.batch_size, self.channels, self.height, self.width))
         top[1].reshape((self.batch_size,))
-        self._data = None
-        self._labels = None
-        self.n = 0
-        self.pos = 0
+        self._source = ArraySource()
         self.has_new_data = False
         self._transformer = None
 
@@ -179,14 +196,11 @@ class MemoryDataLayer(_NoGradLayer):
         if labels.size < n:
             raise self.error("labels hold %d values, but there are %d items", labels.size, n)
         if self.layer_param.HasField("transform_param"):
-            import logging
-            logging.getLogger("caffepy").warning(
-                "%s does not transform array data on reset()", self.type)
-        self._data = np.ascontiguousarray(data, dtype=np.float32).reshape(-1)[:n * self.size] \
-            .reshape(n, self.channels, self.height, self.width)
-        self._labels = np.ascontiguousarray(labels, dtype=np.float32).reshape(-1)[:n]
-        self.n = n
-        self.pos = 0
+            log.warning("%s does not transform array data on reset()", self.type)
+        self._source.set(
+            np.ascontiguousarray(data, dtype=np.float32).reshape(-1)[:n * self.size]
+            .reshape(n, self.channels, self.height, self.width),
+            np.ascontiguousarray(labels, dtype=np.float32).reshape(-1)[:n])
 
     def set_input_arrays(self, data, labels):
         """pycaffe's Net.set_input_arrays: data N×C×H×W float32, labels N (or N×1×1×1)."""
@@ -196,7 +210,7 @@ class MemoryDataLayer(_NoGradLayer):
             raise self.error("data array must be 4-d (N x C x H x W), got shape %s", data.shape)
         if data.shape[1:] != (self.channels, self.height, self.width):
             raise self.error("data array has wrong dimensions %s: this layer takes N x %d x %d x %d",
-                             _shape_str(data.shape), self.channels, self.height, self.width)
+                             dims_str(data.shape), self.channels, self.height, self.width)
         if labels.ndim == 4 and labels.shape[1:] == (1, 1, 1):
             labels = labels.reshape(labels.shape[0])
         if labels.ndim != 1:
@@ -210,47 +224,42 @@ class MemoryDataLayer(_NoGradLayer):
                              "batch size (%d)", data.shape[0], self.batch_size)
         self.reset(data, labels, data.shape[0])
 
-    def add_datum_vector(self, datums):
-        """Serve transformed Datums (their number must be a multiple of batch_size)."""
+    def _new_items(self, num, what, item):
+        """Caffe's checks of AddDatumVector/AddMatVector; returns the layer's transformer."""
         if self.has_new_data:
-            raise self.error("can't add data until current data has been consumed")
-        num = len(datums)
+            raise self.error("can't add %s until current data has been consumed", what)
         if num == 0:
-            raise self.error("there is no datum to add")
+            raise self.error("there is no %s to add", item)
         if num % self.batch_size != 0:
             raise self.error("the added data (%d items) must be a multiple of the batch size (%d)",
                              num, self.batch_size)
         if self._transformer is None:
-            from ..data import DataTransformer
             self._transformer = DataTransformer(self.layer_param.transform_param, self.phase,
                                                 error=self.error)
-        items = [self._transformer.decode(d) for d in datums]
+        return self._transformer
+
+    def _serve_transformed(self, items, labels, what):
         data = self._transformer.transform_items(items)
         if data.shape[1:] != (self.channels, self.height, self.width):
-            raise self.error("the transformed datums are %s, but this layer takes %d x %d x %d",
-                             _shape_str(data.shape[1:]), self.channels, self.height, self.width)
-        labels = np.array([d.label for d in datums], dtype=np.float32)
-        self._data, self._labels, self.n, self.pos = data, labels, num, 0
+            raise self.error("the transformed %s are %s, but this layer takes %d x %d x %d", what,
+                             dims_str(data.shape[1:]), self.channels, self.height, self.width)
+        self._source.set(data, np.asarray(labels, dtype=np.float32).reshape(len(items)))
         self.has_new_data = True
+
+    def add_datum_vector(self, datums):
+        """Serve transformed Datums (their number must be a multiple of batch_size)."""
+        t = self._new_items(len(datums), "data", "datum")
+        self._serve_transformed([t.decode(d) for d in datums], [d.label for d in datums],
+                                "datums")
 
     def add_mat_vector(self, images, labels):
         """Caffe's AddMatVector: serve transformed images (H×W×C uint8 arrays in OpenCV's BGR
         order, or H×W for grey) with their labels; their number must be a multiple of
         batch_size."""
-        if self.has_new_data:
-            raise self.error("can't add mat until current data has been consumed")
         num = len(images)
-        if num == 0:
-            raise self.error("there is no mat to add")
-        if num % self.batch_size != 0:
-            raise self.error("the added data (%d items) must be a multiple of the batch size (%d)",
-                             num, self.batch_size)
+        self._new_items(num, "mat", "mat")
         if len(labels) != num:
             raise self.error("%d images but %d labels", num, len(labels))
-        if self._transformer is None:
-            from ..data import DataTransformer
-            self._transformer = DataTransformer(self.layer_param.transform_param, self.phase,
-                                                error=self.error)
         items = []
         for img in images:
             img = np.asarray(img)
@@ -260,13 +269,7 @@ class MemoryDataLayer(_NoGradLayer):
                 raise self.error("images must be H x W x C (OpenCV layout), got shape %s",
                                  img.shape)
             items.append(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        data = self._transformer.transform_items(items)
-        if data.shape[1:] != (self.channels, self.height, self.width):
-            raise self.error("the transformed images are %s, but this layer takes %d x %d x %d",
-                             _shape_str(data.shape[1:]), self.channels, self.height, self.width)
-        self._data, self.n, self.pos = data, num, 0
-        self._labels = np.asarray(labels, dtype=np.float32).reshape(num)
-        self.has_new_data = True
+        self._serve_transformed(items, labels, "images")
 
     def set_batch_size(self, new_size):
         if self.has_new_data:
@@ -274,151 +277,50 @@ class MemoryDataLayer(_NoGradLayer):
         self.batch_size = int(new_size)
 
     def forward_impl(self, bottom, top):
-        if self._data is None:
+        src = self._source
+        if src.data is None:
             raise self.error("no input arrays: call set_input_arrays(data, labels) (pycaffe) or "
                              "reset(data, labels, n) before the first forward")
         b = self.batch_size
-        if self.n % b != 0:
+        if src.n % b != 0:
             raise self.error("the number of items (%d) must be a multiple of batch_size (%d)",
-                             self.n, b)
+                             src.n, b)
         top[0].reshape((b, self.channels, self.height, self.width))
         top[1].reshape((b, 1, 1, 1))
-        _write(top[0], self._data[self.pos:self.pos + b])
-        _write(top[1], self._labels[self.pos:self.pos + b].reshape(b, 1, 1, 1))
-        self.pos = (self.pos + b) % self.n
-        if self.pos == 0:
+        data, labels, wrapped = src.next(b)
+        _write(top[0], data)
+        _write(top[1], labels.reshape(b, 1, 1, 1))
+        if wrapped:
             self.has_new_data = False
 
 
 # -- HDF5Data --------------------------------------------------------------------------
 
-def _h5py(layer):
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover - h5py is a dependency
-        raise layer.error("needs the h5py package (pip install h5py)") from None
-    return h5py
-
-
 @register_layer("HDF5Data")
 class HDF5DataLayer(_NoGradLayer):
-    """Reads the datasets named after its tops from the .h5 files listed in a text file."""
+    """Reads the datasets named after its tops from the .h5 files listed in a text file
+    (caffepy.data.hdf5), batch_size rows per forward, optionally shuffled."""
     min_top_blobs = 1
 
     def layer_setup(self, bottom, top):
         if self.layer_param.HasField("transform_param"):
-            import logging
-            logging.getLogger("caffepy").warning(
-                "Layer '%s' (HDF5Data): transform_param is ignored: HDF5Data does not transform "
-                "its data (as in Caffe)", self.name)
+            log.warning("Layer '%s' (HDF5Data): transform_param is ignored: HDF5Data does not "
+                        "transform its data (as in Caffe)", self.name)
         p = self.layer_param.hdf5_data_param
         self.batch_size = int(p.batch_size)
         if self.batch_size <= 0:
             raise self.error("hdf5_data_param.batch_size must be positive")
-        self.shuffle = bool(p.shuffle)
         self.top_names = list(self.layer_param.top)
         if len(self.top_names) != len(top):
             raise self.error("each top reads the dataset of its name, but the layer parameter "
                              "names %d tops and %d top blobs were given",
                              len(self.top_names), len(top))
-        source = p.source
-        try:
-            with open(source, "r") as f:
-                self.filenames = f.read().split()
-        except OSError as e:
-            raise self.error("failed to open source file '%s': %s", source,
-                             e.strerror or e) from None
-        self.source = source
-        if not self.filenames:
-            raise self.error("must have at least 1 HDF5 filename listed in '%s'", source)
-        self.file_permutation = np.arange(len(self.filenames))
-        if self.shuffle:
-            self.file_permutation = backend.rng().permutation(len(self.filenames))
-        self.current_file = 0
-        self._load(self.filenames[self.file_permutation[0]])
-        self.current_row = 0
-        for t, arr in zip(top, self.file_data):
-            t.reshape((self.batch_size,) + arr.shape[1:])
-        self.row_shapes = [arr.shape[1:] for arr in self.file_data]
-
-    def _load(self, filename):
-        h5py = _h5py(self)
-        if not os.path.isfile(filename):
-            raise self.error("failed opening HDF5 file '%s' (listed in '%s'): no such file",
-                             filename, self.source)
-        try:
-            f = h5py.File(filename, "r")
-        except OSError as e:
-            raise self.error("failed opening HDF5 file '%s' (listed in '%s'): %s",
-                             filename, self.source, e) from None
-        arrays = []
-        with f:
-            for name in self.top_names:
-                if name not in f or not isinstance(f[name], h5py.Dataset):
-                    raise self.error("HDF5 file '%s' has no dataset '%s' (the dataset read into "
-                                     "top '%s'; it has: %s)", filename, name, name,
-                                     ", ".join(sorted(f.keys())) or "nothing")
-                ds = f[name]
-                if ds.dtype.kind not in "fiu":
-                    raise self.error("dataset '%s' in '%s' has unsupported type %s (need float or "
-                                     "integer data)", name, filename, ds.dtype)
-                if ds.ndim < 1:
-                    raise self.error("dataset '%s' in '%s' must have at least 1 axis", name, filename)
-                arrays.append(np.asarray(ds[()], dtype=np.float32))
-        num = arrays[0].shape[0]
-        for name, arr in zip(self.top_names, arrays):
-            if arr.shape[0] != num:
-                raise self.error("datasets in '%s' must have the same number of rows: '%s' has %d, "
-                                 "'%s' has %d", filename, self.top_names[0], num, name, arr.shape[0])
-        if num == 0:
-            raise self.error("HDF5 file '%s' has no rows", filename)
-        if hasattr(self, "row_shapes"):
-            for name, arr, shp in zip(self.top_names, arrays, self.row_shapes):
-                if arr.shape[1:] != shp:
-                    raise self.error("dataset '%s' in '%s' has rows of shape %s, but the first file "
-                                     "had %s: every file must have the same row shape", name,
-                                     filename, _shape_str(arr.shape[1:]), _shape_str(shp))
-        self.file_data = arrays
-        self.current_filename = filename
-        self.data_permutation = np.arange(num)
-        if self.shuffle:
-            self.data_permutation = backend.rng().permutation(num)
-
-    def _next_file(self):
-        """Caffe's Next() at the end of the current file's rows."""
-        if len(self.filenames) > 1:
-            self.current_file += 1
-            if self.current_file == len(self.filenames):
-                self.current_file = 0
-                if self.shuffle:
-                    backend.rng().shuffle(self.file_permutation)
-            self._load(self.filenames[self.file_permutation[self.current_file]])
-        self.current_row = 0
-        if self.shuffle:
-            backend.rng().shuffle(self.data_permutation)
+        self.reader = HDF5ListSource(p.source, self.top_names, p.shuffle, _error_factory(self))
+        for t, shape in zip(top, self.reader.row_shapes):
+            t.reshape((self.batch_size,) + shape)
 
     def forward_impl(self, bottom, top):
-        b = self.batch_size
-        filled = 0
-        while filled < b:
-            rows = self.file_data[0].shape[0]
-            k = min(b - filled, rows - self.current_row)
-            if self.shuffle:
-                idx = self.data_permutation[self.current_row:self.current_row + k]
-                for t, arr in zip(top, self.file_data):
-                    _write_rows(t, filled, arr[idx])
-            else:
-                for t, arr in zip(top, self.file_data):
-                    _write_rows(t, filled, arr[self.current_row:self.current_row + k])
-            filled += k
-            self.current_row += k
-            if self.current_row == rows:
-                self._next_file()
-
-
-def _write_rows(blob, start, rows):
-    xp = backend.array_module(blob.data)
-    blob.data[start:start + rows.shape[0]] = xp.asarray(rows)
+        self.reader.read_batch([t.data for t in top])
 
 
 # -- HDF5Output ------------------------------------------------------------------------
@@ -435,7 +337,7 @@ class HDF5OutputLayer(Layer):
     exact_num_top_blobs = 0
 
     def layer_setup(self, bottom, top):
-        h5py = _h5py(self)
+        h5py = load_h5py(self.error)
         self.file_name = self.layer_param.hdf5_output_param.file_name
         if not self.file_name:
             raise self.error("hdf5_output_param.file_name must be set")
@@ -458,7 +360,7 @@ class HDF5OutputLayer(Layer):
         for i, b in enumerate(bottom):
             if b.num_axes > 4:
                 raise self.error("cannot save bottom %d of shape %s: HDF5Output stores blobs "
-                                 "with at most 4 axes", i, _shape_str(b.shape))
+                                 "with at most 4 axes", i, dims_str(b.shape))
         dshape = self._legacy_shape(bottom[0].shape)
         lshape = self._legacy_shape(bottom[1].shape)
         if dshape[0] != lshape[0]:
@@ -493,16 +395,6 @@ class HDF5OutputLayer(Layer):
 
 # -- prefetching data layers -----------------------------------------------------------
 
-def _error_factory(layer):
-    """A LayerError maker naming ``layer`` that does not hold a reference to it (so the prefetch
-    thread, which uses it, does not keep the layer alive)."""
-    prefix = "Layer '%s' (%s): " % (layer.name, layer.type)
-
-    def error(msg, *args):
-        return LayerError(prefix + (msg % args if args else msg))
-    return error
-
-
 def _transform_param(layer_param, legacy=None, fields=("scale", "mean_file", "crop_size", "mirror")):
     """The layer's transform_param. As in Caffe 1.0, the deprecated transformation fields of
     the layer's own parameter (``legacy``: data_param, image_data_param, window_data_param) are
@@ -512,26 +404,11 @@ def _transform_param(layer_param, legacy=None, fields=("scale", "mean_file", "cr
     where = next(f.name for f in layer_param.DESCRIPTOR.fields if f.message_type is dp.DESCRIPTOR)
     for field in fields:
         if dp.HasField(field):
-            logging.getLogger("caffepy").warning(
-                "Layer '%s' (%s): %s.%s is deprecated and ignored, as in Caffe; set it in "
-                "transform_param", layer_param.name, layer_param.type, where, field)
+            log.warning("Layer '%s' (%s): %s.%s is deprecated and ignored, as in Caffe; set it in "
+                        "transform_param", layer_param.name, layer_param.type, where, field)
     tp = caffe_pb2.TransformationParameter()
     tp.CopyFrom(layer_param.transform_param)
     return tp
-
-
-def _ensure(arr, shape):
-    """``arr`` if it already has ``shape``, else a new float32 array of that shape."""
-    if arr is None or arr.shape != shape:
-        return np.empty(shape, np.float32)
-    return arr
-
-
-def _shape_or_error(error, what, first_what, shape, first_shape, crop):
-    if shape != first_shape and (not crop or shape[0] != first_shape[0]):
-        raise error("%s is %s but %s is %s: the items of a batch must have the same size%s",
-                    what, _shape_str(shape), first_what, _shape_str(first_shape),
-                    "" if crop else " (or be cropped to one size with transform_param.crop_size)")
 
 
 class _PrefetchingDataLayer(_NoGradLayer):
@@ -543,7 +420,6 @@ class _PrefetchingDataLayer(_NoGradLayer):
     _finalizer = None
 
     def _start_prefetch(self, source, data_shape, label_shape):
-        from ..data.prefetch import Batch, Prefetcher, attach
         n = int(self.layer_param.data_param.prefetch)
         batches = [Batch(np.empty(data_shape, np.float32),
                          None if label_shape is None else np.empty(label_shape, np.float32))
@@ -583,52 +459,6 @@ class _PrefetchingDataLayer(_NoGradLayer):
 
 # -- Data (LMDB / LevelDB) -------------------------------------------------------------
 
-class DatumSource:
-    """Loads batches of Datums from a wrapping database cursor: decode, then transform.
-
-    Each batch takes its shape from its first Datum (Caffe: "reshape according to the first
-    datum of each batch"); the other Datums of the batch must match it (or be cropped to it).
-    """
-
-    def __init__(self, db, cursor, batch_size, transformer, error):
-        self.db = db
-        self.cursor = cursor
-        self.batch_size = int(batch_size)
-        self.transformer = transformer
-        self._error = error
-
-    def load(self, batch):
-        from ..data.datum import parse_datum
-        t, error = self.transformer, self._error
-        items, labels = [], []
-        first_key = first_shape = None
-        for i in range(self.batch_size):
-            key, value = self.cursor.read()
-            datum = parse_datum(value, key, error)
-            item = t.decode(datum, key)
-            if i == 0:
-                first_key, first_shape = key, item.shape
-            else:
-                _shape_or_error(error, "record %r" % _key(key), "the first record of its batch "
-                                "(%r)" % _key(first_key), item.shape, first_shape, t.crop_size)
-            items.append(item)
-            labels.append(datum.label)
-        shape = (self.batch_size,) + t.infer_shape(first_shape)
-        batch.data = _ensure(batch.data, shape)
-        t.transform_items(items, out=batch.data)
-        batch.label = _ensure(batch.label, (self.batch_size,))
-        batch.label[:] = labels
-
-    def close(self):
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-
-
-def _key(key):
-    return key.decode("utf-8", errors="replace") if isinstance(key, bytes) else key
-
-
 @register_layer("Data")
 class DataLayer(_PrefetchingDataLayer):
     """Reads Datum records in key order from an LMDB or LevelDB (data_param), transforms them
@@ -643,9 +473,6 @@ class DataLayer(_PrefetchingDataLayer):
     max_top_blobs = 2
 
     def layer_setup(self, bottom, top):
-        from ..data import DataTransformer
-        from ..data.datum import parse_datum
-        from ..data.db import WrappingCursor, open_db
         p = self.layer_param.data_param
         if p.batch_size <= 0:
             raise self.error("data_param.batch_size must be positive")
@@ -677,92 +504,6 @@ class DataLayer(_PrefetchingDataLayer):
 
 # -- ImageData -------------------------------------------------------------------------
 
-def parse_image_list(source, error):
-    """Caffe's ImageData list: one "path label" per line, split at the last space.
-
-    Returns a list of (path, label, line number). Blank lines are skipped."""
-    try:
-        with open(source, "r") as f:
-            text = f.read()
-    except OSError as e:
-        raise error("failed to open the image list '%s': %s", source, e.strerror or e) from None
-    lines = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.rstrip()
-        if not line.strip():
-            continue
-        pos = line.rfind(" ")
-        if pos < 0:
-            raise error("line %d of '%s' has no label: '%s' (each line is 'path label', split "
-                        "at the last space)", lineno, source, line)
-        path, label = line[:pos], line[pos + 1:]
-        try:
-            label = int(label)
-        except ValueError:
-            raise error("line %d of '%s': the label '%s' is not an integer (each line is "
-                        "'path label', split at the last space)", lineno, source, label) from None
-        if not path.strip():
-            raise error("line %d of '%s' has no image path", lineno, source)
-        lines.append((path, label, lineno))
-    if not lines:
-        raise error("the image list '%s' is empty", source)
-    return lines
-
-
-class ImageListSource:
-    """Loads batches of images named in a list file; wraps at the end (and reshuffles)."""
-
-    def __init__(self, lines, source, root_folder, batch_size, new_height, new_width, is_color,
-                 transformer, shuffle_rng, start, error):
-        self.lines = lines
-        self.source = source
-        self.root = root_folder
-        self.batch_size = int(batch_size)
-        self.new_height, self.new_width = int(new_height), int(new_width)
-        self.is_color = bool(is_color)
-        self.transformer = transformer
-        self.rng = shuffle_rng
-        self.pos = int(start)
-        self._error = error
-
-    def read(self, index):
-        from ..data.image import read_image
-        path, _, lineno = self.lines[index]
-        full = self.root + path
-        return read_image(full, self.is_color, self.new_height, self.new_width, self._error,
-                          where="image '%s' (line %d of '%s')" % (full, lineno, self.source))
-
-    def load(self, batch):
-        t = self.transformer
-        items, labels = [], []
-        first = None
-        for i in range(self.batch_size):
-            img = self.read(self.pos)
-            path, label, lineno = self.lines[self.pos]
-            if i == 0:
-                first = (path, lineno, img.shape)
-            else:
-                _shape_or_error(self._error, "image '%s' (line %d)" % (self.root + path, lineno),
-                                "the first image of its batch ('%s', line %d)"
-                                % (self.root + first[0], first[1]), img.shape, first[2],
-                                t.crop_size)
-            items.append(img)
-            labels.append(label)
-            self.pos += 1
-            if self.pos >= len(self.lines):
-                self.pos = 0
-                if self.rng is not None:
-                    self.rng.shuffle(self.lines)
-        shape = (self.batch_size,) + t.infer_shape(first[2])
-        batch.data = _ensure(batch.data, shape)
-        t.transform_items(items, out=batch.data)
-        batch.label = _ensure(batch.label, (self.batch_size,))
-        batch.label[:] = labels
-
-    def close(self):
-        pass
-
-
 @register_layer("ImageData")
 class ImageDataLayer(_PrefetchingDataLayer):
     """Reads the images of a list file ("path label" per line, split at the last space) under
@@ -773,7 +514,6 @@ class ImageDataLayer(_PrefetchingDataLayer):
     exact_num_top_blobs = 2
 
     def layer_setup(self, bottom, top):
-        from ..data import DataTransformer
         p = self.layer_param.image_data_param
         error = _error_factory(self)
         nh, nw = int(p.new_height), int(p.new_width)
@@ -821,16 +561,12 @@ class WindowDataLayer(_PrefetchingDataLayer):
     exact_num_top_blobs = 2
 
     def layer_setup(self, bottom, top):
-        from ..data.window import WindowSampler, parse_window_file
-        from ..data import DataTransformer
         p = self.layer_param.window_data_param
         error = _error_factory(self)
         tp = _transform_param(self.layer_param, p, ("mean_file", "crop_size", "mirror"))
         if tp.HasField("scale") and tp.scale != 1 and not p.HasField("scale"):
-            import logging
-            logging.getLogger("caffepy").warning(
-                "Layer '%s' (WindowData): transform_param.scale is ignored, as in Caffe; set "
-                "window_data_param.scale", self.name)
+            log.warning("Layer '%s' (WindowData): transform_param.scale is ignored, as in "
+                        "Caffe; set window_data_param.scale", self.name)
         crop = int(tp.crop_size)
         if crop <= 0:
             raise self.error("transform_param.crop_size must be positive: WindowData warps "
@@ -869,7 +605,7 @@ class WindowDataLayer(_PrefetchingDataLayer):
             if mc != channels or mw < crop or off + crop > mh:
                 raise self.error("the mean_file '%s' is %s; WindowData needs %d channels and at "
                                  "least %d x %d (it reads the centred crop)", tp.mean_file,
-                                 _shape_str(mean.shape), channels, crop, crop)
+                                 dims_str(mean.shape), channels, crop, crop)
         elif transformer.mean_values is not None:
             mv = transformer.mean_values
             if len(mv) not in (1, channels):
