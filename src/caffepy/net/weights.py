@@ -8,7 +8,8 @@ import numpy as np
 from .. import backend
 from ..atomic import atomic_path
 from ..errors import NetError
-from ..proto import blobproto_shape, blobproto_to_array, caffe_pb2, set_blobproto, write_binary
+from ..proto import (blobproto_shape, blobproto_shape_equals, blobproto_to_array, caffe_pb2,
+                     set_blobproto, write_binary)
 
 log = logging.getLogger("caffepy")
 
@@ -74,7 +75,7 @@ class NetWeights:
                 raise NetError("%s: incompatible number of blobs for layer '%s' (source has %d, "
                                "net has %d)" % (source, name, len(src.blobs), len(targets)))
             for j, (t, bp) in enumerate(zip(targets, src.blobs)):
-                if not _shape_equals(t.shape, bp):
+                if not blobproto_shape_equals(t.shape, bp):
                     raise NetError("%s: cannot copy param %d weights from layer '%s'; shape "
                                    "mismatch. Source param shape is %s; target param shape is %s. "
                                    "To learn this layer's parameters from scratch rather than "
@@ -162,16 +163,6 @@ class NetWeights:
                         gd.create_dataset(str(j), data=backend.to_numpy(b.data))
                     if write_diff:
                         gf.create_dataset(str(j), data=backend.to_numpy(b.diff))
-
-
-def _shape_equals(shape, bp):
-    """Caffe's Blob::ShapeEquals: legacy 4-D protos match by right-aligned LegacyShape."""
-    if bp.HasField("num") or bp.HasField("channels") or bp.HasField("height") or bp.HasField("width"):
-        if len(shape) > 4:
-            return False
-        legacy = (1,) * (4 - len(shape)) + tuple(shape)
-        return legacy == (bp.num, bp.channels, bp.height, bp.width)
-    return tuple(shape) == tuple(int(d) for d in bp.shape.dim)
 
 
 def _is_hdf5(path):
