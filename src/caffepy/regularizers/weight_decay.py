@@ -14,7 +14,7 @@ import numpy as np
 from .. import backend
 from ..errors import ProtoError, RegularizerError, SolverError
 from ..proto import caffe_pb2
-from ..proto.blobproto import blobproto_to_array
+from ..proto.blobproto import blobproto_shape_equals, blobproto_to_array
 from ..proto.files import read_binary
 from .base import RegularizeContext, Regularizer, register_regularizer
 
@@ -95,14 +95,7 @@ def load_decay_proto(path, shape, layer_name="?", blob_index=0):
                                "param's shape %s): %s" % (where, path, _shape_text(shape), e)) \
             from None
     got = arr.shape
-    legacy = (bp.HasField("num") or bp.HasField("channels") or bp.HasField("height")
-              or bp.HasField("width"))
-    if legacy and len(shape) <= 4:
-        want = (1,) * (4 - len(shape)) + shape       # Blob::ShapeEquals on legacy 4-D protos
-        ok = got == want
-    else:
-        ok = got == shape
-    if not ok:
+    if not blobproto_shape_equals(shape, bp):          # Blob::ShapeEquals
         raise RegularizerError("%s: decay_proto '%s' has shape %s but the param has shape %s"
                                % (where, path, _shape_text(got), _shape_text(shape)))
     return arr.reshape(shape)
