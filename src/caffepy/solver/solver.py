@@ -233,38 +233,6 @@ class Solver:
                                      + f32(f32(loss - self.losses[idx]) / f32(average_loss)))
             self.losses[idx] = loss
 
-    def _display(self):
-        p = self._param
-        now = time.perf_counter()
-        lapse = now - self._timer
-        per_s = (self.iter - self._iterations_last) / (lapse if lapse else 1)
-        log.info("Iteration %d (%g iter/s, %gs/%d iters), loss = %g", self.iter, per_s, lapse,
-                 p.display, self.smoothed_loss)
-        self._timer = now
-        self._iterations_last = self.iter
-        outputs = []
-        net = self.net
-        for j, blob in enumerate(net.output_blobs):
-            bid = net.output_blob_indices[j]
-            name = net.blob_names[bid]
-            w = f32(net.blob_loss_weights[bid])
-            for v in backend.to_numpy(blob.data).ravel():
-                outputs.append((len(outputs), name, f32(v), w))
-        self._log_outputs("Train", outputs)
-        self._emit("train", iter=self.iter, loss=float(self.smoothed_loss), outputs=outputs)
-
-    @staticmethod
-    def _log_outputs(which, outputs):
-        """Log Caffe's "<which> net output #i: name = v (* w = v*w loss)" lines and turn
-        ``outputs`` (index, name, f32 value, f32 weight) into Python floats, in place."""
-        for k, (i, name, v, w) in enumerate(outputs):
-            if w:
-                log.info("    %s net output #%d: %s = %g (* %g = %g loss)", which, i, name, v,
-                         w, f32(w * v))
-            else:
-                log.info("    %s net output #%d: %s = %g", which, i, name, v)
-            outputs[k] = (i, name, float(v), float(w))
-
     # -- ApplyUpdate ---------------------------------------------------------------------
     def apply_update(self):
         p = self._param
@@ -403,6 +371,39 @@ class Solver:
         self.mean_scores[test_net_id] = [mean for _, _, mean, _ in records]
         self._emit("test", iter=self.iter, net=test_net_id,
                    loss=None if test_loss is None else float(test_loss), scores=records)
+
+    # -- the displayed numbers ---------------------------------------------------------
+    def _display(self):
+        p = self._param
+        now = time.perf_counter()
+        lapse = now - self._timer
+        per_s = (self.iter - self._iterations_last) / (lapse if lapse else 1)
+        log.info("Iteration %d (%g iter/s, %gs/%d iters), loss = %g", self.iter, per_s, lapse,
+                 p.display, self.smoothed_loss)
+        self._timer = now
+        self._iterations_last = self.iter
+        outputs = []
+        net = self.net
+        for j, blob in enumerate(net.output_blobs):
+            bid = net.output_blob_indices[j]
+            name = net.blob_names[bid]
+            w = f32(net.blob_loss_weights[bid])
+            for v in backend.to_numpy(blob.data).ravel():
+                outputs.append((len(outputs), name, f32(v), w))
+        self._log_outputs("Train", outputs)
+        self._emit("train", iter=self.iter, loss=float(self.smoothed_loss), outputs=outputs)
+
+    @staticmethod
+    def _log_outputs(which, outputs):
+        """Log Caffe's "<which> net output #i: name = v (* w = v*w loss)" lines and turn
+        ``outputs`` (index, name, f32 value, f32 weight) into Python floats, in place."""
+        for k, (i, name, v, w) in enumerate(outputs):
+            if w:
+                log.info("    %s net output #%d: %s = %g (* %g = %g loss)", which, i, name, v,
+                         w, f32(w * v))
+            else:
+                log.info("    %s net output #%d: %s = %g", which, i, name, v)
+            outputs[k] = (i, name, float(v), float(w))
 
     # -- Snapshot / Restore (state.py) ---------------------------------------------------
     def snapshot(self):
