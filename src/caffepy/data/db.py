@@ -4,6 +4,11 @@ Caffe's ``db::DB``/``db::Cursor`` in Python: a database is opened read-only, a c
 the records in key order (bytewise, as both LMDB and LevelDB sort them), and
 ``WrappingCursor`` restarts from the first record at the end, as the Data layer does.
 Reading lives in these small classes so that a prefetching thread can drive them.
+
+Writing (Caffe's ``db::GetDB(backend)->Open(path, NEW)``): ``new_writer`` makes an
+``LMDBWriter`` or a ``LevelDBWriter`` whose ``write(items)`` puts a list of (key, value) bytes
+in one transaction (one Caffe ``Commit``); ``write_db`` writes Datum records through them. The
+dataset tools (``caffepy.tools``) write through the same writers.
 """
 import os
 import threading
@@ -157,16 +162,23 @@ class _LevelDBCursor:
         return self._kv[1]
 
 
+_BACKENDS = {"lmdb": "lmdb", "leveldb": "leveldb",
+             caffe_pb2.DataParameter.LMDB: "lmdb", caffe_pb2.DataParameter.LEVELDB: "leveldb"}
+
+
+def backend_name(backend, error=_default_error):
+    """'lmdb' or 'leveldb' for a DataParameter.DB value or a name in any case."""
+    name = _BACKENDS.get(backend.lower() if isinstance(backend, str) else backend)
+    if name is None:
+        raise error("unknown database backend %r (use lmdb or leveldb)", backend)
+    return name
+
+
 def open_db(source, backend=caffe_pb2.DataParameter.LMDB, error=_default_error):
     """Open ``source`` read-only. ``backend`` is a DataParameter.DB value or 'lmdb'/'leveldb'."""
-    if isinstance(backend, str):
-        backend = {"lmdb": caffe_pb2.DataParameter.LMDB,
-                   "leveldb": caffe_pb2.DataParameter.LEVELDB}.get(backend.lower(), backend)
-    if backend == caffe_pb2.DataParameter.LMDB:
+    if backend_name(backend, error) == "lmdb":
         return LMDBDatabase(source, error)
-    if backend == caffe_pb2.DataParameter.LEVELDB:
-        return LevelDBDatabase(source, error)
-    raise error("unknown database backend %r", backend)
+    return LevelDBDatabase(source, error)
 
 
 class WrappingCursor:
@@ -205,48 +217,115 @@ class WrappingCursor:
         return kv
 
 
-def write_lmdb(path, records, map_size=1 << 30):
-    """Write ``records`` (an iterable of (key, Datum or bytes)) to a new LMDB at ``path``."""
-    import lmdb
-    env = lmdb.open(path, map_size=map_size)
-    try:
-        with env.begin(write=True) as txn:
-            for key, value in records:
-                if isinstance(key, str):
-                    key = key.encode("utf-8")
-                if not isinstance(value, (bytes, bytearray)):
-                    value = value.SerializeToString()
-                txn.put(key, value)
-    finally:
-        env.close()
+# -- writing -------------------------------------------------------------------------
+
+class LMDBWriter:
+    """A new LMDB at ``path``. Each ``write(items)`` is one transaction; one that does not fit
+    doubles the map size and runs again, as Caffe's LMDB does."""
+
+    def __init__(self, path, map_size=1 << 28, error=_default_error):
+        import lmdb
+        self._lmdb = lmdb
+        self.path = path
+        self.map_size = int(map_size)
+        try:
+            self.env = lmdb.open(path, map_size=self.map_size, subdir=True, lock=True)
+        except lmdb.Error as e:
+            raise error("cannot create LMDB '%s': %s", path, e) from None
+
+    def write(self, items):
+        """Put a list of (key bytes, value bytes) in one transaction."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for k, v in items:
+                        txn.put(k, v)
+                return
+            except self._lmdb.MapFullError:
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
+
+    def close(self):
+        if self.env is not None:
+            self.env.close()
+            self.env = None
 
 
-def write_leveldb(path, records):
-    """Write ``records`` (an iterable of (key, Datum or bytes)) to a new LevelDB at ``path``
-    (needs the optional 'leveldb' extra, plyvel)."""
+class LevelDBWriter:
+    """A new LevelDB at ``path`` (needs the optional 'leveldb' extra, plyvel); each
+    ``write(items)`` is one write batch. ``what`` names the request in the missing-package
+    error."""
+
+    def __init__(self, path, error=_default_error, what="writing a LevelDB"):
+        try:
+            import plyvel
+        except ImportError:
+            raise error("%s needs the optional plyvel package (the 'leveldb' extra: pip install "
+                        "'caffepy[leveldb]'); the lmdb backend needs nothing extra",
+                        what) from None
+        self.path = path
+        try:
+            self.db = plyvel.DB(path, create_if_missing=True, error_if_exists=True,
+                                write_buffer_size=256 << 20)
+        except plyvel.Error as e:
+            raise error("cannot create LevelDB '%s': %s", path, e) from None
+
+    def write(self, items):
+        """Put a list of (key bytes, value bytes) in one write batch."""
+        with self.db.write_batch() as wb:
+            for k, v in items:
+                wb.put(k, v)
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def new_writer(path, backend="lmdb", error=_default_error, what=None):
+    """A writer for a new database of ``backend`` ('lmdb', 'leveldb' or a DataParameter.DB
+    value) at ``path``."""
+    if backend_name(backend, error) == "lmdb":
+        return LMDBWriter(path, error=error)
+    return LevelDBWriter(path, error, what or "writing a LevelDB")
+
+
+def _record(key, value):
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(value, (bytes, bytearray)):
+        value = value.SerializeToString()
+    return key, bytes(value)
+
+
+def _write_all(writer, records, commit_every=1000):
+    """Write ``records`` (an iterable of (key, Datum or bytes); str keys are UTF-8 encoded)
+    through ``writer``, one transaction per ``commit_every`` records, then close it."""
     try:
-        import plyvel
-    except ImportError:
-        raise DataError("writing a LevelDB needs the optional 'leveldb' extra (the plyvel "
-                        "package): pip install 'caffepy[leveldb]'") from None
-    db = plyvel.DB(path, create_if_missing=True, error_if_exists=True)
-    try:
-        with db.write_batch() as wb:
-            for key, value in records:
-                if isinstance(key, str):
-                    key = key.encode("utf-8")
-                if not isinstance(value, (bytes, bytearray)):
-                    value = value.SerializeToString()
-                wb.put(key, bytes(value))
+        batch = []
+        for key, value in records:
+            batch.append(_record(key, value))
+            if len(batch) == commit_every:
+                writer.write(batch)
+                batch = []
+        if batch:
+            writer.write(batch)
     finally:
-        db.close()
+        writer.close()
 
 
 def write_db(path, records, backend="lmdb"):
-    """Write Datum records to a new database of the given backend ('lmdb' or 'leveldb')."""
-    b = backend.lower() if isinstance(backend, str) else backend
-    if b in ("lmdb", caffe_pb2.DataParameter.LMDB):
-        return write_lmdb(path, records)
-    if b in ("leveldb", caffe_pb2.DataParameter.LEVELDB):
-        return write_leveldb(path, records)
-    raise DataError("unknown database backend %r (use lmdb or leveldb)" % (backend,))
+    """Write Datum records ((key, Datum or bytes) pairs) to a new database of the given
+    backend ('lmdb' or 'leveldb') at ``path``."""
+    _write_all(new_writer(path, backend), records)
+
+
+def write_lmdb(path, records, map_size=1 << 28):
+    """Write Datum records to a new LMDB at ``path`` (its map grows as needed)."""
+    _write_all(LMDBWriter(path, map_size), records)
+
+
+def write_leveldb(path, records):
+    """Write Datum records to a new LevelDB at ``path`` (needs the optional 'leveldb' extra,
+    plyvel)."""
+    _write_all(LevelDBWriter(path), records)
