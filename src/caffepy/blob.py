@@ -30,6 +30,8 @@ class Blob:
         self._diff_mem = None
         self._data_view = None
         self._diff_view = None
+        # connectivity mask (structured sparsity): multiplies the diff in update(); None = none
+        self.mask = None
         if shape or explicit:          # Blob(()) is a scalar blob with count 1, as in Caffe
             self.reshape(shape)
 
@@ -158,9 +160,13 @@ class Blob:
         return self._data_mem is other._data_mem
 
     def update(self):
-        """data -= diff (Caffe's Blob::Update)."""
+        """data -= diff (Caffe's Blob::Update); with a connectivity mask, the diff is
+        multiplied by the mask first, so masked weights never move."""
+        diff = self.flat_diff
+        if self.mask is not None:
+            diff *= self.mask.reshape(-1)
         d = self.flat_data
-        d -= self.flat_diff
+        d -= diff
 
     def asum_data(self):
         return float(abs(self.flat_data).sum())

@@ -8,6 +8,7 @@ import numpy as np
 from .. import backend
 from ..atomic import atomic_path
 from ..errors import NetError
+from ..regularizers.masks import net_connectivity_masks
 from ..proto import (blobproto_shape, blobproto_shape_equals, blobproto_to_array, caffe_pb2,
                      set_blobproto, write_binary)
 
@@ -51,10 +52,15 @@ class NetWeights:
         :meth:`copy_trained_layers_from` or :meth:`load_hdf5`).
 
         This is where state derived from the weights is rebuilt: the loaded values are final
-        when it runs, and it runs before any forward pass sees them. Nothing is derived yet;
-        connectivity masks for structured sparsity (weights fixed at zero) belong here.
-        Params shared with another net (``share_with``) are not a load: the owning net's load
-        runs this there."""
+        when it runs, and it runs before any forward pass sees them. Params shared with
+        another net (``share_with``) are not a load: the owning net's load runs this there.
+
+        Structured sparsity: every Convolution/Deconvolution/InnerProduct layer whose
+        ``connectivity_mode`` is not CONNECTED gets its weights' connectivity mask (weights
+        with |w| < 1e-4 are zeroed first; see regularizers/masks.py), which ``Blob.update``
+        applies to the diff so the masked weights stay exactly zero while fine-tuning."""
+        for param_id, mask in net_connectivity_masks(self).items():
+            self.learnable_params[param_id].mask = mask
 
     def _receivers(self, sources, first):
         """For each ``(name, source)`` pair whose name is a layer of this net:

@@ -14,9 +14,16 @@
           per learnable param:
             normalize(param_id)              1/iter_size
             regularize(param_id)             weight decay, then the regularizer chain
+                                             (SSL group lasso first, then the plug-ins)
             compute_update_value(param_id, rate)   the update rule (updaters.py)
-          net.update()                       data -= diff
+          net.update()                       data -= diff (masked: connectivity_mode)
+          zerout()                           |w| < zerout_threshold -> 0 (when set)
         iter += 1; snapshot / signal requests (state.py, signals.py)
+
+Structured sparsity (regularizers/): on display iterations, when a group decay is set or
+``display_sparsity: true``, the log also shows the SSL fork's sparsity block after the lr line
+and its "Total regularization terms" line after the update; a plain Caffe solver's log is
+Caffe's.
 
 The update rule comes from the registry in updaters.py, chosen by ``SolverParameter.type``
 (see factory.py for ``get_solver`` and the pycaffe classes ``SGDSolver`` ...).
@@ -37,11 +44,15 @@ from .. import backend
 from ..errors import RegularizerError, SolverError
 from ..net import Net
 from ..proto import caffe_pb2
-from ..regularizers import RegularizeContext, apply_weight_decay, create_regularizer
+from ..regularizers import (RegularizeContext, WeightDecay, chain_state_dict,
+                            create_regularizer, load_chain_state_dict, regularizers_penalty,
+                            run_regularizers, solver_regularizers)
+from ..regularizers.masks import zerout
+from ..regularizers.sparsity import net_sparsity, regularization_message, sparsity_messages
 from . import config, state
 from .lr_policies import check_lr_policy, get_learning_rate
 from .signals import SignalHandler, SolverAction, check_action
-from .updaters import get_update_rule, scratch_buffer
+from .updaters import get_update_rule
 
 log = logging.getLogger("caffepy")
 
@@ -102,6 +113,7 @@ class Solver:
         self._timer = time.perf_counter()
         self._check_regularization_type()
         self._pre_solve()
+        self._init_regularization()
 
     def _init_train_net(self):
         self.net = Net(config.train_net_param(self._param))
@@ -128,6 +140,38 @@ class Solver:
         if any(decays):
             raise SolverError("Unknown regularization type: '%s' (regularization_type must be "
                               "\"L2\" or \"L1\")" % p.regularization_type)
+
+    def _init_regularization(self):
+        """Weight decay (with the ParamSpecs' regularization_type and decay_proto), the chain
+        the solver prototxt configures (SSL group lasso, ``regularizer { }`` blocks), one
+        RegularizeContext per learnable param, and what the display shows."""
+        p = self._param
+        net = self.net
+        self._weight_decay = None
+        if p.regularization_type in ("L2", "L1"):
+            self._weight_decay = WeightDecay.from_solver_param(p)
+            self._weight_decay.setup(net)
+        self._regularizers = []
+        for r in solver_regularizers(p):
+            self.add_regularizer(r)
+        xp = backend.xp()
+        self._contexts = []
+        for param_id, (layer_id, layer_name, blob_index, spec) in enumerate(self._param_info):
+            layer = net.layers[layer_id]
+            lp = layer.layer_param
+            self._contexts.append(RegularizeContext(
+                solver=self, net=net, param_id=param_id, layer=layer, layer_name=layer_name,
+                layer_type=lp.type, blob_index=blob_index, param_spec=spec,
+                conv_group=(lp.convolution_param.group
+                            if lp.HasField("convolution_param") else 1),
+                history=self._flat_history[param_id], lr_mult=net.params_lr[param_id],
+                decay_mult=net.params_weight_decay[param_id],
+                local_decay=float(f32(f32(p.weight_decay)
+                                      * f32(net.params_weight_decay[param_id]))),
+                param=p, xp=xp))
+        self._show_sparsity = bool(p.display_sparsity or p.breadth_decay
+                                   or p.kernel_shape_decay or p.block_group_decay)
+        self.regularization_term = 0.0
 
     def _pre_solve(self):
         """SGDSolver::PreSolve: zeroed history blobs, ``rule.history_blobs`` per param (the
@@ -211,6 +255,8 @@ class Solver:
                 if on_gradients_ready is not None:
                     on_gradients_ready()
             self.apply_update()
+            if display and self._show_sparsity:
+                self._display_regularization()
             self.iter += 1
             request = self._requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
@@ -238,15 +284,26 @@ class Solver:
         p = self._param
         rate = self.get_learning_rate()
         self.learning_rate = rate
-        if p.display and self.iter % p.display == 0:
+        display = bool(p.display) and self.iter % p.display == 0
+        if display:
             log.info("Iteration %d, lr = %g", self.iter, rate)
             self._emit("lr", iter=self.iter, lr=rate)
+            if self._show_sparsity:
+                self._display_sparsity()
         self.clip_gradients()
+        for ctx in self._contexts:
+            ctx.rate = rate
+            ctx.iter = self.iter
+            ctx.local_rate = float(f32(f32(rate) * f32(ctx.lr_mult)))
+        if display and self._show_sparsity:
+            self.regularization_term = self.regularization_penalty()
         for param_id in range(len(self.net.learnable_params)):
             self.normalize(param_id)
             self.regularize(param_id)
             self.compute_update_value(param_id, rate)
         self.net.update()
+        if p.zerout_threshold > 0:
+            self.zerout()
         for r in self._regularizers:
             hook = getattr(r, "after_update", None)
             if hook is not None:
@@ -284,30 +341,41 @@ class Solver:
         self.net.learnable_params[param_id].flat_diff[...] *= f32(f32(1) / f32(n))
 
     def regularize(self, param_id):
-        """Caffe's weight decay (``weight_decay * decay_mult``, L2 or L1), then each
-        regularizer of the chain (``add_regularizer``) adds its penalty's gradient."""
-        p = self._param
-        net = self.net
-        blob = net.learnable_params[param_id]
-        decay_mult = net.params_weight_decay[param_id]
-        local_decay = f32(f32(p.weight_decay) * f32(decay_mult))
-        if local_decay:
-            temp = None
-            if p.regularization_type == "L1":
-                temp = scratch_buffer(self._scratch[param_id], "temp", blob.flat_data)
-            apply_weight_decay(p.regularization_type, local_decay, blob.flat_data,
-                               blob.flat_diff, temp)
+        """Caffe's weight decay (``weight_decay * decay_mult``, L2 or L1; a ParamSpec's
+        ``regularization_type`` and ``decay_proto`` as the SSL fork), then each regularizer of
+        the chain adds its penalty's gradient: the SSL group lasso (columns, rows, blocks)
+        when the solver sets a group decay, then the plug-ins (``regularizer { }`` blocks and
+        ``add_regularizer``), in order."""
+        blob = self.net.learnable_params[param_id]
+        ctx = self._contexts[param_id]
+        if self._weight_decay is not None:
+            self._weight_decay.regularize(param_id, blob, ctx)
         if self._regularizers:
-            rate = self.learning_rate
-            lr_mult = net.params_lr[param_id]
-            _, layer_name, param_index, _ = self._param_info[param_id]
-            ctx = RegularizeContext(
-                solver=self, net=net, param_id=param_id, layer_name=layer_name,
-                param_index=param_index, rate=rate, lr_mult=lr_mult, decay_mult=decay_mult,
-                local_rate=float(f32(f32(rate) * f32(lr_mult))), local_decay=float(local_decay),
-                iter=self.iter, param=p, xp=backend.xp())
-            for r in self._regularizers:
-                r.regularize(param_id, blob, ctx)
+            run_regularizers(self._regularizers, param_id, blob, ctx)
+
+    def regularization_penalty(self):
+        """The penalty of weight decay and of every regularizer on the current weights (the
+        fork's "Total regularization terms")."""
+        total = 0.0
+        for param_id, blob in enumerate(self.net.learnable_params):
+            ctx = self._contexts[param_id]
+            if self._weight_decay is not None:
+                total += self._weight_decay.penalty(param_id, blob, ctx)
+            total += regularizers_penalty(self._regularizers, param_id, blob, ctx)
+        return total
+
+    def zerout(self):
+        """Zero every learnable value with |w| < ``zerout_threshold`` (the SSL fork does
+        this after every update with 1e-4)."""
+        thr = self._param.zerout_threshold
+        for param_id, blob in enumerate(self.net.learnable_params):
+            scratch = self._scratch[param_id]
+            bufs = scratch.get("zerout")
+            if bufs is None or bufs[0].shape != blob.flat_data.shape:
+                xp = backend.array_module(blob.flat_data)
+                bufs = scratch["zerout"] = (xp.empty_like(blob.flat_data),
+                                            xp.empty(blob.flat_data.shape, dtype=bool))
+            zerout(blob.flat_data, thr, bufs)
 
     def compute_update_value(self, param_id, rate):
         """The update rule turns the diff into the step ``net.update()`` subtracts."""
@@ -315,6 +383,19 @@ class Solver:
         local_rate = f32(f32(rate) * f32(net.params_lr[param_id]))
         self.rule.update(net.learnable_params[param_id].flat_diff, self._flat_history[param_id],
                          local_rate, self.iter, self._scratch[param_id])
+
+    def _display_sparsity(self):
+        """The SSL fork's sparsity block, on the weights before this update."""
+        stats = net_sparsity(self.net)
+        for message in sparsity_messages(stats):
+            log.info(message)
+        self._emit("sparsity", iter=self.iter, stats=stats)
+
+    def _display_regularization(self):
+        total = self.regularization_term
+        log.info(regularization_message(total, self.smoothed_loss))
+        self._emit("regularization", iter=self.iter, total=float(total),
+                   loss=float(self.smoothed_loss))
 
     # -- TestAll / Test --------------------------------------------------------------------
     def test_all(self):
@@ -409,17 +490,20 @@ class Solver:
     def snapshot(self):
         """Write the model, then the solver state; returns (model file, state file)."""
         model_filename, state_filename = state.write_snapshot(
-            self.net, self._param, self.iter, self.current_step, self.history)
+            self.net, self._param, self.iter, self.current_step, self.history,
+            chain_state_dict(self._regularizers))
         self._emit("snapshot", iter=self.iter, model=model_filename, state=state_filename)
         return model_filename, state_filename
 
     def solver_state(self, model_filename=""):
         """The SolverState message Caffe writes (iter, learned_net, current_step, history)."""
-        return state.solver_state(self.iter, model_filename, self.current_step, self.history)
+        return state.solver_state(self.iter, model_filename, self.current_step, self.history,
+                                  chain_state_dict(self._regularizers))
 
     def restore(self, state_file):
         """Restore iter, current_step, history and the learned_net weights (binary or .h5)."""
-        it, learned_net, current_step, history = state.read_solver_state(state_file)
+        it, learned_net, current_step, history, reg_state = \
+            state.read_solver_state(state_file)
         self.iter = int(it)
         if learned_net:
             state.check_learned_net(state_file, learned_net)
@@ -430,6 +514,8 @@ class Solver:
         xp = backend.xp()
         for h, arr in zip(self.history, history):
             h[...] = xp.asarray(np.asarray(arr, dtype=np.float32).reshape(h.shape))
+        if reg_state:
+            load_chain_state_dict(self._regularizers, reg_state)
 
     # -- pycaffe-style API -----------------------------------------------------------------
     @property
@@ -456,7 +542,9 @@ class Solver:
         """``fn(event, record)`` for every displayed number.  Events: "train" (iter, loss,
         outputs = [(index, name, value, loss_weight)]), "lr" (iter, lr), "test" (iter,
         net, loss or None, scores = [(index, name, value, loss_weight)]), "final_loss"
-        (iter, loss), "clip" (iter, norm, clip, scale), "snapshot" (iter, model, state)."""
+        (iter, loss), "clip" (iter, norm, clip, scale), "snapshot" (iter, model, state), and
+        with the sparsity display on: "sparsity" (iter, stats = [ParamSparsity] per learnable
+        param), "regularization" (iter, total penalty, smoothed loss)."""
         self._listeners.append(fn)
         return fn
 
@@ -477,6 +565,9 @@ class Solver:
         if not callable(getattr(regularizer, "regularize", None)):
             raise RegularizerError("%r is not a Regularizer (it needs a regularize(param_id, "
                                    "blob, ctx) method)" % (regularizer,))
+        setup = getattr(regularizer, "setup", None)
+        if setup is not None:
+            setup(self.net)
         self._regularizers.append(regularizer)
         return regularizer
 

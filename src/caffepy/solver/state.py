@@ -2,8 +2,11 @@
 (binary protobuf), or ``.caffemodel.h5`` + ``.solverstate.h5`` (HDF5).
 
 The solver state holds the iteration, the model file it goes with (``learned_net``), the
-step counter of the "step"/"multistep" policies and the update rule's history blobs.  Every
-file is written atomically (caffepy.atomic): a crash mid-snapshot leaves the previous files.
+step counter of the "step"/"multistep" policies and the update rule's history blobs, plus
+caffepy's one addition: the state of stateful regularizer plug-ins (``regularizer_state``,
+SolverState field 1001, which Caffe ignores; an HDF5 state keeps it in a ``regularizers``
+group).  Every file is written atomically (caffepy.atomic): a crash mid-snapshot leaves the
+previous files.
 """
 import logging
 import os
@@ -46,7 +49,7 @@ def check_snapshot_prefix(param, it):
                           % (param.snapshot_prefix, e.strerror or e)) from None
 
 
-def write_snapshot(net, param, it, current_step, history):
+def write_snapshot(net, param, it, current_step, history, reg_state=None):
     """Write the model, then the solver state; return (model file, state file)."""
     model_ext, state_ext, kind = _FORMATS[param.snapshot_format]
     hdf5 = param.snapshot_format == caffe_pb2.SolverParameter.HDF5
@@ -60,9 +63,10 @@ def write_snapshot(net, param, it, current_step, history):
         state_filename = snapshot_filename(param.snapshot_prefix, it, state_ext)
         log.info("Snapshotting solver state to %s %s", kind, state_filename)
         if hdf5:
-            _write_state_hdf5(state_filename, it, model_filename, current_step, history)
+            _write_state_hdf5(state_filename, it, model_filename, current_step, history,
+                              reg_state)
         else:
-            write_binary(solver_state(it, model_filename, current_step, history),
+            write_binary(solver_state(it, model_filename, current_step, history, reg_state),
                          state_filename)
     except OSError as e:
         raise SolverError("Cannot write snapshot '%s': %s. Make sure that the directory "
@@ -73,18 +77,23 @@ def write_snapshot(net, param, it, current_step, history):
     return model_filename, state_filename
 
 
-def solver_state(it, model_filename, current_step, history):
-    """The SolverState message Caffe writes (iter, learned_net, current_step, history)."""
+def solver_state(it, model_filename, current_step, history, reg_state=None):
+    """The SolverState message Caffe writes (iter, learned_net, current_step, history), with
+    the regularizers' state ({key: array}) when there is any."""
     state = caffe_pb2.SolverState()
     state.iter = it
     state.learned_net = model_filename
     state.current_step = current_step
     for h in history:
         set_blobproto(state.history.add(), backend.to_numpy(h))
+    for key, arr in sorted((reg_state or {}).items()):
+        entry = state.regularizer_state.add()
+        entry.key = key
+        set_blobproto(entry.value, np.asarray(backend.to_numpy(arr), dtype=np.float32))
     return state
 
 
-def _write_state_hdf5(path, it, model_filename, current_step, history):
+def _write_state_hdf5(path, it, model_filename, current_step, history, reg_state=None):
     import h5py
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("iter", data=np.array([it], dtype=np.int32))
@@ -93,6 +102,13 @@ def _write_state_hdf5(path, it, model_filename, current_step, history):
         g = f.create_group("history")
         for i, h in enumerate(history):
             g.create_dataset(str(i), data=backend.to_numpy(h).astype(np.float32))
+        if reg_state:
+            # keys hold '/', so each entry is a numbered dataset carrying its key
+            r = f.create_group("regularizers")
+            for i, (key, arr) in enumerate(sorted(reg_state.items())):
+                d = r.create_dataset(str(i), data=np.asarray(backend.to_numpy(arr),
+                                                             dtype=np.float32))
+                d.attrs["key"] = key
 
 
 def _h5_save_string(f, name, s):
@@ -109,8 +125,9 @@ def _h5_save_string(f, name, s):
 
 
 def read_solver_state(path):
-    """(iter, learned_net or None, current_step, [float32 history arrays]) from a
-    ``.solverstate`` or, for a name ending in ``.h5``, a ``.solverstate.h5``."""
+    """(iter, learned_net or None, current_step, [float32 history arrays],
+    {regularizer state key: array}) from a ``.solverstate`` or, for a name ending in ``.h5``,
+    a ``.solverstate.h5``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise SolverError("Cannot restore: solver state file '%s' does not exist" % path)
@@ -119,7 +136,8 @@ def read_solver_state(path):
     state = read_binary(path, caffe_pb2.SolverState())
     learned_net = state.learned_net if state.HasField("learned_net") else None
     history = [blobproto_to_array(bp) for bp in state.history]
-    return state.iter, learned_net, state.current_step, history
+    reg_state = {e.key: blobproto_to_array(e.value) for e in state.regularizer_state}
+    return state.iter, learned_net, state.current_step, history, reg_state
 
 
 def _read_state_hdf5(path):
@@ -139,9 +157,15 @@ def _read_state_hdf5(path):
                 if "current_step" in f else 0
             g = f["history"]
             history = [np.asarray(g[str(i)], dtype=np.float32) for i in range(len(g))]
+            reg_state = {}
+            if "regularizers" in f:
+                for d in f["regularizers"].values():
+                    key = d.attrs["key"]
+                    reg_state[key.decode("utf-8") if isinstance(key, bytes) else str(key)] = \
+                        np.asarray(d, dtype=np.float32)
     except (OSError, KeyError) as e:
         raise SolverError("Cannot read solver state '%s': %s" % (path, e)) from None
-    return it, learned_net, current_step, history
+    return it, learned_net, current_step, history, reg_state
 
 
 def check_learned_net(state_file, learned_net):
