@@ -36,6 +36,7 @@ from ..errors import CaffepyError, CliError, FlagError  # noqa: F401
 from ..logging_setup import CLI_LOG as log
 from ..logging_setup import CLI_SOURCE, setup_logging
 from . import commands, tools
+from ..tools.prune import prune_command
 from .commands import get_phase, get_requested_action, get_stages, run_train  # noqa: F401
 from .devices import GPU_BACKEND_HELP, get_gpus  # noqa: F401
 from .devices import gpu_device_count as _gpu_device_count  # noqa: F401
@@ -80,6 +81,8 @@ COMMANDS = {
     "upgrade_solver_proto_text": Command(tools.upgrade_solver_proto_text, "upgrade a solver "
                                          "prototxt (solver_type enum -> type) to the current "
                                          "format", takes_args=True),
+    "prune": Command(prune_command, "remove all-zero filters and outputs of a trained net "
+                     "(a smaller prototxt and caffemodel)"),
 }
 
 

@@ -91,6 +91,10 @@ FLAGS = [
          "datum", "convert_imageset"),
     Flag("encode_type", str, "", "Optional: What type should we encode the image as "
          "('png','jpg',...).", "convert_imageset"),
+    # prune (caffepy's tools/prune.py)
+    Flag("out_model", str, "", "prune: the pruned net prototxt to write.", "prune"),
+    Flag("out_weights", str, "", "prune: the pruned .caffemodel to write.", "prune"),
+    Flag("threshold", str, "0", "prune: a weight counts as zero when |w| <= this.", "prune"),
     # glog
     Flag("log_dir", str, "", "If specified, logfiles are written into this directory as well "
          "as to stderr.", "glog"),
@@ -186,6 +190,7 @@ SECTION_TITLES = {
     "caffe": "Flags from tools/caffe.cpp:",
     "convert_mnist": "Flags of convert_mnist (examples/mnist/convert_mnist_data.cpp):",
     "convert_imageset": "Flags of convert_imageset (tools/convert_imageset.cpp):",
+    "prune": "Flags of prune (caffepy):",
     "glog": "Logging flags (glog):",
     "gflags": "Other flags (gflags):",
 }
