@@ -135,9 +135,13 @@ def test_from_proto_builds_and_selects():
     assert type(r) is GroupLasso and r.coeff == 3.0
     with pytest.raises(RegularizerError, match="coeff is set both as a field and in param_str"):
         Regularizer.from_proto(rp('type: "L1" coeff: 1 param_str: "coeff: 2"'))
-    with pytest.raises(RegularizerError, match=r"regularizer 'GroupLasso': bad param_str "
-                                               r"\"kindd: filter\": .*kindd"):
+    with pytest.raises(RegularizerError, match=r"regularizer 'GroupLasso': bad arguments "
+                                               r"\(coeff not set, param_str \"kindd: filter\"\): "
+                                               r".*kindd"):
         Regularizer.from_proto(rp('type: "GroupLasso" param_str: "kindd: filter"'))
+    with pytest.raises(RegularizerError, match=r"regularizer 'L1': bad arguments \(coeff not set, "
+                                               r"param_str \"\"\): .*coeff"):
+        Regularizer.from_proto(rp('type: "L1"'))
 
 
 def test_solver_regularizers_from_prototxt():

@@ -427,10 +427,11 @@ class Regularizer:
         try:
             r = klass.from_config(**params)
         except TypeError as e:
-            raise RegularizerError("regularizer '%s': bad param_str \"%s\": %s (registered "
-                                   "regularizers: %s)" % (type_name, rp.param_str, e,
-                                                          ", ".join(regularizer_names())
-                                                          or "none")) from None
+            raise RegularizerError(
+                "regularizer '%s': bad arguments (coeff %s, param_str \"%s\"): %s (registered "
+                "regularizers: %s)" % (type_name, "%g" % rp.coeff if rp.HasField("coeff")
+                                       else "not set", rp.param_str, e,
+                                       ", ".join(regularizer_names()) or "none")) from None
         if len(rp.layer) or len(rp.blob_index):
             r.select(list(rp.layer) or getattr(r, "layers", None),
                      list(rp.blob_index) if len(rp.blob_index) else getattr(r, "blob_indices",
