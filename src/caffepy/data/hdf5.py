@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .. import backend
-from .sources import dims_str
+from .sources import dims_str, read_text
 
 
 def load_h5py(error):
@@ -33,11 +33,7 @@ class HDF5ListSource:
         self.source = source
         self.names = list(names)
         self.shuffle = bool(shuffle)
-        try:
-            with open(source, "r") as f:
-                self.filenames = f.read().split()
-        except OSError as e:
-            raise error("failed to open source file '%s': %s", source, e.strerror or e) from None
+        self.filenames = read_text(source, "source file", error).split()
         if not self.filenames:
             raise error("must have at least 1 HDF5 filename listed in '%s'", source)
         self.file_permutation = np.arange(len(self.filenames))

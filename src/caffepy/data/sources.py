@@ -33,6 +33,15 @@ def check_batch_shape(error, what, first_what, shape, first_shape, crop):
                     "" if crop else " (or be cropped to one size with transform_param.crop_size)")
 
 
+def read_text(path, what, error):
+    """The text of a list file; a file that cannot be read is ``error``'s "failed to open"."""
+    try:
+        with open(path, "r") as f:
+            return f.read()
+    except OSError as e:
+        raise error("failed to open %s '%s': %s", what, path, e.strerror or e) from None
+
+
 def _key(key):
     return key.decode("utf-8", errors="replace") if isinstance(key, bytes) else key
 
@@ -93,11 +102,7 @@ def parse_image_list(source, error):
     """Caffe's ImageData list: one "path label" per line, split at the last space.
 
     Returns a list of (path, label, line number). Blank lines are skipped."""
-    try:
-        with open(source, "r") as f:
-            text = f.read()
-    except OSError as e:
-        raise error("failed to open the image list '%s': %s", source, e.strerror or e) from None
+    text = read_text(source, "the image list", error)
     lines = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.rstrip()

@@ -28,6 +28,7 @@ import numpy as np
 
 from .db import DataError
 from .image import read_image, decode_image, resize_bilinear
+from .sources import read_text
 
 # window columns (Caffe's WindowField order)
 IMAGE_INDEX, LABEL, OVERLAP, X1, Y1, X2, Y2 = range(7)
@@ -41,11 +42,7 @@ def parse_window_file(path, root_folder="", fg_threshold=0.5, bg_threshold=0.5,
                       error=_default_error):
     """Returns (images, fg, bg): images is a list of (path, (channels, height, width)), fg and
     bg are float32 arrays of windows (K × 7, columns IMAGE_INDEX, LABEL, OVERLAP, X1..Y2)."""
-    try:
-        with open(path, "r") as f:
-            text = f.read()
-    except OSError as e:
-        raise error("failed to open window file '%s': %s", path, e.strerror or e) from None
+    text = read_text(path, "window file", error)
     tokens = []
     for lineno, line in enumerate(text.splitlines(), 1):
         tokens.extend((tok, lineno) for tok in line.split())

@@ -8,6 +8,7 @@ from ..blob import Blob
 from ..kernels.pooling import scatter_add
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
+from .params import weight_and_bias
 from .shapes import prod, shape_str
 
 
@@ -30,20 +31,7 @@ class InnerProductLayer(Layer):
         axis = self.canonical_axis(bottom[0], p.axis)
         self.K = bottom[0].count_range(axis)
         wshape = (self.K, self.N) if self.transpose else (self.N, self.K)
-        nblobs = 2 if self.bias_term else 1
-        if len(self.blobs) == 0:
-            w = self.blobs.add_blob(*wshape)
-            self.fill_param(p.weight_filler, w, "weight_filler")
-            if self.bias_term:
-                b = self.blobs.add_blob(self.N)
-                self.fill_param(p.bias_filler, b, "bias_filler")
-        else:
-            if len(self.blobs) != nblobs:
-                raise self.error("expects %d parameter blob(s) (weights%s) but %d were given",
-                                 nblobs, " and bias" if self.bias_term else "", len(self.blobs))
-            self.check_param_shape(0, wshape, "weight")
-            if self.bias_term:
-                self.check_param_shape(1, (self.N,), "bias")
+        weight_and_bias(self, p, wshape, self.bias_term, self.N)
 
     def reshape(self, bottom, top):
         p = self.layer_param.inner_product_param
@@ -221,22 +209,50 @@ def _legacy_or_axis(layer, blob, param, legacy_name):
     return layer.canonical_axis(blob, param.axis)
 
 
+class _AxisParts(Layer):
+    """Concat and Slice: one whole blob and its parts, consecutive along ``axis``."""
+    param_name = legacy_name = None     # concat_param / concat_dim, slice_param / slice_dim
+
+    def layer_setup(self, bottom, top):
+        p = getattr(self.layer_param, self.param_name)
+        if p.HasField("axis") and p.HasField(self.legacy_name):
+            raise self.error("either axis or %s should be specified, not both", self.legacy_name)
+
+    def _read_axis(self, blob):
+        self.axis = _legacy_or_axis(self, blob, getattr(self.layer_param, self.param_name),
+                                    self.legacy_name)
+        return self.axis
+
+    def _finish_reshape(self, whole, bottom, top):
+        """Outer and inner sizes around the axis; a single part is the whole (shared)."""
+        self.outer = whole.count_range(0, self.axis)
+        self.inner = whole.count_range(self.axis + 1)
+        if len(bottom) == 1 and len(top) == 1:
+            top[0].share_data(bottom[0])
+            top[0].share_diff(bottom[0])
+
+    def _pairs(self, whole, parts, diff):
+        """(part view, the whole's slice) for each part, as (outer, size, inner) arrays."""
+        n, inner = self.outer, self.inner
+        get = (lambda b: b.flat_diff) if diff else (lambda b: b.flat_data)
+        wv = get(whole).reshape(n, whole.shape[self.axis], inner)
+        off = 0
+        for b in parts:
+            k = b.shape[self.axis]
+            yield get(b).reshape(n, k, inner), wv[:, off:off + k, :]
+            off += k
+
+
 @register_layer("Concat")
-class ConcatLayer(Layer):
+class ConcatLayer(_AxisParts):
     """Concatenate the bottoms along ``axis`` (all other dims must match)."""
     min_bottom_blobs = 1
     exact_num_top_blobs = 1
-
-    def layer_setup(self, bottom, top):
-        p = self.layer_param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise self.error("either axis or concat_dim should be specified, not both")
+    param_name, legacy_name = "concat_param", "concat_dim"
 
     def reshape(self, bottom, top):
-        p = self.layer_param.concat_param
         b0 = bottom[0]
-        axis = _legacy_or_axis(self, b0, p, "concat_dim")
-        self.axis = axis
+        axis = self._read_axis(b0)
         shape = list(b0.shape)
         for i in range(1, len(bottom)):
             bs = bottom[i].shape
@@ -250,53 +266,36 @@ class ConcatLayer(Layer):
                                      shape_str(b0.shape), i, shape_str(bs))
             shape[axis] += bs[axis]
         top[0].reshape(shape)
-        self.num_concats = b0.count_range(0, axis)
-        self.inner = b0.count_range(axis + 1)
-        if len(bottom) == 1:
-            top[0].share_data(b0)
-            top[0].share_diff(b0)
-
-    def _views(self, blobs, top, diff):
-        n, inner = self.num_concats, self.inner
-        get = (lambda b: b.flat_diff) if diff else (lambda b: b.flat_data)
-        tv = get(top).reshape(n, top.shape[self.axis], inner)
-        off = 0
-        for b in blobs:
-            k = b.shape[self.axis]
-            yield b, get(b).reshape(n, k, inner), tv[:, off:off + k, :]
-            off += k
+        self._finish_reshape(b0, bottom, top)
 
     def forward_impl(self, bottom, top):
         if len(bottom) == 1:
             return
-        for _, bv, tv in self._views(bottom, top[0], False):
+        for bv, tv in self._pairs(top[0], bottom, False):
             tv[...] = bv
 
     def backward_impl(self, top, propagate_down, bottom):
         if len(bottom) == 1:
             return
-        for i, (_, bv, tv) in enumerate(self._views(bottom, top[0], True)):
+        for i, (bv, tv) in enumerate(self._pairs(top[0], bottom, True)):
             if propagate_down[i]:
                 bv[...] = tv
 
 
 @register_layer("Slice")
-class SliceLayer(Layer):
+class SliceLayer(_AxisParts):
     """Split the bottom along ``axis`` at ``slice_point`` (or into equal parts)."""
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
+    param_name, legacy_name = "slice_param", "slice_dim"
 
     def layer_setup(self, bottom, top):
-        p = self.layer_param.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            raise self.error("either axis or slice_dim should be specified, not both")
-        self.slice_points = [int(s) for s in p.slice_point]
+        super().layer_setup(bottom, top)
+        self.slice_points = [int(s) for s in self.layer_param.slice_param.slice_point]
 
     def reshape(self, bottom, top):
-        p = self.layer_param.slice_param
         b = bottom[0]
-        axis = _legacy_or_axis(self, b, p, "slice_dim")
-        self.axis = axis
+        axis = self._read_axis(b)
         n_axis = b.shape[axis]
         ntop = len(top)
         if self.slice_points:
@@ -325,36 +324,22 @@ class SliceLayer(Layer):
                                  "axis %d of size %d (bottom shape %s); or give slice_point",
                                  ntop, axis, n_axis, shape_str(b.shape))
             sizes = [n_axis // ntop] * ntop
-        self.sizes = sizes
         shape = list(b.shape)
         for t, k in zip(top, sizes):
             shape[axis] = k
             t.reshape(shape)
-        self.num_slices = b.count_range(0, axis)
-        self.inner = b.count_range(axis + 1)
-        if ntop == 1:
-            top[0].share_data(b)
-            top[0].share_diff(b)
-
-    def _views(self, bottom, top, diff):
-        n, inner = self.num_slices, self.inner
-        get = (lambda bl: bl.flat_diff) if diff else (lambda bl: bl.flat_data)
-        bv = get(bottom).reshape(n, bottom.shape[self.axis], inner)
-        off = 0
-        for t, k in zip(top, self.sizes):
-            yield get(t).reshape(n, k, inner), bv[:, off:off + k, :]
-            off += k
+        self._finish_reshape(b, bottom, top)
 
     def forward_impl(self, bottom, top):
         if len(top) == 1:
             return
-        for tv, bv in self._views(bottom[0], top, False):
+        for tv, bv in self._pairs(bottom[0], top, False):
             tv[...] = bv
 
     def backward_impl(self, top, propagate_down, bottom):
         if not propagate_down[0] or len(top) == 1:
             return
-        for tv, bv in self._views(bottom[0], top, True):
+        for tv, bv in self._pairs(bottom[0], top, True):
             bv[...] = tv
 
 
@@ -511,20 +496,7 @@ class EmbedLayer(Layer):
             raise self.error("input_dim must be positive (set embed_param { input_dim: ... }, "
                              "the number of distinct indices)")
         self.bias_term = p.bias_term
-        nblobs = 2 if self.bias_term else 1
-        if len(self.blobs) == 0:
-            w = self.blobs.add_blob(self.K, self.N)
-            self.fill_param(p.weight_filler, w, "weight_filler")
-            if self.bias_term:
-                b = self.blobs.add_blob(self.N)
-                self.fill_param(p.bias_filler, b, "bias_filler")
-        else:
-            if len(self.blobs) != nblobs:
-                raise self.error("expects %d parameter blob(s) (weights%s) but %d were given",
-                                 nblobs, " and bias" if self.bias_term else "", len(self.blobs))
-            self.check_param_shape(0, (self.K, self.N), "weight")
-            if self.bias_term:
-                self.check_param_shape(1, (self.N,), "bias")
+        weight_and_bias(self, p, (self.K, self.N), self.bias_term, self.N)
 
     def reshape(self, bottom, top):
         self.M = bottom[0].count

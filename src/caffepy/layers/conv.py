@@ -10,6 +10,7 @@ import numpy as np
 from ..kernels.im2col import (WindowGeometry, col2im, conv_out_size, deconv_out_size,
                               im2col)
 from ..layer import Layer, register_layer
+from .params import weight_and_bias
 from .shapes import prod, shape_str
 
 
@@ -29,35 +30,29 @@ def _spatial_params(layer, p, num_spatial):
                               name, name, n, num_spatial)
         return tuple(int(values[0 if n == 1 else i]) for i in range(num_spatial))
 
-    def hw_form(name, h, w):
+    def read(name, repeated, default):
+        """The _h/_w pair if either is set (2-D only, not with the repeated field), else the
+        repeated field."""
+        if not (p.HasField(name + "_h") or p.HasField(name + "_w")):
+            return per_axis(repeated, getattr(p, repeated), default)
         if num_spatial != 2:
             raise layer.error("%s_h & %s_w can only be used for 2D convolution "
                               "(this input has %d spatial axes)", name, name, num_spatial)
-        if len(getattr(p, "kernel_size" if name == "kernel" else name)):
+        if len(getattr(p, repeated)):
             raise layer.error("Either %s or %s_h/w should be specified; not both.",
-                              "kernel_size" if name == "kernel" else name, name)
-        return (int(h), int(w))
+                              repeated, name)
+        return (int(getattr(p, name + "_h")), int(getattr(p, name + "_w")))
 
-    if p.HasField("kernel_h") or p.HasField("kernel_w"):
-        kernel = hw_form("kernel", p.kernel_h, p.kernel_w)
-    else:
-        kernel = per_axis("kernel_size", p.kernel_size, None)
-    if any(k <= 0 for k in kernel):
-        raise layer.error("Filter dimensions must be nonzero (kernel %s).", shape_str(kernel))
-    if p.HasField("stride_h") or p.HasField("stride_w"):
-        stride = hw_form("stride", p.stride_h, p.stride_w)
-    else:
-        stride = per_axis("stride", p.stride, 1)
-    if any(s <= 0 for s in stride):
-        raise layer.error("Stride dimensions must be nonzero (stride %s).", shape_str(stride))
-    if p.HasField("pad_h") or p.HasField("pad_w"):
-        pad = hw_form("pad", p.pad_h, p.pad_w)
-    else:
-        pad = per_axis("pad", p.pad, 0)
-    dilation = per_axis("dilation", p.dilation, 1)
-    if any(d <= 0 for d in dilation):
-        raise layer.error("Dilation dimensions must be nonzero (dilation %s).",
-                          shape_str(dilation))
+    def nonzero(values, what, name):
+        if any(v <= 0 for v in values):
+            raise layer.error("%s dimensions must be nonzero (%s %s).", what, name,
+                              shape_str(values))
+        return values
+
+    kernel = nonzero(read("kernel", "kernel_size", None), "Filter", "kernel")
+    stride = nonzero(read("stride", "stride", 1), "Stride", "stride")
+    pad = read("pad", "pad", 0)
+    dilation = nonzero(per_axis("dilation", p.dilation, 1), "Dilation", "dilation")
     return kernel, stride, pad, dilation
 
 
@@ -110,21 +105,7 @@ class _ConvolutionBase(Layer):
             self.conv_out_channels, self.conv_in_channels = self.num_output, self.channels
         wshape = (self.conv_out_channels, self.conv_in_channels // self.group) + self.kernel
         self.bias_term = bool(p.bias_term)
-        nblobs = 2 if self.bias_term else 1
-        if len(self.blobs) == 0:
-            w = self.blobs.add_blob(*wshape)
-            self.fill_param(p.weight_filler, w, "weight_filler")
-            if self.bias_term:
-                b = self.blobs.add_blob(self.num_output)
-                self.fill_param(p.bias_filler, b, "bias_filler")
-        else:
-            if len(self.blobs) != nblobs:
-                raise self.error("Incorrect number of weight blobs: expected %d (weights%s), "
-                                 "got %d", nblobs, " and bias" if self.bias_term else "",
-                                 len(self.blobs))
-            self.check_param_shape(0, wshape, "weight")
-            if self.bias_term:
-                self.check_param_shape(1, (self.num_output,), "bias")
+        weight_and_bias(self, p, wshape, self.bias_term, self.num_output)
         self.kernel_count = prod(self.kernel)
         self._key = None
 

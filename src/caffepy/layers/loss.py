@@ -76,6 +76,14 @@ def _read_labels(layer, label_blob, shape, num_classes, ignore_label, what="labe
     return lab, valid
 
 
+def _data_gradient_wanted(layer, propagate_down):
+    """Caffe's loss backward: asking for a gradient of the labels (bottom 1) is an error;
+    returns whether the data (bottom 0) wants its gradient."""
+    if len(propagate_down) > 1 and propagate_down[1]:
+        raise layer.error("cannot backpropagate to label inputs (bottom 1)")
+    return propagate_down[0]
+
+
 def _ignore_label(loss_param):
     return int(loss_param.ignore_label) if loss_param.HasField("ignore_label") else None
 
@@ -168,17 +176,18 @@ class _SoftmaxLoss(LossLayer):
             top[1].data[...] = self.prob.data
         return p3
 
-    def _add_prob_top_gradient(self, top, d3):
-        """Backprop a gradient arriving at the probability top (extension; Caffe has none)."""
+    def _finish_backward(self, top, d3):
+        """The tail of both backwards: zero the ignored positions, scale by loss weight /
+        normalizer, then add the gradient arriving at the probability top (if any)."""
+        if self._valid is not None:
+            d3 *= self._valid[:, None, :]
+        d3 *= (top[0].diff / self._norm).astype(self.xp.float32)
         if len(top) < 2:
             return
+        # Backprop a gradient arriving at the probability top (extension; Caffe has none).
         p3 = self.prob.data.reshape(self._shape3())
         dy = top[1].diff.reshape(self._shape3())
         d3 += p3 * (dy - (dy * p3).sum(axis=1, keepdims=True))
-
-    def _check_label_backward(self, propagate_down):
-        if len(propagate_down) > 1 and propagate_down[1]:
-            raise self.error("cannot backpropagate to label inputs (bottom 1)")
 
 
 @register_layer("SoftmaxWithLoss")
@@ -206,19 +215,14 @@ class SoftmaxWithLossLayer(_SoftmaxLoss):
         self._write_loss(top, logp, lab, valid)
 
     def backward_impl(self, top, propagate_down, bottom):
-        self._check_label_backward(propagate_down)
-        if not propagate_down[0]:
+        if not _data_gradient_wanted(self, propagate_down):
             return
-        xp = self.xp
-        lab, valid = self._lab, self._valid
+        lab = self._lab
         d3 = bottom[0].diff.reshape(self._shape3())
         d3[...] = self.prob.data.reshape(self._shape3())
         rows, cols = _index_grid(self)
         d3[rows, lab, cols] -= _f32(1)
-        if valid is not None:
-            d3 *= valid[:, None, :]
-        d3 *= (top[0].diff / self._norm).astype(xp.float32)
-        self._add_prob_top_gradient(top, d3)
+        self._finish_backward(top, d3)
 
 
 @register_layer("InfogainLoss")
@@ -282,22 +286,19 @@ class InfogainLossLayer(_SoftmaxLoss):
         self._write_loss(top, per_pos, lab, valid)
 
     def backward_impl(self, top, propagate_down, bottom):
-        self._check_label_backward(propagate_down)
+        wanted = _data_gradient_wanted(self, propagate_down)
         if len(propagate_down) > 2 and propagate_down[2]:
             raise self.error("cannot backpropagate to the infogain matrix (bottom 2)")
-        if not propagate_down[0]:
+        if not wanted:
             return
         xp = self.xp
-        lab, valid = self._lab, self._valid
+        lab = self._lab
         sum_rows = self._h2(bottom).sum(axis=1)
         d3 = bottom[0].diff.reshape(self._shape3())
         p3 = self.prob.data.reshape(self._shape3())
         xp.multiply(p3, sum_rows[lab][:, None, :], out=d3)
         d3 -= self._h_rows(bottom, lab)
-        if valid is not None:
-            d3 *= valid[:, None, :]
-        d3 *= (top[0].diff / self._norm).astype(xp.float32)
-        self._add_prob_top_gradient(top, d3)
+        self._finish_backward(top, d3)
 
 
 @register_layer("SigmoidCrossEntropyLoss")
@@ -353,9 +354,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
         s += _f32(0.5)
 
     def backward_impl(self, top, propagate_down, bottom):
-        if propagate_down[1]:
-            raise self.error("cannot backpropagate to label inputs (bottom 1)")
-        if not propagate_down[0]:
+        if not _data_gradient_wanted(self, propagate_down):
             return
         xp = self.xp
         d = bottom[0].diff
@@ -443,9 +442,7 @@ class HingeLossLayer(LossLayer):
         top[0].data[...] = loss / _f32(self.num)
 
     def backward_impl(self, top, propagate_down, bottom):
-        if propagate_down[1]:
-            raise self.error("cannot backpropagate to label inputs (bottom 1)")
-        if not propagate_down[0]:
+        if not _data_gradient_wanted(self, propagate_down):
             return
         xp = self.xp
         d = bottom[0].diff.reshape(self.margins.shape)
@@ -557,9 +554,7 @@ class MultinomialLogisticLossLayer(LossLayer):
         top[0].data[...] = -xp.log(p).sum() / _f32(self.num)
 
     def backward_impl(self, top, propagate_down, bottom):
-        if propagate_down[1]:
-            raise self.error("cannot backpropagate to label inputs (bottom 1)")
-        if not propagate_down[0]:
+        if not _data_gradient_wanted(self, propagate_down):
             return
         xp = self.xp
         d = bottom[0].diff.reshape(self.num, self.dim)

@@ -8,7 +8,6 @@ exactly as Caffe does, so in place they see the output (Caffe's numbers).
 import numpy as np
 
 from .. import backend
-from ..fillers import fill
 from ..layer import NeuronLayer, register_layer
 from ..proto import caffe_pb2
 
@@ -104,7 +103,7 @@ class PReLULayer(_SavesInput):
                 fp = p.filler
             else:
                 fp = caffe_pb2.FillerParameter(type="constant", value=0.25)
-            fill(fp, b)
+            self.fill_param(fp, b, "filler")
         if self.channel_shared:
             if self.blobs[0].count != 1:
                 raise self.error("negative slope size is inconsistent with prototxt config "
@@ -312,17 +311,22 @@ class PowerLayer(_SavesInput):
         dx[...] = dy * g
 
 
+def _log_base(layer, base):
+    """Exp's and Log's base as float32 and its natural log (base -1 means e: log 1)."""
+    base = _f32(base)
+    if base != -1 and not base > 0:
+        raise layer.error("base must be strictly positive (got %g)", float(base))
+    with np.errstate(all="ignore"):
+        return base, _f32(1) if base == -1 else np.log(base)
+
+
 @register_layer("Exp")
 class ExpLayer(NeuronLayer):
     """y = base ^ (shift + scale * x); base -1 means e."""
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.exp_param
-        base = _f32(p.base)
-        if base != -1 and not base > 0:
-            raise self.error("base must be strictly positive (got %g)", float(base))
-        with np.errstate(all="ignore"):
-            log_base = _f32(1) if base == -1 else np.log(base)
+        base, log_base = _log_base(self, p.base)
         if not np.isfinite(log_base):
             raise self.error("log(base) = log(%g) is not finite", float(base))
         scale = _f32(p.scale)
@@ -360,11 +364,7 @@ class LogLayer(_SavesInput):
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.log_param
-        base = _f32(p.base)
-        if base != -1 and not base > 0:
-            raise self.error("base must be strictly positive (got %g)", float(base))
-        with np.errstate(all="ignore"):
-            log_base = _f32(1) if base == -1 else np.log(base)
+        base, log_base = _log_base(self, p.base)
         if not np.isfinite(log_base) or log_base == 0:
             raise self.error("log(base) = log(%g) must be finite and non-zero", float(base))
         base_scale = _f32(1) if base == -1 else _f32(1) / log_base

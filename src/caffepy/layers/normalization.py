@@ -2,7 +2,6 @@
 LRN (local response normalisation)."""
 import numpy as np
 
-from ..fillers import fill
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 from .shapes import nchw, prod
@@ -14,12 +13,6 @@ def _c(v):
     """A constant as a Python float holding a float32 value (Caffe's Dtype arithmetic),
     so it mixes with NumPy and CuPy float32 arrays without upcasting."""
     return float(np.float32(v))
-
-
-def _ensure_param_propagate(layer):
-    if len(layer.param_propagate_down) < len(layer.blobs):
-        layer.param_propagate_down = (list(layer.param_propagate_down)
-                                      + [True] * (len(layer.blobs) - len(layer.param_propagate_down)))
 
 
 @register_layer("Softmax")
@@ -204,6 +197,13 @@ class _BroadcastParam(Layer):
         end = b.num_axes if num_axes == -1 else axis + num_axes
         return tuple(b.shape[axis:end])
 
+    def _add_param(self, bottom, axis_field, num_axes, what, filler, filler_name):
+        """A learned param blob over bottom[0] axes [axis, axis + num_axes), filled."""
+        shape = self._param_shape(bottom, axis_field, num_axes, what)
+        blob = self.blobs.add_blob()
+        blob.reshape(shape)
+        self.fill_param(filler, blob, filler_name)
+
     def _dims(self, bottom, pshape, axis_field, what):
         """outer, param, inner dims for a param of shape pshape over bottom[0]."""
         b = bottom[0]
@@ -229,11 +229,7 @@ class BiasLayer(_BroadcastParam):
     def layer_setup(self, bottom, top):
         p = self.layer_param.bias_param
         if len(bottom) == 1 and not self.blobs:
-            shape = self._param_shape(bottom, p.axis, p.num_axes, "bias")
-            blob = self.blobs.add_blob()
-            blob.reshape(shape)
-            fill(p.filler, blob)
-        _ensure_param_propagate(self)
+            self._add_param(bottom, p.axis, p.num_axes, "bias", p.filler, "filler")
 
     def _bias_blob(self, bottom):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]
@@ -269,23 +265,16 @@ class ScaleLayer(_BroadcastParam):
     def layer_setup(self, bottom, top):
         p = self.layer_param.scale_param
         if len(bottom) == 1 and not self.blobs:
-            shape = self._param_shape(bottom, p.axis, p.num_axes, "scale")
-            blob = self.blobs.add_blob()
-            blob.reshape(shape)
             fp = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(
                 type="constant", value=1.0)
-            fill(fp, blob)
+            self._add_param(bottom, p.axis, p.num_axes, "scale", fp, "filler")
         self.bias_param_id = None
         if p.bias_term:
             if len(self.blobs) + len(bottom) < 3:
                 # no preloaded bias: create it (shape as the internal Bias layer would)
                 num_axes = bottom[1].num_axes if len(bottom) > 1 else p.num_axes
-                shape = self._param_shape(bottom, p.axis, num_axes, "bias")
-                blob = self.blobs.add_blob()
-                blob.reshape(shape)
-                fill(p.bias_filler, blob)
+                self._add_param(bottom, p.axis, num_axes, "bias", p.bias_filler, "bias_filler")
             self.bias_param_id = len(self.blobs) - 1
-        _ensure_param_propagate(self)
         self._x_copy = None
 
     def _scale_blob(self, bottom):

@@ -15,7 +15,6 @@ Without ``expose_hidden`` the final state of one forward is the initial state of
 """
 import numpy as np
 
-from .. import fillers
 from ..blob import Blob
 from ..layer import Layer, register_layer
 
@@ -115,14 +114,14 @@ class _RecurrentBase(Layer):
 
     def _filled(self, filler, shape):
         b = Blob(shape)
-        fillers.fill(filler, b)
+        self.fill_param(filler, b, "recurrent_param filler")
         return b
 
     def reshape(self, bottom, top):
         self.check(bottom[0].shape[:2] == (self.T, self.N) and
                    bottom[0].count_range(2) == self.input_dim,
                    "input shape changed from T×N = %d×%d; got %s", self.T, self.N, bottom[0].shape)
-        top[0].reshape((self.T, self.N, self.out_dim))
+        top[0].reshape((self.T, self.N, self.hidden))
         for k in range(1, len(top)):
             top[k].reshape((1, self.N, self.hidden))
 
@@ -145,10 +144,6 @@ class LSTMLayer(_RecurrentBase):
         if self.static:
             self.blobs.append(self._filled(rp.weight_filler, (4 * h, self.static_dim)))
         self.blobs.append(self._filled(rp.weight_filler, (4 * h, h)))
-
-    @property
-    def out_dim(self):
-        return self.hidden
 
     def forward_impl(self, bottom, top):
         xp = self.xp
@@ -253,10 +248,6 @@ class RNNLayer(_RecurrentBase):
         self.blobs.append(self._filled(rp.weight_filler, (h, h)))
         self.blobs.append(self._filled(rp.weight_filler, (h, h)))
         self.blobs.append(self._filled(rp.bias_filler, (h,)))
-
-    @property
-    def out_dim(self):
-        return self.hidden
 
     def forward_impl(self, bottom, top):
         xp = self.xp
