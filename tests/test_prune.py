@@ -174,3 +174,189 @@ def test_threshold_counts_small_weights_as_zero():
     assert r1.removed["conv1"] == [2, 3, 5, 7]
     assert _shapes(w1)["conv2"][0] == (46, 16, 5, 5)
     assert r1.layer("conv1").row_sparsity == pytest.approx(4 / 20)
+
+
+# -- (b) CIFAR-10 quick --------------------------------------------------------------------------
+
+def _cifar(seed=3):
+    p = _net_param(CIFAR_QUICK, batch=2)
+    net = caffepy.Net(p, caffepy.TEST)
+    _random_weights(net, seed)
+    _zero(net, "conv1", [0, 9])
+    _zero(net, "conv1", [4], bias=0.5)      # conv2 pads by 2: the constant cannot be folded
+    _zero(net, "conv2", [3, 17])
+    _zero(net, "conv3", [5, 6, 60])
+    _zero(net, "conv3", [7], bias=-0.3)     # relu3 makes it 0: removed, nothing to fold
+    _zero(net, "conv3", [8], bias=0.25)     # relu 0.25, AVE pooling (no pad) 0.25: into ip1
+    _zero(net, "ip1", [1, 2])
+    return p, net
+
+
+CIFAR_SHAPES = {"conv1": [(30, 3, 5, 5), (30,)], "conv2": [(30, 30, 5, 5), (30,)],
+                "conv3": [(59, 30, 5, 5), (59,)], "ip1": [(62, 59 * 4 * 4), (62,)],
+                "ip2": [(10, 62), (10,)]}
+
+
+def test_cifar10_quick_deploy():
+    p, net = _cifar()
+    weights = net.to_proto()
+    new_net, new_weights, report = prune_net(p, weights)
+    assert _shapes(new_weights) == CIFAR_SHAPES
+    assert report.removed["conv3"] == [5, 6, 7, 8, 60]
+    (kept,) = report.kept
+    assert kept[:2] == ("conv1", 4)
+    assert "pad 2x2" in kept[2] or "pad 2" in kept[2]
+    assert "'conv2'" in kept[2] and "0.5" in kept[2]
+    x = np.random.RandomState(1).randn(2, 3, 32, 32).astype(np.float32)
+    _assert_same_outputs((p, weights), (new_net, new_weights), {"data": x}, ["prob", "ip2"])
+    # multiply-adds per image from the blob shapes: conv1 32x32 outputs, conv3 8x8
+    c1, c3 = report.layer("conv1"), report.layer("conv3")
+    assert (c1.macs_before, c1.macs_after) == (32 * 32 * 32 * 75, 32 * 32 * 30 * 75)
+    assert (c3.macs_before, c3.macs_after) == (8 * 8 * 64 * 32 * 25, 8 * 8 * 59 * 30 * 25)
+    assert c3.row_sparsity == pytest.approx(5 / 64) and c3.col_sparsity == 0
+
+
+def _cifar_data(tmp_path, n=4):
+    from caffepy.data import array_to_datum, write_db
+    from caffepy.proto import write_mean_binaryproto
+    rng = np.random.RandomState(7)
+    images = rng.randint(0, 256, size=(n, 3, 32, 32)).astype(np.uint8)
+    for split in ("train", "test"):
+        write_db(str(tmp_path / ("cifar10_%s_lmdb" % split)),
+                 (("%05d" % i, array_to_datum(images[i], i % 10)) for i in range(n)))
+    write_mean_binaryproto(images.mean(axis=0), str(tmp_path / "mean.binaryproto"))
+
+
+def test_cifar10_quick_train_test_with_rules(tmp_path, monkeypatch):
+    deploy, net = _cifar()
+    weights = net.to_proto()
+    p = _net_param(CIFAR_QUICK_TRAIN_TEST)
+    monkeypatch.chdir(tmp_path)
+    # without the data: shapes unknown, the same pruned weights
+    new_net0, new_weights0, report0 = prune_net(p, weights)
+    assert _shapes(new_weights0) == CIFAR_SHAPES
+    assert report0.layer("conv1").macs_before is None
+    # with a 4-image LMDB and a mean file where the prototxt looks for them
+    os.makedirs("examples/cifar10")
+    _cifar_data(tmp_path / "examples" / "cifar10")
+    for lp in p.layer:
+        if lp.type == "Data":
+            lp.data_param.batch_size = 4
+    new_net, new_weights, report = prune_net(p, weights)
+    assert new_weights == new_weights0
+    assert report.layer("conv1").macs_before == 32 * 32 * 32 * 75
+    rules = [(lp.name, [caffe_pb2.Phase.Name(r.phase) for r in lp.include])
+             for lp in new_net.layer if len(lp.include)]
+    assert rules == [("cifar", ["TRAIN"]), ("cifar", ["TEST"]), ("accuracy", ["TEST"])]
+    assert [lp.name for lp in new_net.layer] == [lp.name for lp in p.layer]
+    net = _assert_same_outputs((p, weights), (new_net, new_weights), {}, ["ip2", "loss"])
+    assert net.blobs["ip2"].data.shape == (4, 10)
+
+
+# -- (c) Concat, BatchNorm + Scale, PReLU ---------------------------------------------------------
+
+CONCAT_NET = """
+name: "concat_bn"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "convA" type: "Convolution" bottom: "data" top: "convA"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "bnA" type: "BatchNorm" bottom: "convA" top: "convA" }
+layer { name: "scA" type: "Scale" bottom: "convA" top: "convA" scale_param { bias_term: true } }
+layer { name: "reluA" type: "ReLU" bottom: "convA" top: "convA" }
+layer { name: "convB" type: "Convolution" bottom: "data" top: "convB"
+        convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "preluB" type: "PReLU" bottom: "convB" top: "convB" }
+layer { name: "cat" type: "Concat" bottom: "convA" bottom: "convB" top: "cat" }
+layer { name: "convC" type: "Convolution" bottom: "cat" top: "convC"
+        convolution_param { num_output: 5 kernel_size: 3 } }
+layer { name: "ipD" type: "InnerProduct" bottom: "convC" top: "ipD"
+        inner_product_param { num_output: 6 } }
+"""
+
+
+def test_concat_batchnorm_scale_prelu():
+    p = _net_param(CONCAT_NET)
+    net = caffepy.Net(p, caffepy.TEST)
+    _random_weights(net, 5)
+    _zero(net, "convA", [1])              # 0 -> BatchNorm -> Scale -> ReLU: a constant, folded
+    _zero(net, "convA", [2], bias=0.4)
+    _zero(net, "convB", [0])              # PReLU(0) = 0
+    _zero(net, "convB", [2], bias=-0.5)   # PReLU(-0.5) = -0.5 * slope: folded into convC
+    _zero(net, "convC", [3])              # 36 columns of ipD (6x6 outputs)
+    _zero(net, "ipD", [2])                # a net output: kept
+    weights = net.to_proto()
+    new_net, new_weights, report = prune_net(p, weights)
+    assert _shapes(new_weights) == {
+        "convA": [(2, 3, 3, 3), (2,)], "bnA": [(2,), (2,), (1,)], "scA": [(2,), (2,)],
+        "convB": [(1, 3, 1, 1), (1,)], "preluB": [(1,)], "convC": [(4, 3, 3, 3), (4,)],
+        "ipD": [(6, 4 * 36), (6,)]}
+    # the concat offsets: convC keeps input channels 0, 3 (convA) and 5 (convB's filter 1)
+    old_c = net.params["convC"][0].data
+    new_c = np.asarray([l for l in new_weights.layer if l.name == "convC"][0].blobs[0].data)
+    np.testing.assert_array_equal(new_c.reshape(4, 3, 3, 3),
+                                  old_c[[0, 1, 2, 4]][:, [0, 3, 5]])
+    assert report.kept == [("ipD", 2, "blob 'ipD' is a net output")]
+    # BatchNorm's stats and Scale's parameters keep channels 0 and 3
+    bn = [l for l in new_weights.layer if l.name == "bnA"][0]
+    np.testing.assert_array_equal(np.asarray(bn.blobs[0].data),
+                                  net.params["bnA"][0].data[[0, 3]])
+    x = np.random.RandomState(2).randn(2, 3, 8, 8).astype(np.float32)
+    _assert_same_outputs((p, weights), (new_net, new_weights), {"data": x}, ["ipD"])
+    assert sum("into the bias of 'convC'" in f for f in report.folded) == 1
+
+
+# -- (d) bias folding: exact and not exact --------------------------------------------------------
+
+POOL_NET = """
+name: "fold"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 2 dim: 6 dim: 6 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "conv1" top: "pool"
+        pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: %d } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip" inner_product_param { num_output: 3 } }
+"""
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_bias_fold_through_average_pooling(pad):
+    p = _net_param(POOL_NET % pad)
+    net = caffepy.Net(p, caffepy.TEST)
+    _random_weights(net, 11)
+    _zero(net, "conv1", [2])                  # zero: exact through any pooling
+    _zero(net, "conv1", [1], bias=0.6)        # 0.6 everywhere; AVE with pad dilutes the borders
+    weights = net.to_proto()
+    new_net, new_weights, report = prune_net(p, weights)
+    side = 6 if pad else 4
+    x = np.random.RandomState(3).randn(2, 2, 6, 6).astype(np.float32)
+    _assert_same_outputs((p, weights), (new_net, new_weights), {"data": x}, ["ip"])
+    if pad:
+        assert _shapes(new_weights)["conv1"][0] == (3, 2, 3, 3)
+        assert _shapes(new_weights)["ip"][0] == (3, 3 * side * side)
+        ((layer, unit, reason),) = report.kept
+        assert (layer, unit) == ("conv1", 1)
+        assert "AVE pooling with pad 1" in reason and "'ip'" in reason
+    else:
+        assert _shapes(new_weights)["conv1"][0] == (2, 2, 3, 3)
+        assert _shapes(new_weights)["ip"][0] == (3, 2 * side * side)
+        assert report.kept == []
+        w = net.params["ip"][0].data.astype(np.float64).reshape(3, 4, side * side)
+        want = net.params["ip"][1].data + 0.6 * w[:, 1].sum(axis=1)
+        got = np.asarray([l for l in new_weights.layer if l.name == "ip"][0].blobs[1].data)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_bias_fold_adds_a_bias_to_a_consumer_without_one():
+    text = POOL_NET.replace("inner_product_param { num_output: 3 }",
+                            "inner_product_param { num_output: 3 bias_term: false }") % 0
+    p = _net_param(text)
+    net = caffepy.Net(p, caffepy.TEST)
+    _random_weights(net, 12)
+    _zero(net, "conv1", [3], bias=-0.25)
+    weights = net.to_proto()
+    new_net, new_weights, _ = prune_net(p, weights)
+    ip = [lp for lp in new_net.layer if lp.name == "ip"][0]
+    assert ip.inner_product_param.bias_term
+    assert _shapes(new_weights)["ip"] == [(3, 48), (3,)]
+    x = np.random.RandomState(4).randn(2, 2, 6, 6).astype(np.float32)
+    _assert_same_outputs((p, weights), (new_net, new_weights), {"data": x}, ["ip"])

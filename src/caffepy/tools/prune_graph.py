@@ -102,6 +102,8 @@ def net_views(net_param):
                 continue
             seen.add(idx)
             views.append(("phase %s%s" % (pname, ", stage %s" % extra if extra else ""), idx))
+    if len(views) == 1:
+        views[0] = (None, views[0][1])       # every state runs the same layers
     return views
 
 
@@ -700,7 +702,8 @@ class ChannelGraph:
         for key, desc in self.outputs.items():
             node = self.nodes.get(key)
             if node is not None and node.tracked:
-                self._block_all(node.slots, "blob '%s' is a net output (%s)" % (key[0], desc))
+                self._block_all(node.slots, "blob '%s' is a net output%s"
+                                % (key[0], " (%s)" % desc if desc else ""))
 
     def _concat(self, i, lp, ins):
         p = lp.concat_param
