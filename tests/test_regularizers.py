@@ -1,7 +1,13 @@
 """The regularizer plug-in API (context, selection, from_proto, state), weight decay with the
 SSL fork's ParamSpec extensions, the L1/L2/ElasticNet built-ins, connectivity masks and the
 sparsity log block."""
+import json
 import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -97,7 +103,7 @@ def test_bad_param_str_names_type_and_registered(text, why):
         Regularizer.from_proto(rp('type: "GroupLasso" param_str: "%s"' % text.replace('"', '\\"')))
     msg = str(e.value)
     assert msg.startswith("regularizer 'GroupLasso': cannot parse param_str \"%s\": " % text)
-    assert __import__("re").search(why, msg)
+    assert re.search(why, msg)
     assert "registered regularizers: " in msg and "GroupLasso, L1, L2" in msg
 
 
@@ -540,3 +546,82 @@ def test_net_sparsity_uses_owner_block_specs(net):
     assert stats[0].element == pytest.approx(100 * 18 / 108)
     assert [s.blocks for s in stats[1:]] == [[], [], [], []]
     assert stats[1].element == 0                      # biases 0.1
+
+
+# -- docs/custom-regularizer.md ------------------------------------------------------------------
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                   "custom-regularizer.md")
+
+
+def doc_blocks(path):
+    """[(kind, name, code)] of the page's marked blocks: ``<!-- test -->`` before a python
+    block to run, ``<!-- test: file NAME -->`` before a block to save as NAME."""
+    marker = re.compile(r"^<!--\s*test(?::\s*file\s+(\S+))?\s*-->\s*$")
+    lines = open(path, encoding="utf-8").read().split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        m = marker.match(line.strip())
+        if not m:
+            continue
+        j = i + 1
+        while not lines[j].strip():
+            j += 1
+        fence = re.match(r"^(`{3,})", lines[j]).group(1)
+        k = j + 1
+        while lines[k].rstrip() != fence:
+            k += 1
+        out.append(("file" if m.group(1) else "run", m.group(1), "\n".join(lines[j + 1:k])))
+    return out
+
+
+def test_custom_regularizer_doc_runs_and_its_plugin_matches_the_builtin(tmp_path):
+    blocks = doc_blocks(DOC)
+    runs = [b for b in blocks if b[0] == "run"]
+    assert len(runs) >= 5 and any(b[1] == "ssl_net.prototxt" for b in blocks)
+    plugin = runs[0][2]
+    body = [ln for ln in plugin.split("\n")[plugin.split("\n").index("@register_regularizer("
+                                                                    "\"MyGroupLasso\")"):]]
+    assert len(body) <= 35, "the plug-in should stay about 30 lines (%d)" % len(body)
+    script = ["import json, sys", "ns = {'__name__': '__main__'}"]
+    for kind, name, code in blocks:
+        if kind == "file":
+            script.append("open(%r, 'w').write(%r)" % (name, code + "\n"))
+        else:
+            script.append("exec(compile(%r, 'custom-regularizer.md', 'exec'), ns)" % code)
+    # the plug-in against the built-in, from this test as well as from the page
+    script.append(textwrap.dedent('''
+        from caffepy.regularizers import RegularizeContext, SSLGroupLasso
+        import numpy as np, caffepy
+        net = caffepy.Net("ssl_net.prototxt", caffepy.TRAIN)
+        mine = ns["MyGroupLasso"](0.02, 0.01)
+        ssl = SSLGroupLasso(breadth_decay=0.02, kernel_shape_decay=0.01)
+        out = []
+        for pid, blob in enumerate(net.learnable_params):
+            ctx = RegularizeContext.for_param(net, pid)
+            blob.diff[...] = 0
+            mine.regularize(pid, blob, ctx)
+            a = blob.diff.copy()
+            blob.diff[...] = 0
+            ssl.regularize(pid, blob, ctx)
+            out.append([bool(np.array_equal(a, blob.diff)), float(np.abs(a).max()),
+                        mine.penalty(pid, blob, ctx), ssl.penalty(pid, blob, ctx)])
+        print("RESULT " + json.dumps(out))
+    '''))
+    (tmp_path / "run_doc.py").write_text("\n".join(script))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(caffepy.__file__))]
+        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run([sys.executable, "run_doc.py"], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "same weights and penalties after 5 iterations" in proc.stdout
+    assert "True 144 max relative error" in proc.stdout
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert len(result) == 4
+    for same, biggest, p_mine, p_builtin in result:
+        assert same
+        assert p_mine == pytest.approx(p_builtin, rel=1e-6)
+    assert result[0][1] > 0 and result[2][1] > 0              # conv1 and ip1 weights
+    assert result[1][1] == 0 and result[3][1] == 0            # biases: no multipliers
