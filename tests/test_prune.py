@@ -360,3 +360,147 @@ def test_bias_fold_adds_a_bias_to_a_consumer_without_one():
     assert _shapes(new_weights)["ip"] == [(3, 48), (3,)]
     x = np.random.RandomState(4).randn(2, 2, 6, 6).astype(np.float32)
     _assert_same_outputs((p, weights), (new_net, new_weights), {"data": x}, ["ip"])
+
+
+# -- constraints: Eltwise, conv groups, LRN across channels, a layer prune cannot slice ------------
+
+CONSTRAINT_NET = """
+name: "constraints"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }
+layer { name: "convA" type: "Convolution" bottom: "data" top: "convA"
+        convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "convB" type: "Convolution" bottom: "data" top: "convB"
+        convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "convA" bottom: "convB" top: "sum" }
+layer { name: "convG" type: "Convolution" bottom: "sum" top: "convG"
+        convolution_param { num_output: 4 kernel_size: 1 group: 2 } }
+layer { name: "convL" type: "Convolution" bottom: "data" top: "convL"
+        convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "lrn" type: "LRN" bottom: "convL" top: "lrn" lrn_param { local_size: 3 } }
+layer { name: "convM" type: "Convolution" bottom: "data" top: "convM"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "mvn" type: "MVN" bottom: "convM" top: "mvn" }
+layer { name: "cat" type: "Concat" bottom: "convG" bottom: "lrn" bottom: "mvn" top: "cat" }
+layer { name: "ip" type: "InnerProduct" bottom: "cat" top: "ip" inner_product_param { num_output: 3 } }
+"""
+
+
+def test_constraints_keep_units_and_say_why():
+    p = _net_param(CONSTRAINT_NET)
+    net = caffepy.Net(p, caffepy.TEST)
+    _random_weights(net, 21)
+    _zero(net, "convA", [0, 1, 2, 4])
+    _zero(net, "convB", [0, 2, 4, 5])
+    _zero(net, "convG", [3])
+    _zero(net, "convL", [1])
+    _zero(net, "convM", [0])
+    weights = net.to_proto()
+    new_net, new_weights, report = prune_net(p, weights)
+    # Eltwise: only channels zero in both inputs (0, 2, 4); convG's groups (0-2, 3-5) must
+    # lose as many each: 0 and 4 go, 2 stays
+    assert report.removed == {"convA": [0, 4], "convB": [0, 4], "convG": [], "convL": [],
+                              "convM": [], "ip": []}
+    shapes = _shapes(new_weights)
+    assert shapes["convA"][0] == shapes["convB"][0] == (4, 4, 1, 1)
+    assert shapes["convG"][0] == (4, 2, 1, 1)
+    assert shapes["ip"][0] == (3, 9 * 25)
+    reasons = {(layer, unit): why for layer, unit, why in report.kept}
+    assert set(reasons) == {("convA", 1), ("convA", 2), ("convB", 2), ("convB", 5),
+                            ("convG", 3), ("convL", 1), ("convM", 0)}
+    assert reasons[("convA", 1)] == ("it is tied to unit 1 of 'convB', which has non-zero "
+                                     "weights: layer 'sum' (Eltwise) combines them")
+    assert reasons[("convB", 5)].startswith("it is tied to unit 5 of 'convA'")
+    assert "group 2" in reasons[("convA", 2)] and "'convG'" in reasons[("convA", 2)]
+    assert "removable per group: 2, 1" in reasons[("convA", 2)]
+    assert "filter groups must keep equal sizes" in reasons[("convG", 3)]
+    assert "ACROSS_CHANNELS" in reasons[("convL", 1)]
+    assert reasons[("convM", 0)] == ("layer 'mvn' (type MVN) consumes pruned blob 'convM'; "
+                                     "caffepy prune cannot slice MVN layers")
+    x = np.random.RandomState(5).randn(2, 4, 5, 5).astype(np.float32)
+    _assert_same_outputs((p, weights), (new_net, new_weights), {"data": x}, ["ip"])
+
+
+# -- (e) the command line -------------------------------------------------------------------------
+
+def test_cli_end_to_end(tmp_path, capsys):
+    from caffepy import cli
+    p, net = _lenet(seed=4)
+    model, weights = str(tmp_path / "lenet.prototxt"), str(tmp_path / "lenet.caffemodel")
+    write_text(p, model)
+    net.save(weights)
+    out_model, out_weights = str(tmp_path / "small.prototxt"), str(tmp_path / "small.caffemodel")
+    rc = cli.run(["prune", "-model", model, "-weights", weights, "-out_model", out_model,
+                  "--out_weights=" + out_weights, "-threshold", "0"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    # name, type, shape before/after, params before/after, MACs before/after, col, row, speed-up
+    assert rows["conv1"][2:8] == ["20x1x5x5", "17x1x5x5", "520", "442", "288000", "244800"]
+    assert rows["conv1"][8:] == ["0.00%", "15.00%", "1.18x"]
+    assert rows["conv2"][4:6] == ["25050", str(46 * 17 * 25 + 46)]
+    assert rows["ip1"][2:8] == ["500x800", "497x736", "400500", str(497 * 736 + 497), "400000",
+                                str(497 * 736)]
+    assert rows["ip2"][4:6] == ["5010", "4980"]
+    assert rows["total"][1:3] == [str(520 + 25050 + 400500 + 5010),
+                                  str(442 + 46 * 17 * 25 + 46 + 497 * 736 + 497 + 4980)]
+    small = caffepy.Net(out_model, caffepy.TEST, weights=out_weights)
+    assert small.params["conv2"][0].data.shape == (46, 17, 5, 5)
+    x = np.random.RandomState(6).randn(3, 1, 28, 28).astype(np.float32)
+    _assert_same_outputs((p, net.to_proto()),
+                         (read_text(out_model, caffe_pb2.NetParameter()),
+                          read_binary(out_weights, caffe_pb2.NetParameter())),
+                         {"data": x}, ["prob"])
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    from caffepy import cli
+    assert cli.run(["prune", "-model", "a.prototxt", "-weights", "a.caffemodel"]) == 1
+    assert "prune needs -out_model, -out_weights" in capsys.readouterr().err
+    assert cli.run(["prune", "-model", "a", "-weights", "b", "-out_model", "c",
+                    "-out_weights", "d", "-threshold", "x"]) == 1
+    assert "-threshold must be a number (got 'x')" in capsys.readouterr().err
+
+
+# -- (f) errors -----------------------------------------------------------------------------------
+
+def test_error_all_filters_zero():
+    p, net = _lenet()
+    net.params["conv1"][0].data[...] = 0
+    net.params["conv1"][1].data[...] = 0
+    with pytest.raises(ToolError) as e:
+        prune_net(p, net.to_proto(), model_name="lenet.prototxt",
+                  weights_name="lenet.caffemodel")
+    msg = str(e.value)
+    assert "all 20 filters of layer 'conv1'" in msg and "20x1x5x5" in msg
+    assert "lenet.prototxt" in msg and "lenet.caffemodel" in msg and "disconnects" in msg
+
+
+def test_error_missing_weights(tmp_path):
+    p, net = _lenet()
+    weights = net.to_proto()
+    for layer in weights.layer:
+        if layer.name == "conv2":
+            del layer.blobs[:]
+    model, wfile = str(tmp_path / "m.prototxt"), str(tmp_path / "w.caffemodel")
+    write_text(p, model)
+    write_binary(weights, wfile)
+    with pytest.raises(ToolError) as e:
+        prune_files(model, wfile, str(tmp_path / "o.prototxt"), str(tmp_path / "o.caffemodel"))
+    msg = str(e.value)
+    assert "no blobs for layer 'conv2'" in msg and "weight 50x20x5x5 and bias 50" in msg
+    assert wfile in msg and model in msg
+    assert not os.path.exists(str(tmp_path / "o.prototxt"))
+
+
+def test_error_weight_shapes_do_not_match_the_prototxt():
+    p, net = _lenet()
+    weights = net.to_proto()
+    for lp in p.layer:
+        if lp.name == "conv2":
+            lp.convolution_param.num_output = 40
+    with pytest.raises(ToolError) as e:
+        prune_net(p, weights, weights_name="w.caffemodel")
+    msg = str(e.value)
+    assert "'conv2'" in msg and "50x20x5x5" in msg and "40x20x5x5" in msg
+    with pytest.raises(ToolError, match="threshold must be a finite number >= 0"):
+        prune_net(_lenet()[0], weights, threshold=-1)

@@ -115,6 +115,7 @@ class Classes:
     def __init__(self):
         self.parent = []
         self.reasons = {}
+        self.ties = {}          # root -> why its units were merged (the first reason)
 
     def new(self):
         self.parent.append(len(self.parent))
@@ -128,14 +129,16 @@ class Classes:
             self.parent[a], a = root, self.parent[a]
         return root
 
-    def union(self, a, b):
+    def union(self, a, b, why=None):
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return
         self.parent[rb] = ra
-        if rb in self.reasons:
-            reason = self.reasons.pop(rb)
-            self.reasons.setdefault(ra, reason)
+        for table in (self.reasons, self.ties):
+            if rb in table:
+                table.setdefault(ra, table.pop(rb))
+        if why is not None:
+            self.ties.setdefault(ra, why)
 
     def block(self, a, reason):
         if a != FIXED:
@@ -287,7 +290,9 @@ class ChannelGraph:
                 last[name] = (name, i)
 
     # -- helpers for the first pass ------------------------------------------------------------
-    def _merge(self, a, b, why):
+    def _merge(self, a, b, why, tie=None):
+        """Slot by slot: the same removal for both; a FIXED slot blocks the other (`why`);
+        two units are tied (`tie` says how, for the report)."""
         for x, y in zip(a, b):
             if x == FIXED and y == FIXED:
                 continue
@@ -296,7 +301,7 @@ class ChannelGraph:
             elif y == FIXED:
                 self.cls.block(x, why)
             else:
-                self.cls.union(x, y)
+                self.cls.union(x, y, tie)
 
     def _block_all(self, slots, why):
         for s in slots or ():
@@ -323,7 +328,9 @@ class ChannelGraph:
                                     "layouts in different phases" % (lp.name, name))
                 return None
             self._merge(first.slots, n.slots, "layer '%s' reads blob '%s' in several phases, "
-                        "and the channel is not removable in all of them" % (lp.name, name))
+                        "and the channel is not removable in all of them" % (lp.name, name),
+                        "layer '%s' reads them as blob '%s' in different phases"
+                        % (lp.name, name))
         return Input(name, nodes, list(first.slots), list(first.widths), first.exact)
 
     def _shape(self, name):
@@ -390,7 +397,10 @@ class ChannelGraph:
             cin = ins[0].entries
         elif len(lp.bottom) and self._shape(lp.bottom[0]) is not None:
             cin = int(self._shape(lp.bottom[0])[0])
-        ksz = "x".join(map(str, kernel)) if kernel else "?"
+        nsp = len(kernel) if len(kernel) > 1 else 2
+        if len(kernel) <= 1 and len(lp.bottom) and self._shape(lp.bottom[0]) is not None:
+            nsp = max(1, len(self._shape(lp.bottom[0])) - 1)
+        ksz = "x".join(map(str, kernel * nsp if len(kernel) == 1 else kernel)) if kernel else "?"
         per_group = "%d" % (cin // max(group, 1)) if cin is not None else "C/%d" % group
         expect = "weight %dx%sx%s%s" % (num_output, per_group, ksz,
                                         " and bias %d" % num_output if bias_term else "")
@@ -482,7 +492,8 @@ class ChannelGraph:
                                     "layouts with one set of weights" % lp.name)
                     continue
                 self._merge(first.slots, inp.slots, "layer '%s' reads several inputs with "
-                            "one set of weights" % lp.name)
+                            "one set of weights" % lp.name,
+                            "layer '%s' reads them with one set of weights" % lp.name)
             c["inputs"].append((i, b))
 
     def _conv(self, i, lp, ins):
@@ -746,7 +757,8 @@ class ChannelGraph:
                 self._unsupported(i, lp, ins, "its inputs have different channel layouts")
                 return
             self._merge(first.slots, inp.slots, "layer '%s' (Eltwise) combines it with a "
-                        "channel that is not removable" % lp.name)
+                        "channel that is not removable" % lp.name,
+                        "layer '%s' (Eltwise) combines them" % lp.name)
         self._set_tops(i, lp, (first.slots, first.widths, first.exact))
 
     # -- candidates ------------------------------------------------------------------------------
@@ -999,9 +1011,11 @@ class ChannelGraph:
                 if reason is None:
                     others = [m for m in self.members[self.cls.find(c)]
                               if not self.zero_units[m[0]][m[1]]]
-                    reason = ("it is tied (Eltwise, a shared input or phase) to %s, which has "
-                              "non-zero weights" % ", ".join("unit %d of '%s'" % (u, n)
-                                                              for n, u in others[:3]))
+                    root = self.cls.find(c)
+                    reason = ("it is tied to %s, which ha%s non-zero weights%s"
+                              % (", ".join("unit %d of '%s'" % (u, n) for n, u in others[:3]),
+                                 "s" if len(others) == 1 else "ve",
+                                 ": " + self.cls.ties[root] if root in self.cls.ties else ""))
                 out.append((j, reason))
         return out
 
