@@ -504,3 +504,35 @@ def test_error_weight_shapes_do_not_match_the_prototxt():
     assert "'conv2'" in msg and "50x20x5x5" in msg and "40x20x5x5" in msg
     with pytest.raises(ToolError, match="threshold must be a finite number >= 0"):
         prune_net(_lenet()[0], weights, threshold=-1)
+
+
+# -- layers that run in one phase only -------------------------------------------------------------
+
+PHASE_NET = """
+name: "phases"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" inner_product_param { num_output: 5 } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "drop1" type: "Dropout" bottom: "ip1" top: "ip1" include { phase: TRAIN } }
+layer { name: "double" type: "Power" bottom: "ip1" top: "ip1" power_param { scale: 2 }
+        include { phase: TEST } }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2" inner_product_param { num_output: 3 } }
+"""
+
+
+def test_phase_specific_layers_slice_every_phase_and_fold_only_what_agrees():
+    p = _net_param(PHASE_NET)
+    net = caffepy.Net(p, caffepy.TEST)
+    _random_weights(net, 31)
+    _zero(net, "ip1", [0])                # 0 in both phases: removed
+    _zero(net, "ip1", [2], bias=0.5)      # TRAIN: 0.5 (Dropout at inference), TEST: 1.0: kept
+    _zero(net, "ip1", [3], bias=-0.5)     # relu: 0 in both phases: removed
+    weights = net.to_proto()
+    new_net, new_weights, report = prune_net(p, weights)
+    assert report.removed["ip1"] == [0, 3]
+    ((layer, unit, reason),) = report.kept
+    assert (layer, unit) == ("ip1", 2) and "into layer 'ip2'" in reason
+    assert _shapes(new_weights) == {"ip1": [(3, 6), (3,)], "ip2": [(3, 3), (3,)]}
+    assert [len(lp.include) for lp in new_net.layer] == [0, 0, 0, 1, 1, 0]
+    x = np.random.RandomState(8).randn(2, 6).astype(np.float32)
+    _assert_same_outputs((p, weights), (new_net, new_weights), {"data": x}, ["ip2"])
