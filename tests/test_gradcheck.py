@@ -180,3 +180,23 @@ def test_cli_usage_and_configuration_errors():
     rc, _, err = run("-regularizer", "GroupLasso", "-param_str", "kind: block, xdimen: 4",
                      "-shape", "3,3")
     assert rc == 2 and "block group lasso (xdimen 4, ydimen 1) does not tile the 3x3" in err
+
+
+def test_caffepy_gradcheck_command(capsys):
+    from caffepy import cli
+    assert cli.COMMANDS["gradcheck"].own_flags
+    rc = cli.run(["gradcheck", "-regularizer", "GroupLasso", "-coeff", "0.01", "-param_str",
+                  "kind: shape", "-shape", "8,2,3,3", "-conv_group", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    row = table_rows(out)[0]
+    assert row.startswith("regularizer GroupLasso kind=shape coeff=0.01  8x2x3x3  144")
+    assert row.endswith("PASS")
+    rc = cli.run(["gradcheck", "-layer", 'type: "SoftmaxWithLoss"', "-shape", "4,5",
+                  "-shape", "4", "-labels", "5", "-shape", "4"])
+    assert rc == 2 and "Unexpected" not in capsys.readouterr().err
+    rc = cli.run(["gradcheck", "-layer", 'type: "SoftmaxWithLoss"', "-shape", "4,5",
+                  "-shape", "4", "-labels", "5"])
+    assert rc == 0
+    assert table_rows(capsys.readouterr().out)[0].startswith(
+        "layer SoftmaxWithLoss (SoftmaxWithLoss)  4x5 4  24")

@@ -37,6 +37,7 @@ from ..logging_setup import CLI_LOG as log
 from ..logging_setup import CLI_SOURCE, setup_logging
 from . import commands, tools
 from ..tools.prune import prune_command
+from ..tools.gradcheck import gradcheck_command
 from .commands import get_phase, get_requested_action, get_stages, run_train  # noqa: F401
 from .devices import GPU_BACKEND_HELP, get_gpus  # noqa: F401
 from .devices import gpu_device_count as _gpu_device_count  # noqa: F401
@@ -51,6 +52,7 @@ class Command(NamedTuple):
     function: Callable      # (flags, args) -> exit status (None counts as 0)
     help: str               # its line in the usage message
     takes_args: bool = False   # positional arguments after the name (else they are an error)
+    own_flags: bool = False    # reads its own flags: gets (None, everything after the name)
 
 
 # The command table, in the order the usage message and "Unknown action" list them (Caffe's
@@ -83,6 +85,8 @@ COMMANDS = {
                                          "format", takes_args=True),
     "prune": Command(prune_command, "remove all-zero filters and outputs of a trained net "
                      "(a smaller prototxt and caffemodel)"),
+    "gradcheck": Command(gradcheck_command, "check a layer's or a regularizer's gradients by "
+                         "finite differences", takes_args=True, own_flags=True),
 }
 
 
@@ -132,6 +136,8 @@ def _log_fatal(exc, with_traceback):
 def run(argv, solver_overrides=None, solver_param=None):
     """Run the command line ``argv`` (without the program name); returns the exit status."""
     argv = list(argv)
+    if argv and argv[0] in COMMANDS and COMMANDS[argv[0]].own_flags:
+        return COMMANDS[argv[0]].function(None, argv[1:]) or 0
     try:
         flags, positional = parse_flags(argv)
     except FlagError as e:

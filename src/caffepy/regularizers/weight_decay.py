@@ -211,6 +211,9 @@ class _Penalty(Regularizer):
     def penalty(self, param_id, blob, ctx):
         return weight_decay_penalty(self.kind, self._lambda(ctx), blob.data)
 
+    def __repr__(self):
+        return "<%s regularizer coeff=%g>" % (self.name, self.coeff)
+
 
 @register_regularizer("L2")
 class L2Regularizer(_Penalty):

@@ -331,5 +331,11 @@ def main(argv=None, out=None, err=None):
     return 1 if any(r.result == "FAIL" for r in rows) else 0
 
 
+def gradcheck_command(flags, args):
+    """The ``caffepy gradcheck`` row of the command table: ``args`` is everything after the
+    command name (the tool reads its own flags, as -shape repeats)."""
+    return main(args)
+
+
 if __name__ == "__main__":
     sys.exit(main())
