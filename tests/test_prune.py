@@ -4,7 +4,6 @@ Each test sets some filters/outputs of a small net exactly to zero (some with a 
 prunes it, and checks the exact new shapes and that the pruned net reproduces the original's
 outputs within 1e-5 on random inputs.
 """
-import math
 import os
 
 import numpy as np
@@ -257,7 +256,8 @@ def test_cifar10_quick_train_test_with_rules(tmp_path, monkeypatch):
 
 CONCAT_NET = """
 name: "concat_bn"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
 layer { name: "convA" type: "Convolution" bottom: "data" top: "convA"
         convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
 layer { name: "bnA" type: "BatchNorm" bottom: "convA" top: "convA" }
@@ -309,12 +309,14 @@ def test_concat_batchnorm_scale_prelu():
 
 POOL_NET = """
 name: "fold"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 2 dim: 6 dim: 6 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 2 dim: 6 dim: 6 } } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
 layer { name: "pool" type: "Pooling" bottom: "conv1" top: "pool"
         pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: %d } }
-layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+        inner_product_param { num_output: 3 } }
 """
 
 
@@ -366,7 +368,8 @@ def test_bias_fold_adds_a_bias_to_a_consumer_without_one():
 
 CONSTRAINT_NET = """
 name: "constraints"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }
 layer { name: "convA" type: "Convolution" bottom: "data" top: "convA"
         convolution_param { num_output: 6 kernel_size: 1 } }
 layer { name: "convB" type: "Convolution" bottom: "data" top: "convB"
@@ -381,7 +384,8 @@ layer { name: "convM" type: "Convolution" bottom: "data" top: "convM"
         convolution_param { num_output: 2 kernel_size: 1 } }
 layer { name: "mvn" type: "MVN" bottom: "convM" top: "mvn" }
 layer { name: "cat" type: "Concat" bottom: "convG" bottom: "lrn" bottom: "mvn" top: "cat" }
-layer { name: "ip" type: "InnerProduct" bottom: "cat" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "cat" top: "ip"
+        inner_product_param { num_output: 3 } }
 """
 
 
@@ -511,12 +515,14 @@ def test_error_weight_shapes_do_not_match_the_prototxt():
 PHASE_NET = """
 name: "phases"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
-layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" inner_product_param { num_output: 5 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+        inner_product_param { num_output: 5 } }
 layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
 layer { name: "drop1" type: "Dropout" bottom: "ip1" top: "ip1" include { phase: TRAIN } }
 layer { name: "double" type: "Power" bottom: "ip1" top: "ip1" power_param { scale: 2 }
         include { phase: TEST } }
-layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2" inner_product_param { num_output: 3 } }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        inner_product_param { num_output: 3 } }
 """
 
 

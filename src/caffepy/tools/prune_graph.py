@@ -35,8 +35,9 @@ NEURON_TYPES = frozenset({"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "
 ELEMENTWISE_TYPES = NEURON_TYPES | {"BatchNorm", "Scale", "Bias"}
 PARAM_PASSTHROUGH_TYPES = frozenset({"PReLU", "BatchNorm", "Scale", "Bias"})
 CLASS_SCORE_TYPES = frozenset({"Softmax", "Accuracy", "ArgMax"})
-DATA_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData",
-                        "DummyData", "Input", "Python"})
+ACROSS_CHANNELS = caffe_pb2.LRNParameter.ACROSS_CHANNELS
+STOCHASTIC = caffe_pb2.PoolingParameter.STOCHASTIC
+AVE = caffe_pb2.PoolingParameter.AVE
 
 
 def is_class_score_consumer(layer_type):
@@ -240,7 +241,6 @@ class ChannelGraph:
         self.group_constraints = []           # (description, [[class ids] per group])
         self.shared_param_layers = self._shared_param_layers()
         self.inexact_at = {}                  # class root -> where its constant stops being exact
-        self.notes = []
 
     # -- errors --------------------------------------------------------------------------------
     def _missing(self, lp, expect):
@@ -681,7 +681,7 @@ class ChannelGraph:
                         self._unsupported(i, lp, ins, why)
                         continue
                     self.passthrough.setdefault(lp.name, []).append((i, 0))
-                if t == "LRN" and lp.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
+                if t == "LRN" and lp.lrn_param.norm_region == ACROSS_CHANNELS:
                     self._block_all(inp.slots, "layer '%s' (LRN, ACROSS_CHANNELS) normalises "
                                     "blob '%s' over windows of neighbouring channels; removing "
                                     "a channel would shift those windows" % (lp.name, inp.name))
@@ -838,15 +838,13 @@ class ChannelGraph:
                 pp = lp.pooling_param
                 pad = pp.pad or pp.pad_h or pp.pad_w
                 out = v.copy()
-                if pp.pool == caffe_pb2.PoolingParameter.STOCHASTIC or \
-                        (pp.pool == caffe_pb2.PoolingParameter.AVE and pad):
+                if pp.pool == STOCHASTIC or (pp.pool == AVE and pad):
                     out[out != 0] = np.nan
+                    kind = "STOCHASTIC" if pp.pool == STOCHASTIC else "AVE"
                     self._mark_inexact(v, out, inps[0].slots, inps[0].widths,
                                        "layer '%s' (%s pooling%s) does not pass a constant "
-                                       "unchanged" % (lp.name, "STOCHASTIC"
-                                                      if pp.pool == caffe_pb2.PoolingParameter.STOCHASTIC
-                                                      else "AVE", " with pad %d" % pad if pad
-                                                      else ""))
+                                       "unchanged" % (lp.name, kind, " with pad %d" % pad
+                                                      if pad else ""))
             elif t == "LRN" and ins[0] is not None:
                 v = ins[0]
                 out = v.copy()
