@@ -5,6 +5,8 @@ Each class reproduces the Caffe 1.0 (master) layer of the same name, including i
 rules and its output-size formulas. A convolution pass is one im2col over the whole batch
 (caffepy.kernels.im2col) plus one large matmul per group.
 """
+import logging
+
 import numpy as np
 
 from ..kernels.im2col import (WindowGeometry, col2im, conv_out_size, deconv_out_size,
@@ -70,6 +72,23 @@ def _read_conv_geometry(layer, p, bottom):
         layer, p, layer.num_spatial)
 
 
+log = logging.getLogger("caffepy")
+
+# conv_mode (ConvolutionParameter field 21, the SSL fork's sparse-inference hint) already
+# reported for these layer names: one log line per layer, not one per net built
+_CONV_MODE_REPORTED = set()
+
+
+def _report_conv_mode(layer_param):
+    mode = layer_param.convolution_param.conv_mode
+    if mode == 0 or layer_param.name in _CONV_MODE_REPORTED:
+        return
+    _CONV_MODE_REPORTED.add(layer_param.name)
+    log.info("Layer %s: conv_mode %s is an inference hint (sparse convolution in the SSL fork); "
+             "caffepy computes it as LOWERED_GEMM, with the same results", layer_param.name,
+             layer_param.convolution_param.ConvMode.Name(mode))
+
+
 class _ConvolutionBase(Layer):
     """Shared setup of Convolution and Deconvolution (Caffe's BaseConvolutionLayer).
 
@@ -84,6 +103,7 @@ class _ConvolutionBase(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.convolution_param
+        _report_conv_mode(self.layer_param)
         _read_conv_geometry(self, p, bottom[0])
         self.channels = int(bottom[0].shape[self.axis])
         self.num_output = int(p.num_output)
