@@ -542,3 +542,22 @@ def test_phase_specific_layers_slice_every_phase_and_fold_only_what_agrees():
     assert [len(lp.include) for lp in new_net.layer] == [0, 0, 0, 1, 1, 0]
     x = np.random.RandomState(8).randn(2, 6).astype(np.float32)
     _assert_same_outputs((p, weights), (new_net, new_weights), {"data": x}, ["ip2"])
+
+
+def test_group_lasso_block_specs_follow_the_pruned_matrix():
+    p, net = _lenet()
+    conv2 = [lp for lp in p.layer if lp.name == "conv2"][0]
+    whole = conv2.param[0].block_group_lasso.add()        # the whole 50 x 500 matrix
+    whole.xdimen, whole.ydimen = 500, 50
+    shape = conv2.param[0].block_group_lasso.add()        # kernel shapes: 25 columns, 1 row
+    shape.xdimen, shape.ydimen = 25, 1
+    ip1 = [lp for lp in p.layer if lp.name == "ip1"][0]
+    odd = ip1.param[0].block_group_lasso.add()            # 100 columns: 736 is no multiple
+    odd.xdimen, odd.ydimen = 100, 1
+    new_net, _, report = prune_net(p, net.to_proto())
+    specs = {lp.name: [(b.xdimen, b.ydimen) for b in lp.param[0].block_group_lasso]
+             for lp in new_net.layer if lp.type in ("Convolution", "InnerProduct")}
+    assert specs["conv2"] == [(17 * 25, 46), (25, 1)]
+    assert specs["ip1"] == [(100, 1)]
+    assert ("layer 'ip1': block_group_lasso {xdimen: 100 ydimen: 1} does not tile the pruned "
+            "497x736 weight matrix; change it before training the pruned net") in report.notes

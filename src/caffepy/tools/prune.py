@@ -373,6 +373,31 @@ def _set_layer_param(lp, new_blobs):
             p.bias_term = True
 
 
+def _adjust_ssl_specs(lp, old_w, new_w, group, notes):
+    """Group-lasso block specs (SSL ParamSpec fields) sized to the whole old weight matrix
+    follow its new size; blocks that no longer tile the pruned matrix get a note."""
+    if not len(lp.param) or old_w.shape == new_w.shape:
+        return
+    rows0, rows1 = old_w.shape[0], new_w.shape[0]
+    cols0, cols1 = old_w.size // max(rows0, 1), new_w.size // max(rows1, 1)
+    ps = lp.param[0]
+    for spec in ps.block_group_lasso:
+        if spec.xdimen == cols0:
+            spec.xdimen = cols1
+        if spec.ydimen == rows0:
+            spec.ydimen = rows1
+        elif group > 1 and spec.ydimen == rows0 // group:
+            spec.ydimen = rows1 // group
+        if rows1 % spec.ydimen or cols1 % spec.xdimen:
+            notes.append("layer '%s': block_group_lasso {xdimen: %d ydimen: %d} does not tile "
+                         "the pruned %dx%d weight matrix; change it before training the pruned "
+                         "net" % (lp.name, spec.xdimen, spec.ydimen, rows1, cols1))
+    if ps.decay_proto:
+        notes.append("layer '%s': decay_proto '%s' holds multipliers for the %s weight; the "
+                     "pruned weight is %s" % (lp.name, ps.decay_proto, shape_str(old_w.shape),
+                                              shape_str(new_w.shape)))
+
+
 def _apply(graph, net_param, weights_param, report):
     new_net = caffe_pb2.NetParameter()
     new_net.CopyFrom(net_param)
@@ -397,9 +422,15 @@ def _apply(graph, net_param, weights_param, report):
         if out is not None:
             new_blobs[name] = out
     # prototxt: num_output / bias_term of every layer of that name, Reshape dims
+    ssl_notes = []
     for lp in new_net.layer:
         if lp.name in new_blobs:
             _set_layer_param(lp, new_blobs[lp.name])
+            if lp.type in ("Convolution", "InnerProduct"):
+                _adjust_ssl_specs(lp, graph.weights[lp.name][0], new_blobs[lp.name][0],
+                                  lp.convolution_param.group if lp.type == "Convolution" else 1,
+                                  ssl_notes)
+    report.notes.extend(dict.fromkeys(ssl_notes))
     for i, inp in graph.reshapes.items():
         lp = new_net.layer[i]
         top = graph.nodes[(lp.top[0], i)]
