@@ -162,8 +162,8 @@ def _copy_upgraded(param, source):
 
 def _read_weights(weights_param, weights_name):
     weights = {}
-    for layer in weights_param.layer:
-        if not len(layer.blobs) or layer.name in weights:
+    for layer in weights_param.layer:   # Caffe copies entries in order: the last one wins
+        if not len(layer.blobs):
             continue
         arrs = []
         for k, bp in enumerate(layer.blobs):
@@ -194,7 +194,10 @@ def infer_shapes(net_param):
     TRAIN for what TEST lacks).  Returns (shapes, param_shapes, notes); a phase whose net
     cannot be built (a data source that is not there) only adds a note."""
     shapes, param_shapes, notes = {}, {}, []
-    for phase, pname in ((caffe_pb2.TEST, "TEST"), (caffe_pb2.TRAIN, "TRAIN")):
+    phases = ((caffe_pb2.TEST, "TEST"), (caffe_pb2.TRAIN, "TRAIN"))
+    if not any(len(lp.include) or len(lp.exclude) for lp in net_param.layer):
+        phases = phases[:1]                  # one net: both phases build the same layers
+    for phase, pname in phases:
         net, error = None, None
         for one in (True, False):
             q = caffe_pb2.NetParameter()
@@ -437,10 +440,8 @@ def _apply(graph, net_param, weights_param, report):
         keep = graph.keep_mask(top.slots, top.widths)
         if not keep.all() and lp.reshape_param.shape.dim[1] > 0:
             lp.reshape_param.shape.dim[1] = int(keep.sum())
-    done = set()
     for layer in new_weights.layer:
-        if layer.name in new_blobs and layer.name not in done:
-            done.add(layer.name)
+        if layer.name in new_blobs and len(layer.blobs):
             del layer.blobs[:]
             for arr in new_blobs[layer.name]:
                 set_blobproto(layer.blobs.add(), arr)
