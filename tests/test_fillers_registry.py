@@ -14,10 +14,11 @@ BUILTINS = ["bilinear", "constant", "gaussian", "msra", "positive_unitball", "un
 @pytest.fixture
 def registry():
     """Leave the registry as it was (the tests below add and replace entries)."""
-    saved = dict(fillers._REGISTRY)
-    yield fillers._REGISTRY
-    fillers._REGISTRY.clear()
-    fillers._REGISTRY.update(saved)
+    table = fillers._FILLERS._items
+    saved = dict(table)
+    yield table
+    table.clear()
+    table.update(saved)
 
 
 def test_builtins_are_registered_and_register_filler_is_exported():

@@ -18,37 +18,32 @@ import numpy as np
 
 from . import backend
 from .errors import FillerError  # noqa: F401
+from .registry import Registry
 from .proto import caffe_pb2
 
-_REGISTRY = {}
+_FILLERS = Registry("Unknown filler type '%s' (registered: %s)", FillerError)
 
 
 def register_filler(name, fn=None):
     """Register ``fn(param, shape, rng) -> array`` as the filler type ``name`` (usable as a
     decorator). Registering an existing name replaces that filler for the rest of the process."""
-    def deco(f):
-        _REGISTRY[name] = f
-        return f
-    return deco(fn) if fn is not None else deco
+    return _FILLERS.register(name, fn)
 
 
 def filler_type_list():
     """The registered filler type names, sorted."""
-    return sorted(_REGISTRY)
+    return _FILLERS.names()
 
 
 def get_filler(name):
     """The function registered as ``name`` (None if there is none)."""
-    return _REGISTRY.get(name)
+    return _FILLERS.get(name)
 
 
 def fill_array(param, shape):
     """Return a float32 host array of ``shape`` filled as ``param`` (a FillerParameter) says."""
     shape = tuple(int(d) for d in shape)
-    fn = _REGISTRY.get(param.type)
-    if fn is None:
-        raise FillerError("Unknown filler type '%s' (registered: %s)"
-                          % (param.type, ", ".join(filler_type_list()) or "none"))
+    fn = _FILLERS.lookup(param.type)
     out = np.asarray(fn(param, shape, backend.rng()), dtype=np.float32)
     if out.shape != shape:
         raise FillerError("filler '%s' returned an array of shape %s for a blob of shape %s"

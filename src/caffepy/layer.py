@@ -24,6 +24,7 @@ import numpy as np
 from . import backend
 from .blob import Blob
 from .errors import LayerError  # noqa: F401
+from .registry import Registry
 
 _f32 = np.float32
 log = logging.getLogger("caffepy")
@@ -38,33 +39,28 @@ class BlobList(list):
         return b
 
 
-_REGISTRY = {}
+_LAYERS = Registry("unknown layer type '%s' (known types: %s)", LayerError,
+                   name_attr="type_name")
 
 
 def register_layer(type_name, cls=None):
     """Register a Layer class under a Caffe type name (usable as a decorator)."""
-    def deco(c):
-        _REGISTRY[type_name] = c
-        c.type_name = type_name
-        return c
-    return deco(cls) if cls is not None else deco
+    return _LAYERS.register(type_name, cls)
 
 
 def layer_type_list():
-    return sorted(_REGISTRY)
+    return _LAYERS.names()
 
 
 def get_layer_class(type_name):
-    return _REGISTRY.get(type_name)
+    return _LAYERS.get(type_name)
 
 
 def create_layer(layer_param, phase=None):
     # LayerRegistry::CreateLayer logs this (lower-case "layer") before building the layer.
     log.info("Creating layer %s", layer_param.name)
-    cls = _REGISTRY.get(layer_param.type)
-    if cls is None:
-        raise LayerError("Layer '%s': unknown layer type '%s' (known types: %s)"
-                         % (layer_param.name, layer_param.type, ", ".join(layer_type_list())))
+    cls = _LAYERS.lookup(layer_param.type, "Layer '%s': unknown layer type '%%s' (known "
+                         "types: %%s)" % layer_param.name.replace("%", "%%"))
     return cls(layer_param, phase)
 
 

@@ -10,10 +10,11 @@ A rule registered later gets its class, ``<Name>Solver``, the first time it is a
 from ..errors import SolverError
 from . import config
 from .solver import Solver
-from .registry import Registry
+from ..registry import Registry
 from .updaters import find_update_rule, update_rule_names
 
-_CLASSES = Registry("Unknown solver type: '%s' (known types: %s)", name_attr="type_name")
+_CLASSES = Registry("Unknown solver type: '%s' (known types: %s)", SolverError,
+                    name_attr="type_name")
 
 
 def register_solver(type_name, cls=None):

@@ -14,13 +14,14 @@ import logging
 import numpy as np
 
 from ..errors import SolverError
-from .registry import Registry
+from ..registry import Registry
 
 log = logging.getLogger("caffepy")
 
 f32 = np.float32
 
-_POLICIES = Registry("Unknown learning rate policy: '%s' (lr_policy must be one of: %s)")
+_POLICIES = Registry("Unknown learning rate policy: '%s' (lr_policy must be one of: %s)",
+                     SolverError)
 
 
 def register_lr_policy(name, fn=None):

@@ -18,11 +18,11 @@ import numpy as np
 
 from .. import backend
 from ..errors import SolverError
-from .registry import Registry
+from ..registry import Registry
 
 f32 = np.float32
 
-_RULES = Registry("Unknown solver type: '%s' (known types: %s)", name_attr="name")
+_RULES = Registry("Unknown solver type: '%s' (known types: %s)", SolverError, name_attr="name")
 
 
 def register_update_rule(type_name, cls=None):
