@@ -42,40 +42,32 @@ import numpy as np
 
 from .. import backend
 from ..errors import RegularizerError
+from ..registry import Registry
 
-_REGISTRY = {}
+# a class that names itself (``name = "..."``) keeps that name when registered
+_REGULARIZERS = Registry("Unknown regularizer '%s' (registered: %s)", RegularizerError,
+                         name_attr="name",
+                         keep_name=lambda c: getattr(c, "name", None) not in (None,
+                                                                              Regularizer.name))
 
 
 def register_regularizer(name, cls=None):
     """Register a Regularizer class under ``name`` (usable as a decorator); the name is the
     ``type`` of a ``regularizer { ... }`` block in the solver prototxt."""
-    def deco(c):
-        _REGISTRY[name] = c
-        if getattr(c, "name", None) in (None, Regularizer.name):
-            c.name = name
-        return c
-    return deco(cls) if cls is not None else deco
+    return _REGULARIZERS.register(name, cls)
 
 
 def regularizer_names():
-    return sorted(_REGISTRY)
+    return _REGULARIZERS.names()
 
 
 def get_regularizer_class(name):
-    return _REGISTRY.get(name)
-
-
-def _unknown_type(name):
-    return RegularizerError("Unknown regularizer '%s' (registered: %s)"
-                            % (name, ", ".join(regularizer_names()) or "none"))
+    return _REGULARIZERS.get(name)
 
 
 def create_regularizer(name, *args, **kwargs):
     """Instantiate the regularizer registered as ``name``."""
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise _unknown_type(name)
-    return cls(*args, **kwargs)
+    return _REGULARIZERS.lookup(name)(*args, **kwargs)
 
 
 # -- param_str ---------------------------------------------------------------------------
@@ -263,32 +255,23 @@ _INFO_CACHE = weakref.WeakKeyDictionary()
 
 
 def learnable_param_info(net):
-    """[ParamInfo] for ``net.learnable_params`` in order (layer order, weights then biases).
-
-    A param shared by name belongs to its owner, the first layer holding it. Cached per net.
-    """
+    """[ParamInfo] for ``net.learnable_params`` in order (layer order, weights then biases),
+    from ``Net.learnable_param_info()`` (a param shared by name belongs to its owner, the first
+    layer holding it), with the layer object, its type and its conv group. Cached per net."""
     try:
         cached = _INFO_CACHE.get(net)
     except TypeError:
         cached = None
     if cached is not None and len(cached) == len(net.learnable_params):
         return cached
-    by_id = {id(b): k for k, b in enumerate(net.learnable_params)}
-    infos = [None] * len(net.learnable_params)
-    for li, layer in enumerate(net.layers):
+    infos = []
+    for k, (li, layer_name, blob_index, spec) in enumerate(net.learnable_param_info()):
+        layer = net.layers[li]
         lp = getattr(layer, "layer_param", None)
-        for j, b in enumerate(layer.blobs):
-            k = by_id.get(id(b))
-            if k is None or infos[k] is not None:
-                continue
-            spec = lp.param[j] if lp is not None and j < len(lp.param) else None
-            infos[k] = ParamInfo(param_id=k, layer_index=li, layer=layer,
-                                 layer_name=net.layer_names[li],
-                                 layer_type=lp.type if lp is not None else None,
-                                 blob_index=j, param_spec=spec, conv_group=layer_conv_group(lp))
-    for k, info in enumerate(infos):
-        if info is None:          # a blob no layer holds: keep the slot usable
-            infos[k] = ParamInfo(param_id=k, blob_index=None, conv_group=1)
+        infos.append(ParamInfo(param_id=k, layer_index=li, layer=layer, layer_name=layer_name,
+                               layer_type=lp.type if lp is not None else None,
+                               blob_index=blob_index, param_spec=spec,
+                               conv_group=layer_conv_group(lp)))
     try:
         _INFO_CACHE[net] = infos
     except TypeError:
@@ -415,9 +398,7 @@ class Regularizer:
         type_name = rp.type
         klass = cls
         if cls is Regularizer:
-            klass = _REGISTRY.get(type_name)
-            if klass is None:
-                raise _unknown_type(type_name)
+            klass = _REGULARIZERS.lookup(type_name)
         params = parse_param_str(rp.param_str, type_name)
         if rp.HasField("coeff"):
             if "coeff" in params:
