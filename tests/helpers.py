@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shutil
-import sys
+
 
 import numpy as np
 

@@ -2,7 +2,7 @@
 backward, extra passes. A layer type caffepy does not register is a failure, never a skip.
 """
 import os
-import sys
+
 
 import numpy as np
 import pytest

@@ -12,9 +12,8 @@ import os
 import numpy as np
 import pytest
 
-import caffepy
 from caffepy.proto import caffe_pb2
-from caffepy.proto import blobproto_to_array, read_binary, read_text
+from caffepy.proto import blobproto_to_array, read_binary
 from caffepy.solver import get_solver, read_solver_file
 
 from helpers import SOLVER_CASES, assert_close, copy_case, load_meta

@@ -8,7 +8,7 @@ import pytest
 
 from caffepy.errors import GradientCheckError, RegularizerError
 from caffepy.gradient_check import check_regularizer, default_zero_groups
-from caffepy.regularizers import GroupLasso, L2Regularizer, Regularizer
+from caffepy.regularizers import GroupLasso, Regularizer
 from caffepy.tools import gradcheck
 
 

@@ -137,6 +137,7 @@ def test_blobproto_shape_equals_as_caffe():
     assert bcodec.blobproto_shape_equals((3, 4), nd)
     assert not bcodec.blobproto_shape_equals((1, 3, 4), nd)
 
+
 def test_blobproto_double_data_caffe_prefers_it_pycaffe_does_not():
     bp = caffe_pb2.BlobProto()
     bp.shape.dim.extend([3])
@@ -521,7 +522,6 @@ def test_transformer_grey_image():
     np.testing.assert_allclose(out[0], im[:, :, 0] * 255 - 100, rtol=1e-6)
     t.set_mean("data", np.full((3, 2), 50.0))            # H x W mean for a 1-channel input
     np.testing.assert_allclose(t.preprocess("data", im)[0], im[:, :, 0] * 255 - 50, rtol=1e-6)
-
 
 
 # -- proto files: text or binary, decided once -------------------------------------------

@@ -15,6 +15,7 @@ from caffepy.solver import (SGDSolver, Solver, SolverError, UpdateRule, get_lear
                             register_update_rule, solver_class, solver_type_list)
 from test_solver import BASIC, make_solver, quad_layer, weights
 
+
 def _add_param_spec(layer_text, spec):
     return layer_text.replace("} }\n", "} " + spec + " }\n")
 

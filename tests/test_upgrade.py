@@ -434,7 +434,6 @@ def test_v0_unknown_bottom_is_fatal():
         upgrade_net_as_needed(n, "u.prototxt")
 
 
-
 @pytest.mark.parametrize("text, message", [
     # a conv fed by a padding layer takes one bottom
     ("""input: "a" input: "b"

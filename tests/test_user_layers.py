@@ -1,14 +1,13 @@
 """User layers, both ways: a native caffepy.LossLayer subclass registered by type name (the
 README's example, verbatim) and a pycaffe-style `type: "Python"` layer that does `import caffe`."""
 import os
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 import caffepy
-from caffepy.gradient_check import GradientChecker, check_layer
+from caffepy.gradient_check import check_layer
 from caffepy.proto import caffe_pb2
 from caffepy.proto import parse_text
 

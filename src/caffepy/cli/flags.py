@@ -183,7 +183,6 @@ def parse_flags(args, flag_index=None):
     return Flags(values, given), positional
 
 
-
 # The help sections (a Flag's ``section``), in the order ``--help`` prints them.  The usage
 # message after a mistake shows all but gflags' own flags.
 SECTION_TITLES = {

@@ -29,6 +29,7 @@ def _default_error(msg, *args):
 _OPEN_ENVS = {}                 # realpath -> [lmdb.Environment, number of LMDBDatabase users]
 _ENV_LOCK = threading.Lock()
 
+
 class LMDBDatabase:
     """A read-only LMDB environment (opened with lock=False, like Caffe's MDB_RDONLY|MDB_NOTLS)."""
 

@@ -9,7 +9,6 @@ import re
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from . import caffe_pb2
 from ..atomic import atomic_write  # noqa: F401
 from ..errors import ProtoError  # noqa: F401
 

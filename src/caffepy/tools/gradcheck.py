@@ -36,7 +36,7 @@ import sys
 import numpy as np
 
 from .. import backend
-from ..errors import CaffepyError, GradientCheckError
+from ..errors import CaffepyError, FlagError, GradientCheckError
 from ..gradient_check import GradientChecker, check_regularizer
 from ..layer import Layer, create_layer
 from ..blob import Blob
@@ -59,8 +59,8 @@ _FLAGS = {"layer": str, "shape": list, "regularizer": str, "param_str": str, "co
 _CLASS_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class UsageError(CaffepyError, ValueError):
-    """A bad ``caffepy gradcheck`` command line."""
+# a bad ``caffepy gradcheck`` command line: a flag error like any other command's
+UsageError = FlagError
 
 
 def parse_args(argv):
