@@ -467,3 +467,31 @@ def test_the_cifar10_group_lasso_pair_builds_and_steps():
     conv2_w = s.net.layer_names.index("conv2")
     assert conv2_w > 0
     assert stats[0]["stats"][2].blocks == [(25, 32, 0.0)]
+
+
+def test_regularizer_penalties_reach_the_log_and_the_listeners():
+    # a regularizer { } block: its penalty is the total line's R (the solver has no decay)
+    text = ('base_lr: 0.1 lr_policy: "fixed" max_iter: 1 display: 1 snapshot_after_train: false '
+            'regularizer { type: "L1" coeff: 0.5 layer: "ip" blob_index: 0 }')
+    s = _solver(text, IP_NET)
+    w = np.array([[1, -2, 0], [0.5, 0, 3]], np.float32)
+    s.net.params["ip"][0].data[...] = w
+    events = []
+    s.add_listener(lambda ev, rec: events.append(rec) if ev == "regularization" else None)
+    records = _log_records(lambda: s.step(1))
+    assert events[0]["total"] == pytest.approx(0.5 * 6.5)
+    assert "    Total regularization terms: 3.25 loss+regular. : 3.25" in records
+    assert sum("Sparsity %" in r for r in records) == 4
+    # a regularizer added from Python: the listeners get the penalty, the log stays Caffe's
+    plain = 'base_lr: 0.1 lr_policy: "fixed" max_iter: 1 display: 1 snapshot_after_train: false'
+    s = _solver(plain, IP_NET)
+    s.add_regularizer("L2", 2.0)
+    s.net.params["ip"][0].data[...] = w
+    s.net.params["ip"][1].data[...] = 0
+    s.net.params["ip2"][0].data[...] = 0
+    s.net.params["ip2"][1].data[...] = 0
+    events = []
+    s.add_listener(lambda ev, rec: events.append(rec) if ev == "regularization" else None)
+    records = _log_records(lambda: s.step(1))
+    assert events[0]["total"] == pytest.approx(0.5 * 2.0 * float((w ** 2).sum()))
+    assert not any("regularization terms" in r or "Sparsity %" in r for r in records)

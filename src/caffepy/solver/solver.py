@@ -20,8 +20,8 @@
           zerout()                           |w| < zerout_threshold -> 0 (when set)
         iter += 1; snapshot / signal requests (state.py, signals.py)
 
-Structured sparsity (regularizers/): on display iterations, when a group decay is set or
-``display_sparsity: true``, the log also shows the SSL fork's sparsity block after the lr line
+Structured sparsity (regularizers/): on display iterations, when a group decay is set, the
+solver prototxt has ``regularizer { }`` blocks or ``display_sparsity: true``, the log also shows the SSL fork's sparsity block after the lr line
 and its "Total regularization terms" line after the update; a plain Caffe solver's log is
 Caffe's.
 
@@ -169,8 +169,10 @@ class Solver:
                 local_decay=float(f32(f32(p.weight_decay)
                                       * f32(net.params_weight_decay[param_id]))),
                 param=p, xp=xp))
-        self._show_sparsity = bool(p.display_sparsity or p.breadth_decay
-                                   or p.kernel_shape_decay or p.block_group_decay)
+        # the SSL fork's sparsity block and total line: with group lasso, regularizer { }
+        # blocks or display_sparsity; a plain Caffe solver's log stays Caffe's
+        self._show_sparsity = bool(p.display_sparsity or p.breadth_decay or p.kernel_shape_decay
+                                   or p.block_group_decay or len(p.regularizer))
         self.regularization_term = 0.0
 
     def _pre_solve(self):
@@ -255,7 +257,7 @@ class Solver:
                 if on_gradients_ready is not None:
                     on_gradients_ready()
             self.apply_update()
-            if display and self._show_sparsity:
+            if display and (self._show_sparsity or self._regularizers):
                 self._display_regularization()
             self.iter += 1
             request = self._requested_action()
@@ -295,7 +297,7 @@ class Solver:
             ctx.rate = rate
             ctx.iter = self.iter
             ctx.local_rate = float(f32(f32(rate) * f32(ctx.lr_mult)))
-        if display and self._show_sparsity:
+        if display and (self._show_sparsity or self._regularizers):
             self.regularization_term = self.regularization_penalty()
         for param_id in range(len(self.net.learnable_params)):
             self.normalize(param_id)
@@ -392,8 +394,11 @@ class Solver:
         self._emit("sparsity", iter=self.iter, stats=stats)
 
     def _display_regularization(self):
+        """The total penalty of this update's weights: logged with the sparsity block, and sent
+        to listeners whenever a regularizer runs."""
         total = self.regularization_term
-        log.info(regularization_message(total, self.smoothed_loss))
+        if self._show_sparsity:
+            log.info(regularization_message(total, self.smoothed_loss))
         self._emit("regularization", iter=self.iter, total=float(total),
                    loss=float(self.smoothed_loss))
 
