@@ -495,3 +495,38 @@ def test_regularizer_penalties_reach_the_log_and_the_listeners():
     records = _log_records(lambda: s.step(1))
     assert events[0]["total"] == pytest.approx(0.5 * 2.0 * float((w ** 2).sum()))
     assert not any("regularization terms" in r or "Sparsity %" in r for r in records)
+
+
+@pytest.mark.parametrize("solver_type,extra", [
+    ("SGD", "momentum: 0.9"), ("Nesterov", "momentum: 0.9"), ("AdaGrad", ""),
+    ("RMSProp", "rms_decay: 0.95"), ("AdaDelta", "momentum: 0.95 delta: 1e-6"),
+    ("Adam", "momentum: 0.9 momentum2: 0.999")])
+def test_group_lasso_feeds_every_update_rule(solver_type, extra):
+    # the SSL gradient sits between weight decay and the update value for all six solvers:
+    # the step equals the rule applied to the hand-computed regularization gradient
+    from caffepy.solver.updaters import get_update_rule
+    text = SOLVER.replace('base_lr: 0.1 momentum: 0.9', 'type: "%s" base_lr: 0.1 %s'
+                          % (solver_type, extra))
+    s = _solver(text)
+    w0 = _weights_with_zero_groups()
+    conv = s.net.layer_by_name("conv")
+    conv.blobs[0].data[...] = w0
+    conv.blobs[1].data[...] = 0
+    # history as after some training, so that the adaptive rules' steps depend on the
+    # gradient's size, not only on its sign
+    n = len(s.net.learnable_params)
+    rng = np.random.RandomState(5)
+    start = [rng.uniform(0.01, 0.1, w0.size).astype(np.float32)
+             for _ in range(len(s.history) // n)]
+    for k, h in enumerate(start):
+        s.history[k * n][...] = h.reshape(w0.shape)
+    s.step(1)
+    cols, rows, blocks = _ssl_groups(4, 18, 2, 2, 9)
+    grad = (0.01 * w0.astype(np.float64) + _group_grad(w0, 0.06, cols)
+            + _group_grad(w0, 0.02, rows) + _group_grad(w0, 0.06, blocks))
+    rule = get_update_rule(solver_type)(s.param)
+    diff = grad.astype(np.float32).ravel()
+    history = [h.copy() for h in start]
+    rule.update(diff, history, np.float32(0.1), 0, {})
+    np.testing.assert_allclose(conv.blobs[0].data, w0 - diff.reshape(w0.shape), rtol=2e-5,
+                               atol=1e-7)
