@@ -1,95 +1,125 @@
 #!/usr/bin/env python3
-"""Time LeNet (batch 64) and CIFAR-10 quick (batch 100) forward+backward, per layer like
-`caffe time`, next to the same nets in PyTorch (CPU) in the same process run.
+"""Training speed of caffepy against PyTorch (CPU), each framework alone in its own process.
 
-Reports milliseconds per iteration and the ratio caffepy / PyTorch (lower is better;
-these machines are noisy, so compare ratios from one run, not absolute times across runs).
+Nets: LeNet (examples/mnist/lenet_train_test.prototxt, batch 64) and CIFAR-10 quick
+(examples/cifar10/cifar10_quick_train_test.prototxt, batch 100), read from the example files with
+their Data layers replaced by an Input layer that holds one random batch. One training iteration
+is one caffepy ``Solver.step(1)`` with the example's solver file (forward, backward, SGD update
+with momentum and weight decay); PyTorch trains the same nets with ``torch.optim.SGD`` (same
+momentum and weight decay, twice the rate on biases as the prototxts' ``lr_mult: 2``).
 
-    python benchmarks/bench_nets.py [--iterations 20] [--nets lenet,cifar10_quick] [--gpu]
+The parent process only starts workers, one process per measurement, and alternates them
+(caffepy, torch, caffepy, torch, ...) for ``--rounds`` rounds, so no two thread pools ever spin on
+the same cores. It reports medians over all timed iterations of
 
---gpu runs caffepy in GPU mode (CuPy; see docs/gpu.md) and synchronizes the device around
-every timed step, so per-layer times are device times as `caffe time -gpu` reports them;
-PyTorch then runs on CUDA too.
+* CPU time per iteration with one thread (BLAS limited by threadpoolctl for caffepy,
+  ``torch.set_num_threads(1)`` for PyTorch): the robust figure on a shared machine;
+* wall time per iteration with one thread per core;
 
-PyTorch is a benchmark tool only (pip install torch==2.13.0), never a caffepy dependency.
-For a fair BLAS comparison you may unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this
-one command; the script prints the BLAS kernel threadpoolctl reports.
+the ratios caffepy / PyTorch of both, and each framework's scaling (wall time with 1 thread
+divided by wall time with 2 threads). A last caffepy worker per net prints the per-layer table
+of ``caffe time`` (forward and backward ms per layer, ``--per-layer-threads``, default 1).
+
+    python benchmarks/bench_nets.py [--rounds 3] [--nets lenet,cifar10_quick] [--iterations N]
+                                    [--no-torch] [--no-per-layer] [--json FILE]
+    python benchmarks/bench_nets.py --worker caffepy|torch --net lenet|cifar10_quick --threads N
+                                    [--iterations N] [--warmup N] [--per-layer]
+
+--gpu runs caffepy in GPU mode (CuPy; see docs/gpu.md) and PyTorch on CUDA, synchronizing the
+device around every timed step (per-layer times are then device times, as ``caffe time -gpu``
+reports them); only wall times are reported.
+
+PyTorch is a benchmark tool only (pip install torch==2.13.0, the CPU wheel), never a caffepy
+dependency; it is imported only in the torch worker. For a fair BLAS comparison you may unset
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this one command; each worker prints the BLAS library,
+kernel and thread count threadpoolctl reports.
 """
 import argparse
+import json
 import os
+import resource
+import statistics
+import subprocess
 import sys
 import time
 
-import numpy as np
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+RESULT = "RESULT "
 
-import caffepy
-from caffepy.proto import caffe_pb2
-from caffepy.proto import parse_text
-
-LENET = """
-name: "LeNet"
-layer { name: "data" type: "Input" top: "data" top: "label"
-        input_param { shape { dim: 64 dim: 1 dim: 28 dim: 28 } shape { dim: 64 } } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-        param { lr_mult: 1 } param { lr_mult: 2 }
-        convolution_param { num_output: 20 kernel_size: 5 stride: 1
-          weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
-        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
-        param { lr_mult: 1 } param { lr_mult: 2 }
-        convolution_param { num_output: 50 kernel_size: 5 stride: 1
-          weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
-layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
-        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "ip1" type: "InnerProduct" bottom: "pool2" top: "ip1"
-        param { lr_mult: 1 } param { lr_mult: 2 }
-        inner_product_param { num_output: 500 weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
-layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
-layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
-        param { lr_mult: 1 } param { lr_mult: 2 }
-        inner_product_param { num_output: 10 weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
-"""
-
-CIFAR_QUICK = """
-name: "CIFAR10_quick"
-layer { name: "cifar" type: "Input" top: "data" top: "label"
-        input_param { shape { dim: 100 dim: 3 dim: 32 dim: 32 } shape { dim: 100 } } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-        convolution_param { num_output: 32 pad: 2 kernel_size: 5 stride: 1
-          weight_filler { type: "gaussian" std: 0.0001 } bias_filler { type: "constant" } } }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
-        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "relu1" type: "ReLU" bottom: "pool1" top: "pool1" }
-layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
-        convolution_param { num_output: 32 pad: 2 kernel_size: 5 stride: 1
-          weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" } } }
-layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
-layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
-        pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
-layer { name: "conv3" type: "Convolution" bottom: "pool2" top: "conv3"
-        convolution_param { num_output: 64 pad: 2 kernel_size: 5 stride: 1
-          weight_filler { type: "gaussian" std: 0.01 } bias_filler { type: "constant" } } }
-layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }
-layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3"
-        pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
-layer { name: "ip1" type: "InnerProduct" bottom: "pool3" top: "ip1"
-        inner_product_param { num_output: 64 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" } } }
-layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
-        inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
-"""
+# The example files, the batch the Input layer holds, and the SGD settings of each solver file
+# (read by the caffepy worker from the file itself; repeated here for the torch worker, which
+# never imports caffepy). ``iterations``/``warmup``: the defaults per worker.
+NETS = {
+    "lenet": dict(net="examples/mnist/lenet_train_test.prototxt",
+                  solver="examples/mnist/lenet_solver.prototxt",
+                  batch=64, shape=(1, 28, 28), classes=10,
+                  base_lr=0.01, momentum=0.9, weight_decay=0.0005,
+                  iterations=40, warmup=3),
+    "cifar10_quick": dict(net="examples/cifar10/cifar10_quick_train_test.prototxt",
+                          solver="examples/cifar10/cifar10_quick_solver.prototxt",
+                          batch=100, shape=(3, 32, 32), classes=10,
+                          base_lr=0.001, momentum=0.9, weight_decay=0.004,
+                          iterations=12, warmup=2),
+    # large (61M params); only when asked for (bench_memory.py --net caffenet); no torch twin
+    "caffenet": dict(net="models/bvlc_reference_caffenet/train_val.prototxt",
+                     solver="models/bvlc_reference_caffenet/solver.prototxt",
+                     batch=256, shape=(3, 227, 227), classes=1000,
+                     base_lr=0.01, momentum=0.9, weight_decay=0.0005,
+                     iterations=2, warmup=1),
+}
+DEFAULT_NETS = "lenet,cifar10_quick"
+DATA_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "Input")
 
 
-def build_caffepy(text, batch_shape, n_classes=10):
-    p = parse_text(text, caffe_pb2.NetParameter())
-    p.state.phase = caffe_pb2.TRAIN
-    net = caffepy.Net(p)
-    rng = np.random.default_rng(0)
-    net.blobs["data"].data[...] = rng.random(batch_shape, dtype=np.float32)
-    net.blobs["label"].data[...] = rng.integers(0, n_classes, batch_shape[0])
-    return net
+# -- caffepy ------------------------------------------------------------------------------
+
+def caffepy_solver(name, batch=None, gpu=False, seed=0):
+    """The example net and solver of ``name``, TRAIN phase, its data layer replaced by an Input
+    layer holding one random batch (images in [0, 1), labels in [0, classes)); no test net, no
+    display, no snapshots. Returns the caffepy Solver."""
+    import numpy as np
+    import caffepy
+    from caffepy.proto import caffe_pb2, read_text
+    from caffepy.solver import read_solver_file
+
+    spec = NETS[name]
+    batch = batch or spec["batch"]
+    param = read_solver_file(os.path.join(ROOT, spec["solver"]))
+    net = read_text(os.path.join(ROOT, spec["net"]), caffe_pb2.NetParameter())
+    tops, layers = None, []
+    for lp in net.layer:
+        if any(r.HasField("phase") and r.phase == caffe_pb2.TEST for r in lp.include):
+            continue
+        if lp.type in DATA_TYPES:
+            tops = list(lp.top)
+            continue
+        layers.append(lp)
+    del net.layer[:]
+    data = net.layer.add()
+    data.name = "data"
+    data.type = "Input"
+    data.top.extend(tops)
+    data.input_param.shape.add().dim.extend((batch,) + tuple(spec["shape"]))
+    data.input_param.shape.add().dim.append(batch)
+    for lp in layers:
+        net.layer.add().CopyFrom(lp)
+    param.ClearField("net")
+    param.ClearField("test_iter")
+    param.net_param.CopyFrom(net)
+    param.test_interval = 0
+    param.display = 0
+    param.snapshot = 0
+    param.snapshot_after_train = False
+    if gpu:
+        caffepy.set_mode_gpu()
+        param.solver_mode = caffe_pb2.SolverParameter.GPU
+    else:
+        param.solver_mode = caffe_pb2.SolverParameter.CPU
+    s = caffepy.get_solver(param)
+    rng = np.random.default_rng(seed)
+    s.net.blobs[tops[0]].data[...] = rng.random((batch,) + tuple(spec["shape"]), dtype=np.float32)
+    s.net.blobs[tops[1]].data[...] = rng.integers(0, spec["classes"], batch).astype(np.float32)
+    return s
 
 
 def _no_sync():
@@ -98,17 +128,17 @@ def _no_sync():
 
 def device_sync():
     """A function that waits for the GPU (a no-op in CPU mode)."""
+    import caffepy
     if caffepy.backend.mode() != caffepy.backend.GPU:
         return _no_sync
     import cupy
-    dev = cupy.cuda.Device()
-    return dev.synchronize
+    return cupy.cuda.Device().synchronize
 
 
-def time_caffepy(net, iterations):
+def time_caffepy(net, iterations, sync=_no_sync):
     """Per-layer forward/backward ms, as `caffe time` measures them (in GPU mode the device is
     synchronized before each clock read, so each layer's time includes its kernels)."""
-    sync = device_sync()
+    import numpy as np
     n = len(net.layers)
     fwd = np.zeros(n)
     bwd = np.zeros(n)
@@ -132,6 +162,67 @@ def time_caffepy(net, iterations):
     total = (time.perf_counter() - total0) / iterations * 1e3
     return fwd / iterations * 1e3, bwd / iterations * 1e3, total
 
+
+def blas_info():
+    """What threadpoolctl sees loaded in this process: library, version, kernel, threads."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ["threadpoolctl not installed (pip install threadpoolctl)"]
+    return ["%s %s (%s, %s%s threads)" % (
+        i.get("internal_api"), i.get("version") or "", i.get("prefix"),
+        i["architecture"] + " kernel, " if i.get("architecture") else "", i.get("num_threads"))
+        for i in threadpool_info()]
+
+
+def thread_limit(threads):
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(threads)
+
+
+def measure(step, iterations, warmup, sync=_no_sync):
+    """CPU and wall seconds of each of ``iterations`` calls of ``step`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    sync()
+    cpu, wall = [], []
+    for _ in range(iterations):
+        c0, w0 = time.process_time(), time.perf_counter()
+        step()
+        sync()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return cpu, wall
+
+
+def preempted():
+    """Involuntary context switches of this process so far (all threads): how often the
+    scheduler took a core away, the sign that another process competed for it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+def caffepy_worker(args):
+    s = caffepy_solver(args.net, args.batch, args.gpu)
+    limit = None if args.gpu else thread_limit(args.threads)
+    sync = device_sync()
+    out = {"framework": "caffepy", "net": args.net, "threads": args.threads, "info": blas_info()}
+    n0 = preempted()
+    cpu, wall = measure(lambda: s.step(1), args.iterations, args.warmup, sync)
+    out.update(cpu=cpu, wall=wall, loss=float(s.smoothed_loss),
+               preempted=(preempted() - n0) / (args.iterations + args.warmup))
+    if args.per_layer:
+        fwd, bwd, total = time_caffepy(s.net, args.iterations, sync)
+        out["per_layer"] = {"names": list(s.net.layer_names), "forward": fwd.tolist(),
+                            "backward": bwd.tolist(), "total": total}
+    if limit is not None:
+        limit.restore_original_limits()
+    return out
+
+
+# -- PyTorch ------------------------------------------------------------------------------
 
 def torch_nets():
     import torch
@@ -170,86 +261,237 @@ def torch_nets():
     return torch, {"lenet": LeNet, "cifar10_quick": CifarQuick}
 
 
-def time_torch(torch, model_cls, batch_shape, iterations, device="cpu"):
+def torch_trainer(name, batch=None, device="cpu", seed=0):
+    """The torch twin of ``name`` with its SGD optimizer; returns (torch, step, model, loss)
+    where step() runs one training iteration and loss() reads the last loss."""
     import torch.nn.functional as F
-    model = model_cls().to(device)
-    x = torch.rand(*batch_shape, device=device)
-    y = torch.randint(0, 10, (batch_shape[0],), device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else _no_sync
+    torch, models = torch_nets()
+    if name not in models:
+        raise SystemExit("no PyTorch definition of %s" % name)
+    spec = NETS[name]
+    batch = batch or spec["batch"]
+    torch.manual_seed(seed)
+    model = models[name]().to(device)
+    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    lr = spec["base_lr"]
+    opt = torch.optim.SGD([{"params": weights, "lr": lr}, {"params": biases, "lr": 2 * lr}],
+                          lr=lr, momentum=spec["momentum"], weight_decay=spec["weight_decay"])
+    x = torch.rand(batch, *spec["shape"], device=device)
+    y = torch.randint(0, spec["classes"], (batch,), device=device)
+    last = [None]
 
     def step():
-        model.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=False)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
+        opt.step()
+        last[0] = loss
 
-    step()
-    sync()
-    t = time.perf_counter()
-    for _ in range(iterations):
-        step()
-    sync()
-    return (time.perf_counter() - t) / iterations * 1e3
+    return torch, step, model, lambda: float(last[0].detach())
 
 
-def blas_info():
+def torch_worker(args):
+    device = "cuda" if args.gpu else "cpu"
+    import torch
+    if not args.gpu:
+        torch.set_num_threads(args.threads)
+    torch, step, _, loss = torch_trainer(args.net, args.batch, device)
+    sync = torch.cuda.synchronize if args.gpu else _no_sync
+    info = ["torch %s, %d threads (intra-op), %d inter-op, CPU capability %s, MKL %s, oneDNN %s"
+            % (torch.__version__, torch.get_num_threads(), torch.get_num_interop_threads(),
+               torch.backends.cpu.get_cpu_capability(), torch.backends.mkl.is_available(),
+               torch.backends.mkldnn.is_available())]
+    n0 = preempted()
+    cpu, wall = measure(step, args.iterations, args.warmup, sync)
+    info += blas_info()
+    return {"framework": "torch", "net": args.net, "threads": args.threads, "info": info,
+            "cpu": cpu, "wall": wall, "loss": loss(),
+            "preempted": (preempted() - n0) / (args.iterations + args.warmup)}
+
+
+# -- the parent -----------------------------------------------------------------------------
+
+def cpu_model():
     try:
-        from threadpoolctl import threadpool_info
-        return "; ".join("%s %s (%s, %d threads)" % (i.get("internal_api"), i.get("version"),
-                                                      i.get("architecture"), i.get("num_threads"))
-                         for i in threadpool_info())
-    except ImportError:
-        return "threadpoolctl not installed"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def load_average():
+    try:
+        return "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "-"
+
+
+def run_worker(script, framework, net, threads, iterations, warmup, extra=()):
+    """Start one worker process with every thread pool sized ``threads``; its result dict."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    cmd = [sys.executable, script, "--worker", framework, "--net", net, "--threads", str(threads),
+           "--iterations", str(iterations), "--warmup", str(warmup)] + list(extra)
+    p = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True)
+    for line in p.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    sys.stderr.write(p.stderr[-3000:])
+    raise SystemExit("worker %s failed (exit %d): %s" % (framework, p.returncode, " ".join(cmd)))
+
+
+def ms(xs):
+    return 1e3 * statistics.median(xs)
+
+
+def print_per_layer(name, res, iterations):
+    pl = res["per_layer"]
+    print("\n== caffepy per layer: %s (batch %d), %d iterations, %d thread(s) =="
+          % (name, NETS[name]["batch"], iterations, res["threads"]))
+    print("Average time per layer:")
+    for lname, f, b in zip(pl["names"], pl["forward"], pl["backward"]):
+        print("%12s\tforward: %8.3f ms.\tbackward: %8.3f ms." % (lname, f, b))
+    print("Average Forward pass: %.3f ms." % sum(pl["forward"]))
+    print("Average Backward pass: %.3f ms." % sum(pl["backward"]))
+    print("Average Forward-Backward: %.3f ms." % pl["total"])
+
+
+def parent(args):
+    script = os.path.abspath(__file__)
+    cores = args.cores or len(os.sched_getaffinity(0))
+    threads = [cores] if args.gpu else sorted({1, min(2, cores), cores})
+    frameworks = ["caffepy"] if args.no_torch else ["caffepy", "torch"]
+    nets = args.nets.split(",")
+    extra = ["--gpu"] if args.gpu else []
+    print("machine: %d cores, %s; load average %s (1, 5, 15 min) at start"
+          % (os.cpu_count(), cpu_model(), load_average()))
+    print("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" % (os.environ.get("OPENBLAS_CORETYPE"),
+                                                        os.environ.get("OPENBLAS_L2_SIZE")))
+    samples, info, losses = {}, {}, {}
+    t0 = time.perf_counter()
+    for r in range(args.rounds):
+        for name in nets:
+            its = args.iterations or NETS[name]["iterations"]
+            for n in threads:
+                for fw in frameworks:
+                    res = run_worker(script, fw, name, n, its, NETS[name]["warmup"], extra)
+                    key = (fw, name, n)
+                    s = samples.setdefault(key, {"cpu": [], "wall": [], "rounds": [],
+                                                 "preempted": []})
+                    s["cpu"] += res["cpu"]
+                    s["wall"] += res["wall"]
+                    s["rounds"].append((ms(res["cpu"]), ms(res["wall"])))
+                    s["preempted"].append(res["preempted"])
+                    info.setdefault((fw, n), res["info"])
+                    losses[key] = res["loss"]
+        print("round %d of %d done (%.0f s, load average %s)"
+              % (r + 1, args.rounds, time.perf_counter() - t0, load_average()), flush=True)
+    per_layer = {}
+    if not args.no_per_layer:
+        for name in nets:
+            its = args.iterations or NETS[name]["iterations"]
+            n = cores if args.gpu else args.per_layer_threads
+            per_layer[name] = run_worker(script, "caffepy", name, n, its, NETS[name]["warmup"],
+                                         extra + ["--per-layer"])
+            print_per_layer(name, per_layer[name], its)
+
+    print("\n== what each worker reports ==")
+    for (fw, n), lines in sorted(info.items()):
+        print("%-8s %d thread(s): %s" % (fw, n, "; ".join(lines)))
+    for key, loss in sorted(losses.items()):
+        if not loss == loss or abs(loss) == float("inf"):
+            print("warning: %s %s %d threads ended with loss %s" % (key + (loss,)))
+
+    def med(fw, name, n, what):
+        s = samples.get((fw, name, n))
+        return ms(s[what]) if s else None
+
+    def spread(fw, name, n, what):
+        s = samples.get((fw, name, n))
+        if not s:
+            return ""
+        k = 0 if what == "cpu" else 1
+        rs = [x[k] for x in s["rounds"]]
+        return "[%.1f-%.1f]" % (min(rs), max(rs))
+
+    def ratio(a, b):
+        return "%.2f" % (a / b) if a and b else "-"
+
+    def preempt(fw, name, n):
+        s = samples.get((fw, name, n))
+        return "%.1f" % statistics.median(s["preempted"]) if s else "-"
+
+    print("\n== ms per training iteration: median of %d rounds x iterations "
+          "[lowest-highest round median] ==" % args.rounds)
+    rows = [("CPU, 1 thread", "cpu", 1)] if not args.gpu else []
+    rows += [("wall, %d thread%s" % (n, "s" if n > 1 else ""), "wall", n) for n in threads]
+
+    print("%-14s %-16s %22s %22s %7s  %s" % ("net", "figure", "caffepy", "torch", "ratio",
+                                             "preemptions/iteration (caffepy, torch)"))
+    for name in nets:
+        for label, what, n in rows:
+            c, t = med("caffepy", name, n, what), med("torch", name, n, what)
+            print("%-14s %-16s %8.2f %13s %8s %13s %7s  %s, %s" % (
+                name, label, c, spread("caffepy", name, n, what),
+                "%.2f" % t if t else "-", spread("torch", name, n, what), ratio(c, t),
+                preempt("caffepy", name, n), preempt("torch", name, n)))
+    if not args.gpu and 2 in threads:
+        print("\nscaling (wall 1 thread / wall 2 threads; 2.00 is perfect):")
+        for name in nets:
+            sc = {fw: ratio(med(fw, name, 1, "wall"), med(fw, name, 2, "wall"))
+                  for fw in ("caffepy", "torch")}
+            print("%-14s caffepy %s   torch %s" % (name, sc["caffepy"], sc["torch"]))
+    print("\nload average %s at the end; %.0f s in all"
+          % (load_average(), time.perf_counter() - t0))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cores": cores, "cpu": cpu_model(),
+                       "info": {"%s/%d" % k: v for k, v in info.items()},
+                       "samples": {"%s/%s/%d" % k: v for k, v in samples.items()},
+                       "per_layer": {k: v["per_layer"] for k, v in per_layer.items()}}, f, indent=1)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iterations", type=int, default=20)
-    ap.add_argument("--nets", default="lenet,cifar10_quick")
+    ap.add_argument("--worker", choices=("caffepy", "torch"),
+                    help="run one framework alone in this process and print its times as JSON")
+    ap.add_argument("--net", default="lenet", choices=sorted(NETS), help="the worker's net")
+    ap.add_argument("--nets", default=DEFAULT_NETS, help="the nets the parent runs")
+    ap.add_argument("--threads", type=int, default=1, help="the worker's thread count")
+    ap.add_argument("--cores", type=int, default=0,
+                    help="thread count of the all-core figure (default: the usable cores)")
+    ap.add_argument("--batch", type=int, default=0, help="batch size (default: the net's)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iterations", type=int, default=0,
+                    help="timed iterations per worker (default: 40 LeNet, 12 CIFAR-10 quick)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--per-layer", action="store_true", help="worker: also the per-layer table")
+    ap.add_argument("--per-layer-threads", type=int, default=1)
+    ap.add_argument("--no-per-layer", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--json", help="also write every sample to this file")
     ap.add_argument("--gpu", action="store_true",
-                    help="caffepy in GPU mode (CuPy), PyTorch on CUDA; times synchronize the device")
+                    help="caffepy in GPU mode (CuPy), PyTorch on CUDA; times synchronize "
+                         "the device")
     args = ap.parse_args(argv)
-    if args.gpu:
-        caffepy.set_mode_gpu()
-        import cupy
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        print("GPU mode: CuPy %s, device %s" % (cupy.__version__, props["name"].decode()
-                                                 if isinstance(props["name"], bytes)
-                                                 else props["name"]))
-    print("BLAS:", blas_info())
-    print("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" % (os.environ.get("OPENBLAS_CORETYPE"),
-                                                        os.environ.get("OPENBLAS_L2_SIZE")))
-    specs = {"lenet": (LENET, (64, 1, 28, 28)), "cifar10_quick": (CIFAR_QUICK, (100, 3, 32, 32))}
-    torch = None
-    if not args.no_torch:
-        try:
-            torch, models = torch_nets()
-            print("PyTorch %s, %d threads" % (torch.__version__, torch.get_num_threads()))
-        except ImportError:
-            print("PyTorch not installed: pip install torch==2.13.0 (benchmark tool only)")
-    results = []
     for name in args.nets.split(","):
-        text, shape = specs[name]
-        net = build_caffepy(text, shape)
-        fwd, bwd, total = time_caffepy(net, args.iterations)
-        print("\n== %s (batch %d), %d iterations ==" % (name, shape[0], args.iterations))
-        print("Average time per layer:")
-        for i, lname in enumerate(net.layer_names):
-            print("%12s\tforward: %8.3f ms.\tbackward: %8.3f ms." % (lname, fwd[i], bwd[i]))
-        print("Average Forward pass: %.3f ms." % fwd.sum())
-        print("Average Backward pass: %.3f ms." % bwd.sum())
-        print("Average Forward-Backward: %.3f ms." % total)
-        tt = None
-        if torch is not None:
-            tt = time_torch(torch, models[name], shape, args.iterations,
-                            "cuda" if args.gpu else "cpu")
-            print("PyTorch (%s) forward+backward: %.3f ms." % ("cuda" if args.gpu else "cpu", tt))
-            print("ratio caffepy / PyTorch: %.2f" % (total / tt))
-        results.append((name, total, tt))
-    print("\nsummary (ms per forward+backward iteration):")
-    for name, total, tt in results:
-        print("  %-14s caffepy %8.2f   pytorch %8s   ratio %s" % (
-            name, total, "%.2f" % tt if tt else "-", "%.2f" % (total / tt) if tt else "-"))
+        if name not in NETS:
+            ap.error("unknown net %r (choose from %s)" % (name, ", ".join(sorted(NETS))))
+    if args.worker:
+        args.iterations = args.iterations or NETS[args.net]["iterations"]
+        run = caffepy_worker if args.worker == "caffepy" else torch_worker
+        res = run(args)
+        for line in res["info"]:
+            print(line)
+        print(RESULT + json.dumps(res), flush=True)
+    else:
+        parent(args)
 
 
 if __name__ == "__main__":
