@@ -7,10 +7,12 @@ pycaffe's ``caffe.io`` (``caffepy.io``) reads the same shape but the single-prec
 first, as float64; both go through :func:`blobproto_to_array`.
 """
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from . import caffe_pb2
 from ..errors import ProtoError
-from .files import parse_binary, read_binary, write_binary
+from .files import parse_binary, read_binary, write_serialized
+from .wire import LEN, VARINT, Chunks, WireError, encode_varint, field_key, scan
 
 _LEGACY_FIELDS = ("num", "channels", "height", "width")
 
@@ -55,9 +57,105 @@ def blobproto_to_array(bp, return_diff=False, dtype=np.float32, prefer_double=Tr
     Blob::FromProto); otherwise ``data``/``diff`` are read first (pycaffe). Raises ProtoError
     when the number of values does not match the shape.
     """
-    shape = blobproto_shape(bp)
     field, vals = _values(bp, return_diff, prefer_double)
-    arr = np.asarray(vals, dtype=dtype)
+    return _shaped(np.asarray(vals, dtype=dtype), blobproto_shape(bp), field)
+
+
+class BlobValues:
+    """A BlobProto as :meth:`Blob::FromProto <blobproto_to_array>` reads it, taken either from
+    a parsed message (:meth:`from_proto`) or straight from serialized bytes
+    (:meth:`from_bytes`: the value runs are NumPy views of those bytes, not copies).
+
+    ``legacy``: the (num, channels, height, width) tuple when any of those fields is set,
+    else None; ``dims``: shape.dim; ``data``, ``diff``, ``double_data``, ``double_diff``:
+    1-D arrays (float32, float32, float64, float64)."""
+
+    __slots__ = ("legacy", "dims", "data", "diff", "double_data", "double_diff")
+
+    def __init__(self, legacy, dims, data, diff, double_data, double_diff):
+        self.legacy = legacy
+        self.dims = dims
+        self.data, self.diff = data, diff
+        self.double_data, self.double_diff = double_data, double_diff
+
+    @classmethod
+    def from_proto(cls, bp):
+        legacy = (bp.num, bp.channels, bp.height, bp.width) if blobproto_is_legacy(bp) else None
+        return cls(legacy, tuple(int(d) for d in bp.shape.dim),
+                   np.asarray(bp.data, dtype=np.float32), np.asarray(bp.diff, dtype=np.float32),
+                   np.asarray(bp.double_data, dtype=np.float64),
+                   np.asarray(bp.double_diff, dtype=np.float64))
+
+    @classmethod
+    def of(cls, blob):
+        """``blob`` itself if it is a BlobValues, else the BlobProto message read."""
+        return blob if isinstance(blob, cls) else cls.from_proto(blob)
+
+    @classmethod
+    def from_bytes(cls, buf, start=0, end=None):
+        """Read the serialized BlobProto at ``buf[start:end]``. Raises WireError for anything
+        but the usual form (each value field once, packed; no groups), which protobuf's parser
+        then reads instead."""
+        legacy = [None, 0, 0, 0, 0]           # [set?, num, channels, height, width]
+        runs = {}
+        shape = None
+        for number, wire_type, value, _, _ in scan(buf, start, end):
+            if 1 <= number <= 4:
+                if wire_type != VARINT:
+                    raise WireError("BlobProto field %d is not a varint" % number)
+                value &= 0xFFFFFFFF                      # int32, as protobuf truncates it
+                legacy[0] = True
+                legacy[number] = value - (1 << 32) if value >= 1 << 31 else value
+            elif number in _RUN_FIELDS:
+                if wire_type != LEN or number in runs:
+                    raise WireError("BlobProto field %d is not one packed run" % number)
+                dtype = _RUN_FIELDS[number]
+                lo, hi = value
+                if (hi - lo) % dtype.itemsize:
+                    raise WireError("BlobProto field %d: a partial value" % number)
+                runs[number] = np.frombuffer(buf, dtype=dtype, count=(hi - lo) // dtype.itemsize,
+                                             offset=lo)
+            elif number == 7:
+                if wire_type != LEN:
+                    raise WireError("BlobProto shape is not a message")
+                if shape is None:
+                    shape = caffe_pb2.BlobShape()
+                try:
+                    shape.MergeFromString(bytes(buf[value[0]:value[1]]))
+                except (DecodeError, RuntimeError, ValueError) as e:
+                    raise WireError("BlobProto shape: %s" % e) from None
+        empty32, empty64 = np.zeros(0, np.float32), np.zeros(0, np.float64)
+        return cls(tuple(legacy[1:]) if legacy[0] else None,
+                   tuple(int(d) for d in shape.dim) if shape is not None else (),
+                   runs.get(5, empty32), runs.get(6, empty32),
+                   runs.get(8, empty64), runs.get(9, empty64))
+
+    @property
+    def shape(self):
+        return self.legacy if self.legacy is not None else self.dims
+
+    def shape_equals(self, shape):
+        """Caffe's Blob::ShapeEquals (see :func:`blobproto_shape_equals`)."""
+        shape = tuple(int(d) for d in shape)
+        if self.legacy is not None:
+            return len(shape) <= 4 and (1,) * (4 - len(shape)) + shape == self.legacy
+        return shape == self.dims
+
+    def to_array(self, return_diff=False, dtype=np.float32, prefer_double=True):
+        """The values as an array of the blob's shape (see :func:`blobproto_to_array`); a view
+        of the serialized bytes when the stored precision is ``dtype``."""
+        kind = "diff" if return_diff else "data"
+        single, double = getattr(self, kind), getattr(self, "double_" + kind)
+        first, second = (double, single) if prefer_double else (single, double)
+        vals = first if first.size or not second.size else second
+        field = "double_" + kind if vals is double else kind
+        return _shaped(np.asarray(vals, dtype=dtype), self.shape, field)
+
+
+_RUN_FIELDS = {5: np.dtype("<f4"), 6: np.dtype("<f4"), 8: np.dtype("<f8"), 9: np.dtype("<f8")}
+
+
+def _shaped(arr, shape, field):
     count = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
     if arr.size != count:
         raise ProtoError("BlobProto holds %d %s values but its shape %s needs %d"
@@ -65,16 +163,35 @@ def blobproto_to_array(bp, return_diff=False, dtype=np.float32, prefer_double=Tr
     return arr.reshape(shape)
 
 
+def blobproto_chunks(data, diff=None, legacy=False):
+    """The serialized BlobProto of ``data`` (and ``diff``) as :class:`~.wire.Chunks`: the
+    bytes protobuf writes for a BlobProto with ``shape.dim`` = data's shape (or, ``legacy``,
+    the 4-D num/channels/height/width fields) and float32 ``data``/``diff``, the value runs
+    taken straight from the arrays' memory (bit for bit, NaN payloads included)."""
+    arr = np.asarray(data)
+    out = Chunks()
+    if legacy:
+        num, channels, height, width = arr.shape
+        out.add(caffe_pb2.BlobProto(num=num, channels=channels, height=height,
+                                    width=width).SerializeToString())
+    out.add_packed(5, np.ascontiguousarray(arr, dtype="<f4"))
+    if diff is not None:
+        out.add_packed(6, np.ascontiguousarray(diff, dtype="<f4"))
+    if not legacy:
+        dims = b"".join(encode_varint(int(d)) for d in arr.shape)
+        shape = Chunks()
+        if dims:
+            shape.add(field_key(1, LEN) + encode_varint(len(dims)) + dims)
+        out.add_message(7, shape)
+    return out
+
+
 def array_to_blobproto(arr, diff=None, bp=None):
     """A BlobProto with ``shape.dim`` = arr.shape and float ``data`` (and ``diff`` if given; its
     shape is not checked, as in pycaffe). ``bp``, when given, is cleared and filled."""
     bp = caffe_pb2.BlobProto() if bp is None else bp
     bp.Clear()
-    arr = np.asarray(arr)
-    bp.shape.dim.extend(int(d) for d in arr.shape)
-    bp.data[:] = np.ascontiguousarray(arr, dtype=np.float32).ravel()
-    if diff is not None:
-        bp.diff[:] = np.ascontiguousarray(diff, dtype=np.float32).ravel()
+    bp.MergeFromString(blobproto_chunks(arr, diff).tobytes())
     return bp
 
 
@@ -112,7 +229,4 @@ def write_mean_binaryproto(arr, path):
     if arr.ndim != 4:
         raise ProtoError("a mean file holds a C x H x W (or 1 x C x H x W) array; got shape %s "
                          "for '%s'" % (arr.shape, path))
-    bp = caffe_pb2.BlobProto()
-    bp.num, bp.channels, bp.height, bp.width = arr.shape
-    bp.data[:] = arr.ravel()
-    write_binary(bp, path)
+    write_serialized(blobproto_chunks(arr, legacy=True), path)

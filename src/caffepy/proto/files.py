@@ -6,17 +6,24 @@ compiler message rather than a traceback.
 import os
 import re
 
-from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from ..atomic import atomic_write  # noqa: F401
-from ..errors import ProtoError  # noqa: F401
+from ..atomic import atomic_path, atomic_write
+from ..errors import ProtoError
+
+
+def _text_format():
+    """google.protobuf.text_format, imported on the first prototxt read or write (it is the
+    largest part of protobuf's import and a training run from binary files never needs it)."""
+    from google.protobuf import text_format
+    return text_format
 
 
 # -- text format --------------------------------------------------------------------
 
 def parse_text(text, message, filename="<string>"):
     """Parse protobuf text into ``message``; errors say file:line:column and what is wrong."""
+    text_format = _text_format()
     try:
         text_format.Merge(text, message, allow_unknown_extension=False)
     except text_format.ParseError as e:
@@ -27,11 +34,13 @@ def parse_text(text, message, filename="<string>"):
         if line is not None and msg.startswith("%s:%s" % (line, col)):
             msg = msg.split(":", 2)[2].strip()
         where = filename if line is None else "%s:%s:%s" % (filename, line, col)
-        raise ProtoError("%s: cannot parse %s: %s" % (where, message.DESCRIPTOR.name, msg)) from None
+        raise ProtoError("%s: cannot parse %s: %s"
+                         % (where, message.DESCRIPTOR.name, msg)) from None
     return message
 
 
-def _read_bytes(path, message):
+def read_bytes(path, message):
+    """The bytes of the file ``path`` that should hold a ``message``; ProtoError names it."""
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -50,12 +59,12 @@ def _decode_text(data, message, path):
 
 def read_text(path, message):
     """Parse the text (prototxt) file ``path`` into ``message``."""
-    return parse_text(_decode_text(_read_bytes(path, message), message, path), message,
+    return parse_text(_decode_text(read_bytes(path, message), message, path), message,
                       filename=path)
 
 
 def write_text(message, path):
-    atomic_write(path, text_format.MessageToString(message).encode("utf-8"))
+    atomic_write(path, _text_format().MessageToString(message).encode("utf-8"))
 
 
 # -- binary format ------------------------------------------------------------------
@@ -72,11 +81,18 @@ def parse_binary(data, message, filename="<bytes>"):
 def read_binary(path, message):
     """Parse the binary file ``path`` (a .caffemodel, .binaryproto, .solverstate) into
     ``message``."""
-    return parse_binary(_read_bytes(path, message), message, filename=path)
+    return parse_binary(read_bytes(path, message), message, filename=path)
 
 
 def write_binary(message, path):
     atomic_write(path, message.SerializeToString())
+
+
+def write_serialized(chunks, path):
+    """Write a message already serialized as :class:`~.wire.Chunks` (atomically), one buffer
+    after another, so that its value runs are never joined in memory."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        chunks.write_to(f)
 
 
 # -- either -------------------------------------------------------------------------
@@ -111,7 +127,7 @@ def read_proto(path, message):
     """Parse ``path`` into ``message`` as text or binary, decided once by the file's extension
     or content (:func:`is_text_proto`); a file that does not parse in that format raises
     ProtoError naming the file (and, for text, the line and column)."""
-    data = _read_bytes(path, message)
+    data = read_bytes(path, message)
     if is_text_proto(data, path):
         return parse_text(_decode_text(data, message, path), message, filename=path)
     return parse_binary(data, message, filename=path)
