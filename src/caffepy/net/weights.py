@@ -9,8 +9,10 @@ from .. import backend
 from ..atomic import atomic_path
 from ..errors import NetError
 from ..regularizers.masks import net_connectivity_masks
-from ..proto import (blobproto_shape, blobproto_shape_equals, blobproto_to_array, caffe_pb2,
-                     set_blobproto, write_binary)
+from ..proto import caffe_pb2
+from ..proto.blobproto import BlobValues
+from ..proto.caffemodel import net_weights_chunks, read_net_weights
+from ..proto.files import write_serialized
 
 log = logging.getLogger("caffepy")
 
@@ -26,7 +28,7 @@ class NetWeights:
         Layers the source has and the net lacks are ignored (logged); a layer the net has
         and the source lacks keeps its weights."""
         if isinstance(source, caffe_pb2.NetParameter):
-            self._copy_from_proto(source, "<NetParameter>")
+            self._copy_from_layers(((lp.name, lp.blobs) for lp in source.layer), "<NetParameter>")
         else:
             path = str(source)
             if not os.path.exists(path):
@@ -34,8 +36,8 @@ class NetWeights:
             if _is_hdf5(path):
                 self._copy_from_hdf5(path)
             else:
-                from ..proto import upgrade
-                self._copy_from_proto(upgrade.read_net_param_binary(path), path)
+                param, blobs = read_net_weights(path)
+                self._copy_from_layers(((lp.name, b) for lp, b in zip(param.layer, blobs)), path)
         self._after_weights_loaded()
 
     copy_from = copy_trained_layers_from
@@ -74,25 +76,26 @@ class NetWeights:
             tid = self.layer_names.index(name) if first else self.layer_names_index[name]
             yield name, source, tid, self.layers[tid].blobs
 
-    def _copy_from_proto(self, param, source):
-        layers = ((lp.name, lp) for lp in param.layer)
-        for name, src, _, targets in self._receivers(layers, first=True):
-            if len(targets) != len(src.blobs):
+    def _copy_from_layers(self, layers, source):
+        """Copy from ``(layer name, blobs)`` pairs; each blob a BlobProto or a BlobValues."""
+        xp = backend.xp()
+        for name, blobs, _, targets in self._receivers(layers, first=True):
+            if len(targets) != len(blobs):
                 raise NetError("%s: incompatible number of blobs for layer '%s' (source has %d, "
-                               "net has %d)" % (source, name, len(src.blobs), len(targets)))
-            for j, (t, bp) in enumerate(zip(targets, src.blobs)):
-                if not blobproto_shape_equals(t.shape, bp):
+                               "net has %d)" % (source, name, len(blobs), len(targets)))
+            for j, (t, blob) in enumerate(zip(targets, blobs)):
+                bv = BlobValues.of(blob)
+                if not bv.shape_equals(t.shape):
                     raise NetError("%s: cannot copy param %d weights from layer '%s'; shape "
                                    "mismatch. Source param shape is %s; target param shape is %s. "
                                    "To learn this layer's parameters from scratch rather than "
                                    "copying from a saved net, rename the layer."
-                                   % (source, j, name, " ".join(map(str, blobproto_shape(bp))),
+                                   % (source, j, name, " ".join(map(str, bv.shape)),
                                       " ".join(map(str, t.shape))))
-                t.data[...] = backend.xp().asarray(blobproto_to_array(bp).reshape(t.shape))
+                t.data[...] = xp.asarray(bv.to_array().reshape(t.shape))
                 # Blob::FromProto(proto, reshape=false) also copies a stored diff.
-                if len(bp.double_diff) or len(bp.diff):
-                    t.diff[...] = backend.xp().asarray(
-                        blobproto_to_array(bp, return_diff=True).reshape(t.shape))
+                if bv.double_diff.size or bv.diff.size:
+                    t.diff[...] = xp.asarray(bv.to_array(return_diff=True).reshape(t.shape))
 
     def _copy_from_hdf5(self, path):
         import h5py
@@ -138,21 +141,22 @@ class NetWeights:
     share_with = share_trained_layers_with
 
     # -- saving ----------------------------------------------------------------------------
+    def _weights_chunks(self, write_diff):
+        """Net::ToProto, serialized (see caffepy.proto.caffemodel)."""
+        to_numpy = backend.to_numpy
+        return net_weights_chunks(self.name, (
+            (layer.layer_param, [(to_numpy(b.data), to_numpy(b.diff) if write_diff else None)
+                                 for b in layer.blobs])
+            for layer in self.layers))
+
     def to_proto(self, write_diff=False):
-        param = caffe_pb2.NetParameter()
-        param.name = self.name
-        for layer in self.layers:
-            lp = param.layer.add()
-            lp.CopyFrom(layer.layer_param)
-            del lp.blobs[:]
-            for b in layer.blobs:
-                set_blobproto(lp.blobs.add(), backend.to_numpy(b.data),
-                              backend.to_numpy(b.diff) if write_diff else None)
-        return param
+        """Net::ToProto: a NetParameter with the net's name and its layers, each holding its
+        param blobs (and their diffs if ``write_diff``)."""
+        return caffe_pb2.NetParameter.FromString(self._weights_chunks(write_diff).tobytes())
 
     def save(self, path, write_diff=False):
         """Write a binary .caffemodel (atomically)."""
-        write_binary(self.to_proto(write_diff), path)
+        write_serialized(self._weights_chunks(write_diff), path)
 
     def save_hdf5(self, path, write_diff=False):
         """Write the HDF5 form (/data/{layer}/{j}, owners only; /diff for all), atomically."""
