@@ -16,7 +16,10 @@ import numpy as np
 from .. import backend
 from ..atomic import atomic_path
 from ..errors import SolverError
-from ..proto import blobproto_to_array, caffe_pb2, read_binary, set_blobproto, write_binary
+from ..proto import blobproto_to_array, caffe_pb2, read_binary
+from ..proto.blobproto import blobproto_chunks
+from ..proto.files import write_serialized
+from ..proto.wire import Chunks, splice
 
 log = logging.getLogger("caffepy")
 
@@ -66,8 +69,8 @@ def write_snapshot(net, param, it, current_step, history, reg_state=None):
             _write_state_hdf5(state_filename, it, model_filename, current_step, history,
                               reg_state)
         else:
-            write_binary(solver_state(it, model_filename, current_step, history, reg_state),
-                         state_filename)
+            write_serialized(solver_state_chunks(it, model_filename, current_step, history,
+                                                 reg_state), state_filename)
     except OSError as e:
         raise SolverError("Cannot write snapshot '%s': %s. Make sure that the directory "
                           "of snapshot_prefix '%s' exists and is writeable."
@@ -80,17 +83,25 @@ def write_snapshot(net, param, it, current_step, history, reg_state=None):
 def solver_state(it, model_filename, current_step, history, reg_state=None):
     """The SolverState message Caffe writes (iter, learned_net, current_step, history), with
     the regularizers' state ({key: array}) when there is any."""
-    state = caffe_pb2.SolverState()
-    state.iter = it
-    state.learned_net = model_filename
-    state.current_step = current_step
+    return caffe_pb2.SolverState.FromString(
+        solver_state_chunks(it, model_filename, current_step, history, reg_state).tobytes())
+
+
+def solver_state_chunks(it, model_filename, current_step, history, reg_state=None):
+    """:func:`solver_state` serialized (caffepy.proto.wire.Chunks): protobuf writes the
+    small fields, the history blobs go in as packed float32 runs straight from the arrays."""
+    head = caffe_pb2.SolverState(iter=it, learned_net=model_filename,
+                                 current_step=current_step).SerializeToString()
+    blobs = Chunks()
     for h in history:
-        set_blobproto(state.history.add(), backend.to_numpy(h))
+        blobs.add_message(3, blobproto_chunks(backend.to_numpy(h)))
+    entries = Chunks()
     for key, arr in sorted((reg_state or {}).items()):
-        entry = state.regularizer_state.add()
-        entry.key = key
-        set_blobproto(entry.value, np.asarray(backend.to_numpy(arr), dtype=np.float32))
-    return state
+        value = Chunks().add_message(2, blobproto_chunks(
+            np.asarray(backend.to_numpy(arr), dtype=np.float32)))
+        entries.add_message(1001, splice(
+            caffe_pb2.RegularizerStateEntry(key=key).SerializeToString(), {2: value}))
+    return splice(head, {3: blobs, 1001: entries})
 
 
 def _write_state_hdf5(path, it, model_filename, current_step, history, reg_state=None):
