@@ -29,7 +29,8 @@ layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
                             bias_filler { type: "gaussian" } } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv1" top: "conv1" }
 layer { name: "scale" type: "Scale" bottom: "conv1" top: "conv1"
-        scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } } }
+        scale_param { bias_term: true filler { type: "gaussian" }
+                      bias_filler { type: "gaussian" } } }
 layer { name: "relu" type: "PReLU" bottom: "conv1" top: "conv1" }
 layer { name: "ip" type: "InnerProduct" bottom: "conv1" top: "ip"
         include { phase: TRAIN }
@@ -345,9 +346,8 @@ def test_bad_files_name_the_problem(tmp_path):
         f.write(raw[:-7])
     with pytest.raises(ProtoError, match="trunc.caffemodel: not a valid binary NetParameter"):
         make_net().copy_from(trunc)
-    short = _net_of_protos([("ip", [caffe_pb2.BlobProto(shape=caffe_pb2.BlobShape(dim=[5, 64]),
-                                                         data=[1.0] * 319),
-                                    caffe_pb2.BlobProto()])])
+    short_weight = caffe_pb2.BlobProto(shape=caffe_pb2.BlobShape(dim=[5, 64]), data=[1.0] * 319)
+    short = _net_of_protos([("ip", [short_weight, caffe_pb2.BlobProto()])])
     write_binary(short, path)
     with pytest.raises(ProtoError, match="holds 319 data values but its shape 5 x 64 needs 320"):
         make_net().copy_from(path)
