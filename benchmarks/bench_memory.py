@@ -34,8 +34,9 @@ import time
 import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_nets import (NETS, RESULT, ROOT, blas_info, caffepy_solver, cpu_model,  # noqa: E402
-                        load_average, thread_limit, torch_trainer)
+from bench_nets import (NETS, RESULT, ROOT, blas_info, caffepy_solver,  # noqa: E402
+                        caffepy_threads, cpu_model, load_average, thread_env, thread_limit,
+                        torch_trainer)
 
 MiB = 1024.0 * 1024.0
 
@@ -201,7 +202,7 @@ def caffepy_worker(args):
     trained = proc_status()
     held, by_layer = caffepy_accounting(s)
     out = {"framework": "caffepy", "net": args.net, "batch": args.batch or NETS[args.net]["batch"],
-           "info": blas_info(), "rss_import": after_import.get("VmRSS"),
+           "info": [caffepy_threads()] + blas_info(), "rss_import": after_import.get("VmRSS"),
            "rss_built": built.get("VmRSS"), "rss_trained": trained.get("VmRSS"),
            "peak": trained.get("VmHWM") if reset else None, "maxrss": maxrss(),
            "held": held, "layer_buffers": by_layer, "loss": float(s.smoothed_loss)}
@@ -246,9 +247,7 @@ def torch_worker(args):
 # -- the parent -------------------------------------------------------------------------------
 
 def run_worker(framework, args, net):
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
+    env = thread_env(dict(os.environ), args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--net", net,
            "--iterations", str(args.iterations), "--traced", str(args.traced),
            "--threads", str(args.threads), "--batch", str(args.batch)]
@@ -328,6 +327,7 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if args.worker:
+        thread_env(os.environ, args.threads)
         run = caffepy_worker if args.worker == "caffepy" else torch_worker
         print(RESULT + json.dumps(run(args)), flush=True)
         return

@@ -17,8 +17,13 @@ the same cores. It reports medians over all timed iterations of
 * wall time per iteration with one thread per core;
 
 the ratios caffepy / PyTorch of both, and each framework's scaling (wall time with 1 thread
-divided by wall time with 2 threads). A last caffepy worker per net prints the per-layer table
-of ``caffe time`` (forward and backward ms per layer, ``--per-layer-threads``, default 1).
+divided by wall time with 2 threads, also from the lowest round medians: the rounds least
+disturbed by other processes). Each worker sizes every thread pool it may start (OpenMP,
+OpenBLAS, MKL, ``CAFFEPY_NUM_THREADS``) to its ``--threads`` before importing anything, and
+reports how often the scheduler preempted it: many preemptions per iteration mean another
+process competed for the cores and that row's wall time is not the framework's. A last caffepy
+worker per net prints the per-layer table of ``caffe time`` (forward and backward ms per layer,
+``--per-layer-threads``, default 1).
 
     python benchmarks/bench_nets.py [--rounds 3] [--nets lenet,cifar10_quick] [--iterations N]
                                     [--no-torch] [--no-per-layer] [--json FILE]
@@ -175,12 +180,36 @@ def blas_info():
         for i in threadpool_info()]
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "CAFFEPY_NUM_THREADS")
+
+
+def thread_env(env, threads):
+    """Size every thread pool a worker may start (OpenMP, OpenBLAS, MKL, caffepy's own) to
+    ``threads``; a worker sets them before it imports NumPy, caffepy or torch."""
+    for var in THREAD_VARS:
+        env[var] = str(threads)
+    return env
+
+
 def thread_limit(threads):
+    """One BLAS thread through threadpoolctl (the one-thread figure); None for more threads,
+    where caffepy decides how its BLAS and its own threads share the cores."""
+    if threads != 1:
+        return None
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
-    return threadpool_limits(threads)
+    return threadpool_limits(1)
+
+
+def caffepy_threads():
+    """caffepy's own thread count for CPU kernels, where this version has one."""
+    import caffepy
+    fn = getattr(caffepy.backend, "num_threads", None)
+    version = getattr(caffepy, "__version__", "")
+    return "caffepy %s, %s kernel threads" % (version, fn() if fn else "no")
 
 
 def measure(step, iterations, warmup, sync=_no_sync):
@@ -208,10 +237,11 @@ def caffepy_worker(args):
     s = caffepy_solver(args.net, args.batch, args.gpu)
     limit = None if args.gpu else thread_limit(args.threads)
     sync = device_sync()
-    out = {"framework": "caffepy", "net": args.net, "threads": args.threads, "info": blas_info()}
+    out = {"framework": "caffepy", "net": args.net, "threads": args.threads}
     n0 = preempted()
     cpu, wall = measure(lambda: s.step(1), args.iterations, args.warmup, sync)
     out.update(cpu=cpu, wall=wall, loss=float(s.smoothed_loss),
+               info=[caffepy_threads()] + blas_info(),
                preempted=(preempted() - n0) / (args.iterations + args.warmup))
     if args.per_layer:
         fwd, bwd, total = time_caffepy(s.net, args.iterations, sync)
@@ -332,9 +362,7 @@ def load_average():
 
 def run_worker(script, framework, net, threads, iterations, warmup, extra=()):
     """Start one worker process with every thread pool sized ``threads``; its result dict."""
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
+    env = thread_env(dict(os.environ), threads)
     cmd = [sys.executable, script, "--worker", framework, "--net", net, "--threads", str(threads),
            "--iterations", str(iterations), "--warmup", str(warmup)] + list(extra)
     p = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -423,6 +451,10 @@ def parent(args):
     def ratio(a, b):
         return "%.2f" % (a / b) if a and b else "-"
 
+    def lowest(fw, name, n):
+        s = samples.get((fw, name, n))
+        return min(x[1] for x in s["rounds"]) if s else None
+
     def preempt(fw, name, n):
         s = samples.get((fw, name, n))
         return "%.1f" % statistics.median(s["preempted"]) if s else "-"
@@ -442,11 +474,15 @@ def parent(args):
                 "%.2f" % t if t else "-", spread("torch", name, n, what), ratio(c, t),
                 preempt("caffepy", name, n), preempt("torch", name, n)))
     if not args.gpu and 2 in threads:
-        print("\nscaling (wall 1 thread / wall 2 threads; 2.00 is perfect):")
+        print("\nscaling (wall 1 thread / wall 2 threads; 2.00 is perfect): from the medians, "
+              "and from the lowest round medians (the rounds least disturbed by other load):")
         for name in nets:
             sc = {fw: ratio(med(fw, name, 1, "wall"), med(fw, name, 2, "wall"))
                   for fw in ("caffepy", "torch")}
-            print("%-14s caffepy %s   torch %s" % (name, sc["caffepy"], sc["torch"]))
+            lo = {fw: ratio(lowest(fw, name, 1), lowest(fw, name, 2))
+                  for fw in ("caffepy", "torch")}
+            print("%-14s caffepy %s (%s)   torch %s (%s)"
+                  % (name, sc["caffepy"], lo["caffepy"], sc["torch"], lo["torch"]))
     print("\nload average %s at the end; %.0f s in all"
           % (load_average(), time.perf_counter() - t0))
     if args.json:
@@ -484,6 +520,8 @@ def main(argv=None):
         if name not in NETS:
             ap.error("unknown net %r (choose from %s)" % (name, ", ".join(sorted(NETS))))
     if args.worker:
+        if not args.gpu:
+            thread_env(os.environ, args.threads)
         args.iterations = args.iterations or NETS[args.net]["iterations"]
         run = caffepy_worker if args.worker == "caffepy" else torch_worker
         res = run(args)
