@@ -13,15 +13,31 @@ shape (N·C, Hq, Wq) with Hq = OH + (k_h−1)//s_h (Wq likewise). In that layout
 the output grid, so each of the k_h·k_w window steps is ONE contiguous 1-D operation over the
 whole batch. Grid cells outside [0, OH) × [0, OW) hold garbage and are never read back.
 Cells of a phase grid that fall outside the image hold −∞ (MAX: padding never wins) or 0 (AVE).
+The window steps run over blocks of CHUNK grid cells (every step for one block, then the
+next), so a block's phase-grid cells are read from cache rather than from memory K times.
 
-MAX keeps, per output, the number j of the winning kernel position (first position equal to
-the maximum, i.e. Caffe's first-maximum rule) as a small integer "code"; the backward pass
-turns codes into flat input indices and scatters the top diff in one ``add.at``.
+MAX keeps, per output, which kernel position won as a small unsigned "code" (uint8 for windows
+up to 255 pixels of offset): code = NF − (i·W + k) for the winning position (i, k), where i·W + k
+is the winner's offset from the window origin inside the plane and NF is one more than the
+largest offset, and 0 when nothing wins. The winner is the first position (row-major) equal to
+the maximum, which is Caffe's first-maximum rule; as offsets grow with the position, it is the
+position with the largest code, so the code is a running ``maximum`` of two small-integer passes
+per position. The backward pass turns codes into flat input indices with one subtraction from a
+table made at reshape ((plane, window origin) + NF) and scatters the top diff in one ``add.at``,
+which adds repeated indices in array order, i.e. in Caffe's order (outputs in row-major order).
+
+With numba installed (and ``CAFFEPY_COMPILED`` not "0"), MAX backward runs one compiled kernel
+(caffepy.kernels.compiled) over the same phase grids instead: the same codes, the same sums in
+the same order, so the same bits; it reads each grid cell from memory once instead of once per
+kernel position and needs no index array.
 """
 import numpy as np
 
+from . import compiled
+
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)
+CHUNK = 1 << 16        # grid cells per block of the window-step loops (a few 100 KiB per array)
 
 
 def pooled_size(in_size, kernel, stride, pad, ceil_mode=True, any_pad=None):
@@ -58,6 +74,13 @@ def _legacy_scatter_add():  # pragma: no cover - older CuPy
     return _cupyx_scatter_add
 
 
+def _nan_ignoring_max(xp, a):
+    """The max of each row of ``a`` ignoring NaN (NaN for an all-NaN row), without warnings."""
+    if xp is np:
+        return np.fmax.reduce(a, axis=1)
+    return xp.nanmax(a, axis=1)  # pragma: no cover - GPU only
+
+
 def _phase_range(size, grid, phase, stride, pad):
     """Grid cells i (< grid) whose image position i·stride + phase − pad lies in [0, size)."""
     off = phase - pad
@@ -78,7 +101,7 @@ class Pool2D:
     ``forward_ave`` / ``forward_stochastic`` and the matching backward.
     """
 
-    def __init__(self, xp, nc, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
+    def __init__(self, xp, nc, H, W, kh, kw, sh, sw, ph, pw, OH, OW, use_compiled=None):
         self.xp = xp
         self.nc, self.H, self.W = nc, H, W
         self.kh, self.kw, self.sh, self.sw, self.ph, self.pw = kh, kw, sh, sw, ph, pw
@@ -86,16 +109,19 @@ class Pool2D:
         # The whole plane is one window (global pooling, SPP level 0): plain reductions.
         self.global_like = (OH == 1 and OW == 1 and ph == 0 and pw == 0 and kh >= H and kw >= W)
         self.K = kh * kw
-        self.code_dtype = np.uint8 if self.K < 255 else np.int32
-        self.NOT_FOUND = 255 if self.K < 255 else self.K
-        # Host tables: kernel position j -> offset (kh·W + kw) inside the plane; window origin.
-        table = np.zeros(self.NOT_FOUND + 1, dtype=np.int64)
+        # Codes: NF - (offset of the winner from the window origin), 0 = no winner.
         jj = np.arange(self.K)
-        table[:self.K] = (jj // kw) * W + (jj % kw)
-        self._table = xp.asarray(table)
+        offset = (jj // kw) * W + (jj % kw)
+        self.NF = int(offset[-1]) + 1
+        self.code_dtype = (np.uint8 if self.NF <= 0xFF else
+                           np.uint16 if self.NF <= 0xFFFF else np.uint32)
+        self._cand = [self.code_dtype(self.NF - int(o)) for o in offset]
+        # window origin (h·W + w, may be negative) of each output, and + NF
         base = ((np.arange(OH) * sh - ph)[:, None] * W + (np.arange(OW) * sw - pw)[None, :])
-        self._base = xp.asarray(base.astype(np.int64))
-        self._planes = xp.asarray((np.arange(nc, dtype=np.int64) * (H * W)).reshape(nc, 1, 1))
+        self._base_nf = base.astype(np.int64) + self.NF
+        self._base_nf_x = xp.asarray(self._base_nf)
+        self._index_base = None       # plane·H·W + origin + NF, made at the first backward
+        self._plane_starts = xp.arange(nc, dtype=np.int64) * (H * W)
         # AVE divisor: the window clamped to [-p, H+p) (before clamping to the image).
         hs = np.arange(OH) * sh - ph
         he = np.minimum(hs + kh, H + ph)
@@ -120,6 +146,8 @@ class Pool2D:
                 if phase not in phases:
                     phases.append(phase)
         self.L = self.grid_size - maxshift
+        self.phase_index = {ab: n for n, ab in enumerate(phases)}
+        self.chunks = [(c, min(c + CHUNK, self.L)) for c in range(0, self.L, CHUNK)]
         # For each phase grid: the grid box and the strided image box it copies.
         self.phases = {}
         for a, b in phases:
@@ -138,6 +166,17 @@ class Pool2D:
             if dst is not None:
                 covered += (dst[1].stop - dst[1].start) * (dst[2].stop - dst[2].start)
         self.covers_image = covered == H * W
+        # The compiled MAX backward (NumPy arrays only; None: the NumPy code below).
+        # use_compiled: None = compiled.kernels() (numba when installed and not turned off),
+        # False = never, or a namespace of kernels with compiled.py's signatures.
+        self._compiled = None
+        if xp is np and not self.global_like and use_compiled is not False:
+            self._compiled = compiled.kernels() if use_compiled is None else use_compiled
+        if self._compiled is not None:
+            self._c_phase = np.array([self.phase_index[ab] for _, ab, _ in self.offsets],
+                                     dtype=np.int64)
+            self._c_shift = np.array([shift for _, _, shift in self.offsets], dtype=np.int64)
+            self._c_cand = np.array(self._cand, dtype=np.int32)
 
     # -- buffers ---------------------------------------------------------------------------
     def _buf(self, name, shape, dtype, fill=None):
@@ -150,13 +189,15 @@ class Pool2D:
         return b
 
     def _phase_grids(self, x, fill):
-        """Copy x (nc, H, W) into the phase grids (padding cells hold ``fill``)."""
+        """Copy x (nc, H, W) into the phase grids (padding cells hold ``fill``); one
+        (phases, grid cells) buffer per fill value, a dict phase -> its flat row."""
+        stack = self._buf(("phases", fill), (len(self.phases), self.grid_size), np.float32, fill)
         grids = {}
         for ab, (dst, src) in self.phases.items():
-            g = self._buf(("phase", ab, fill), (self.nc, self.Hq, self.Wq), np.float32, fill)
+            g = stack[self.phase_index[ab]]
             if dst is not None:
-                g[dst] = x[src]
-            grids[ab] = g.reshape(-1)
+                g.reshape(self.nc, self.Hq, self.Wq)[dst] = x[src]
+            grids[ab] = g
         return grids
 
     def _grid(self, name, fill=None):
@@ -171,79 +212,100 @@ class Pool2D:
         """x: (nc, H, W); top: (nc, OH, OW); mask (optional): (nc, OH, OW) gets h·W + w as float."""
         xp = self.xp
         if self.global_like:
-            xr = x.reshape(self.nc, self.H * self.W)
-            idx = xp.argmax(xr, axis=1)
-            m = xp.take_along_axis(xr, idx[:, None], axis=1)[:, 0]
-            found = m >= -FLT_MAX       # Caffe starts at -FLT_MAX: nothing below it wins
-            top.reshape(self.nc)[...] = xp.where(found, m, -FLT_MAX)
-            self._gidx = xp.where(found, idx, -1)
-            if mask is not None:
-                mask.reshape(self.nc)[...] = self._gidx
+            self._forward_max_global(x, top, mask)
             return
         grids = self._phase_grids(x, -np.inf)
         g = self._grid("max")
         g.fill(-FLT_MAX)
-        L = self.L
-        gl = g[:L]
-        for j, ab, shift in self.offsets:
-            # fmax ignores NaN, as Caffe's strict '>' scan does.
-            xp.fmax(gl, grids[ab][shift:shift + L], out=gl)
+        for c0, c1 in self.chunks:
+            gl = g[c0:c1]
+            for j, ab, shift in self.offsets:
+                # fmax ignores NaN, as Caffe's strict '>' scan does.
+                xp.fmax(gl, grids[ab][c0 + shift:c1 + shift], out=gl)
         top[...] = self._valid(g)
         self._grids = grids
         self._code_valid = False
         if mask is not None:
             self._compute_code()
             code = self._valid(self._code)
-            m = xp.take(self._table, code) + self._base
-            mask[...] = xp.where(code == self.NOT_FOUND, -1, m)
+            m = self._base_nf_x - code.astype(np.int64)
+            mask[...] = xp.where(code == 0, -1, m)
+
+    def _forward_max_global(self, x, top, mask):
+        """One window per plane: a NaN-ignoring max, then the first pixel equal to it."""
+        xp = self.xp
+        xr = x.reshape(self.nc, self.H * self.W)
+        m = _nan_ignoring_max(xp, xr)
+        eq = self._buf("global_eq", xr.shape, np.bool_)
+        xp.equal(xr, m[:, None], out=eq)
+        found = m > -FLT_MAX        # Caffe starts at -FLT_MAX with '>': nothing at or below wins
+        top.reshape(self.nc)[...] = xp.where(found, m, -FLT_MAX)
+        self._gidx = xp.where(found, xp.argmax(eq, axis=1), -1)
+        if mask is not None:
+            mask.reshape(self.nc)[...] = self._gidx
 
     def _compute_code(self):
-        """code = number of the first kernel position whose value equals the max (or NOT_FOUND)."""
+        """code = NF - offset of the first kernel position whose value equals the max (0: none)."""
         if self._code_valid:
             return
         xp = self.xp
         g = self._buffers["max"]
         L = self.L
         code = self._buf("code", (self.grid_size,), self.code_dtype)
-        cand = self._buf("cand", (L,), self.code_dtype)
+        cand = self._buf("cand", (min(L, CHUNK),), self.code_dtype)
         eq = self._buf("eq", (L,), np.bool_)
-        code.fill(self.NOT_FOUND)
-        cl = code[:L]
-        nf = self.NOT_FOUND
-        for j, ab, shift in self.offsets:
-            xp.equal(self._grids[ab][shift:shift + L], g[:L], out=eq)
-            # cand = j where equal, NOT_FOUND elsewhere; keep the smallest j.
-            xp.multiply(eq.view(np.uint8) if self.code_dtype == np.uint8 else eq,
-                        nf - j, out=cand)
-            xp.subtract(nf, cand, out=cand)
-            xp.minimum(cl, cand, out=cl)
+        eq8 = eq.view(np.uint8)
+        code.fill(0)
+        for c0, c1 in self.chunks:
+            cl, gl = code[c0:c1], g[c0:c1]
+            e, e8, cd = eq[:c1 - c0], eq8[:c1 - c0], cand[:c1 - c0]
+            for j, ab, shift in self.offsets:
+                xp.equal(self._grids[ab][c0 + shift:c1 + shift], gl, out=e)
+                xp.multiply(e8, self._cand[j], out=cd)     # candidate where equal, else 0
+                xp.maximum(cl, cd, out=cl)                 # the largest code = the first position
+        cl, gl = code[:L], g[:L]
+        if float(gl.min()) <= -FLT_MAX:
+            # a window whose max stayed at -FLT_MAX has no winner (an input equal to -FLT_MAX
+            # does not beat Caffe's starting value)
+            xp.greater(gl, -FLT_MAX, out=eq)
+            xp.multiply(cl, eq8, out=cl)
         self._code = code
         self._code_valid = True
 
     def backward_max(self, dy, dx):
         """dy: (nc, OH, OW) -> dx: (nc, H, W) (overwritten)."""
         xp = self.xp
-        dx[...] = 0
         if self.global_like:
+            dx[...] = 0
             idx = self._gidx
             ok = idx >= 0
-            flat = self._planes.reshape(-1) + xp.where(ok, idx, 0)
+            flat = self._plane_starts + xp.where(ok, idx, 0)
             vals = xp.where(ok, dy.reshape(self.nc), 0).astype(np.float32)
             dx.reshape(-1)[flat] += vals
             return
+        if (self._compiled is not None and dy.flags.c_contiguous and dx.flags.c_contiguous):
+            stack = self._buffers[("phases", -np.inf)]
+            self._compiled.maxpool_backward(
+                stack, self._buffers["max"], self._c_phase, self._c_shift, self._c_cand,
+                self.Hq, self.Wq, self.L, self._base_nf, dy, dx.reshape(self.nc, -1))
+            return
+        dx[...] = 0
         self._compute_code()
         self._scatter_code(dy, dx)
 
     def _scatter_code(self, dy, dx):
+        """dx (zeroed) += dy at each output's winner, in Caffe's order."""
         xp = self.xp
         code = self._valid(self._code)
-        index = xp.take(self._table, code)
-        index += self._base
-        index += self._planes
+        if self._index_base is None:
+            self._index_base = self._plane_starts.reshape(-1, 1, 1) + self._base_nf_x
+        index = self._buf("index", (self.nc, self.OH, self.OW), np.int64)
+        xp.subtract(self._index_base, code, out=index)
         vals = dy
-        missing = code == self.NOT_FOUND
-        if bool(missing.any()):
-            # no element won (empty window, or all -inf/NaN): Caffe's mask is -1; skip it
+        if int(code.min()) == 0:
+            # no element won (empty window, or all -inf/NaN/-FLT_MAX): Caffe's mask is -1;
+            # skip it
+            missing = code == 0
             vals = xp.where(missing, 0, dy).astype(np.float32)
             index = xp.where(missing, 0, index)
         scatter_add(xp, dx.reshape(-1), index.reshape(-1), xp.ascontiguousarray(vals).reshape(-1))
@@ -252,16 +314,19 @@ class Pool2D:
     def forward_ave(self, x, top):
         xp = self.xp
         if self.global_like:
-            s = x.reshape(self.nc, self.H * self.W).sum(axis=1, dtype=np.float32)
-            xp.divide(s, self._divisor.reshape(()), out=top.reshape(self.nc))
+            # a running sum gives Caffe's order (pixel after pixel), which sum() does not
+            xr = x.reshape(self.nc, self.H * self.W)
+            acc = self._buf("global_acc", xr.shape, np.float32)
+            xp.cumsum(xr, axis=1, out=acc)
+            xp.divide(acc[:, -1], self._divisor.reshape(()), out=top.reshape(self.nc))
             return
         grids = self._phase_grids(x, 0.0)
         g = self._grid("sum")
         g.fill(0)
-        L = self.L
-        gl = g[:L]
-        for j, ab, shift in self.offsets:
-            gl += grids[ab][shift:shift + L]
+        for c0, c1 in self.chunks:
+            gl = g[c0:c1]
+            for j, ab, shift in self.offsets:      # Caffe's order: the window row by row
+                gl += grids[ab][c0 + shift:c1 + shift]
         xp.divide(self._valid(g), self._divisor, out=top)
 
     def backward_ave(self, dy, dx):
@@ -281,8 +346,10 @@ class Pool2D:
             d = self._buf(("dphase", ab), (self.grid_size,), np.float32)
             d.fill(0)
             dgrids[ab] = d
+        # A pixel takes the diffs of the outputs whose windows hold it in Caffe's order, outputs
+        # in row-major order, which is kernel positions from the last to the first.
         src = gg[:L]
-        for j, ab, shift in self.offsets:
+        for j, ab, shift in reversed(self.offsets):
             d = dgrids[ab][shift:shift + L]
             d += src
         if not self.covers_image:
@@ -319,7 +386,7 @@ class Pool2D:
         cum = self._grid("sto_cum")
         cum.fill(0)
         code = self._buf("code", (self.grid_size,), self.code_dtype)
-        code.fill(self.NOT_FOUND)
+        code.fill(0)
         val = self._grid("sto_val")
         val.fill(0)
         found = self._buf("sto_found", (L,), np.bool_)
@@ -329,7 +396,7 @@ class Pool2D:
             v = grids[ab][shift:shift + L]
             cl += v
             hit = (cl >= thres[:L]) & ~found
-            xp.copyto(code[:L], j, where=hit)
+            xp.copyto(code[:L], self._cand[j], where=hit)
             xp.copyto(vl, v, where=hit)
             found |= hit
         top[...] = self._valid(val)
