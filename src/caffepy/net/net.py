@@ -15,11 +15,11 @@ import math
 import os
 
 import numpy as np
-from google.protobuf import text_format
 
 from ..errors import LayerError, NetError
 from ..layer import create_layer
 from ..proto import caffe_pb2
+from ..proto.files import message_text
 from . import build
 from .accessors import PycaffeAccessors
 from .weights import NetWeights
@@ -58,7 +58,7 @@ class Net(NetWeights, PycaffeAccessors):
         filtered = build.filter_net(in_param)
         if log.isEnabledFor(logging.INFO):
             log.info("Initializing net from parameters: \n%s",
-                     text_format.MessageToString(filtered))
+                     message_text(filtered))
         param = build.insert_splits(filtered)
         self.name = param.name
         self.param = param

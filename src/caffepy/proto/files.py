@@ -63,8 +63,13 @@ def read_text(path, message):
                       filename=path)
 
 
+def message_text(message):
+    """``message`` in protobuf's text format (as a prototxt shows it)."""
+    return _text_format().MessageToString(message)
+
+
 def write_text(message, path):
-    atomic_write(path, _text_format().MessageToString(message).encode("utf-8"))
+    atomic_write(path, message_text(message).encode("utf-8"))
 
 
 # -- binary format ------------------------------------------------------------------

@@ -38,12 +38,12 @@ import logging
 import time
 
 import numpy as np
-from google.protobuf import text_format
 
 from .. import backend
 from ..errors import RegularizerError, SolverError
 from ..net import Net
 from ..proto import caffe_pb2
+from ..proto.files import message_text
 from ..regularizers import (RegularizeContext, WeightDecay, chain_state_dict,
                             create_regularizer, load_chain_state_dict, regularizers_penalty,
                             run_regularizers, solver_regularizers)
@@ -89,7 +89,8 @@ class Solver:
 
     # -- construction: Solver::Init ----------------------------------------------------
     def _init(self, param, rule_class):
-        log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(param))
+        if log.isEnabledFor(logging.INFO):
+            log.info("Initializing solver from parameters: \n%s", message_text(param))
         self._param = param
         if param.average_loss < 1:
             raise SolverError("average_loss should be non-negative (>= 1; got %d)"
