@@ -209,7 +209,9 @@ def caffepy_threads():
     import caffepy
     fn = getattr(caffepy.backend, "num_threads", None)
     version = getattr(caffepy, "__version__", "")
-    return "caffepy %s, %s kernel threads" % (version, fn() if fn else "no")
+    if fn is None:
+        return "caffepy %s (no kernel thread pool of its own)" % version
+    return "caffepy %s, %d kernel threads" % (version, fn())
 
 
 def measure(step, iterations, warmup, sync=_no_sync):
@@ -233,6 +235,14 @@ def preempted():
     return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
+def gpu_name():
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"]
+    return "CuPy %s on %s" % (cupy.__version__,
+                              name.decode() if isinstance(name, bytes) else name)
+
+
 def caffepy_worker(args):
     s = caffepy_solver(args.net, args.batch, args.gpu)
     limit = None if args.gpu else thread_limit(args.threads)
@@ -243,6 +253,8 @@ def caffepy_worker(args):
     out.update(cpu=cpu, wall=wall, loss=float(s.smoothed_loss),
                info=[caffepy_threads()] + blas_info(),
                preempted=(preempted() - n0) / (args.iterations + args.warmup))
+    if args.gpu:
+        out["info"].insert(0, gpu_name())
     if args.per_layer:
         fwd, bwd, total = time_caffepy(s.net, args.iterations, sync)
         out["per_layer"] = {"names": list(s.net.layer_names), "forward": fwd.tolist(),
@@ -334,7 +346,7 @@ def torch_worker(args):
                torch.backends.mkldnn.is_available())]
     n0 = preempted()
     cpu, wall = measure(step, args.iterations, args.warmup, sync)
-    info += blas_info()
+    info += [torch.cuda.get_device_name()] if args.gpu else blas_info()
     return {"framework": "torch", "net": args.net, "threads": args.threads, "info": info,
             "cpu": cpu, "wall": wall, "loss": loss(),
             "preempted": (preempted() - n0) / (args.iterations + args.warmup)}
