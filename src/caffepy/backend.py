@@ -3,7 +3,11 @@
 Layers never import numpy or cupy directly for math on blob data: they call
 ``xp()`` (or ``array_module(arr)``) so that one implementation runs on CPU and GPU.
 """
+import os
+
 import numpy as np
+
+from .errors import CaffepyError
 
 CPU, GPU = 0, 1
 _mode = CPU
@@ -89,3 +93,46 @@ def get_rng_state():
 
 def set_rng_state(state):
     _rng.bit_generator.state = state
+
+
+# -- CPU threads ---------------------------------------------------------------------------------
+
+_num_threads = None
+
+
+def _cpu_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def num_threads():
+    """How many threads caffepy's CPU kernels split a batch across (caffepy.parallel_chunks).
+
+    Read once from the environment variable CAFFEPY_NUM_THREADS (a positive integer; 1 is the
+    serial path); the default is the number of cores this process may run on."""
+    global _num_threads
+    if _num_threads is None:
+        text = os.environ.get("CAFFEPY_NUM_THREADS", "").strip()
+        if not text:
+            _num_threads = _cpu_cores()
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                value = 0
+            if value < 1:
+                raise CaffepyError("CAFFEPY_NUM_THREADS must be a positive integer (1 = serial), "
+                                   "got %r" % text)
+            _num_threads = value
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Override CAFFEPY_NUM_THREADS for this process (takes effect at the next layer call)."""
+    global _num_threads
+    n = int(n)
+    if n < 1:
+        raise CaffepyError("the number of threads must be positive, got %d" % n)
+    _num_threads = n

@@ -1,4 +1,4 @@
-"""im2col / col2im over a whole batch, for any number of spatial axes.
+"""im2col / col2im for any number of spatial axes: over a whole batch, and chunk by chunk.
 
 Caffe's im2col lays one image out as a (C·K) × P matrix (K = kernel positions, P = output
 positions) so that a convolution is one GEMM. Here the whole batch goes into one matrix,
@@ -10,8 +10,17 @@ input position falls inside the image form one box (a slice per axis), and the i
 positions they read form a strided box; everything else in ``col`` is padding (zero). The
 hot loop is therefore K strided slice copies (im2col) or slice-adds (col2im), never a Python
 loop over images or pixels, and the code is the same for NumPy and CuPy.
+
+``ChunkColumns`` does im2col for a chunk of a few images at a time, into buffers made once
+(so memory does not grow with the batch, and the columns stay in cache for the GEMM that reads
+them): the chunk is copied into a zero-bordered buffer and all its windows are one strided view
+of that buffer (``window_view``), so one chunk is two copies, whatever the kernel size.
 """
 import itertools
+
+import numpy as np
+
+from ..backend import array_module
 
 
 def conv_out_size(in_size, kernel, stride, pad, dilation=1):
@@ -125,3 +134,99 @@ def col2im(col, dx, geom):
         dxv = dx[(allc, allc) + si]
         dxv += col[(allc,) + kidx + (allc,) + so].swapaxes(0, 1)
     return dx
+
+
+def padded_shape(geom):
+    """The spatial shape of an image with ``geom``'s padding on both sides of every axis."""
+    return tuple(i + 2 * p for i, p in zip(geom.in_shape, geom.pad))
+
+
+def window_view(x, geom, batch_first=False):
+    """Every window of ``x`` (n, C, *padded_shape) as one read-only strided view, no copy:
+    (C, *kernel, n, *out_shape), or (n, C, *kernel, *out_shape) with ``batch_first``.
+    ``x`` holds the padded images (its borders are the zeros Caffe's im2col reads outside)."""
+    xp = array_module(x)
+    sn, sc = x.strides[:2]
+    sp = x.strides[2:]
+    ks = tuple(s * d for s, d in zip(sp, geom.dilation))
+    os_ = tuple(s * t for s, t in zip(sp, geom.stride))
+    if batch_first:
+        shape = (x.shape[0], x.shape[1]) + geom.kernel + geom.out_shape
+        strides = (sn, sc) + ks + os_
+    else:
+        shape = (x.shape[1],) + geom.kernel + (x.shape[0],) + geom.out_shape
+        strides = (sc,) + ks + (sn,) + os_
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(x, shape, strides)
+
+
+class _ChunkViews:
+    __slots__ = ("interior", "windows", "col")
+
+
+class ChunkColumns:
+    """im2col of up to ``n`` images at a time into buffers made once.
+
+    ``fill(x)`` takes a chunk x (m, C, *in_shape), m <= n, and returns its columns, a view of
+    ``col_buffer`` (a flat float32 array of at least n·C·K·P elements, which several
+    ChunkColumns used one after another may share): (C, *kernel, m, *out_shape) — rows C·K,
+    columns m·P once flattened, for one GEMM over the chunk — or, with ``batch_first``,
+    (m, C, *kernel, *out_shape): one C·K × P matrix per image, for a stacked matmul that
+    writes each image's output in place.
+    """
+
+    def __init__(self, xp, channels, geom, n, col_buffer, batch_first=False):
+        self.geom = geom
+        self.channels = channels
+        self.batch_first = batch_first
+        self.padded = any(geom.pad)
+        self._pshape = padded_shape(geom)
+        if col_buffer.size < n * channels * geom.kernel_count * geom.out_count:
+            raise ValueError("col_buffer holds %d values, %d images of columns need %d"
+                             % (col_buffer.size, n,
+                                n * channels * geom.kernel_count * geom.out_count))
+        self._col = col_buffer
+        # zeroed once: only the interior is ever written, the border stays Caffe's zero padding
+        self._xpad = (xp.zeros(n * channels * _count(self._pshape), dtype=np.float32)
+                      if self.padded else None)
+        self._views = {}
+
+    @property
+    def nbytes(self):
+        """Bytes of the buffers this object owns (the padded-image buffer)."""
+        return self._xpad.nbytes if self._xpad is not None else 0
+
+    def _make(self, m):
+        g, C = self.geom, self.channels
+        v = _ChunkViews()
+        if self.batch_first:
+            shape = (m, C) + g.kernel + g.out_shape
+        else:
+            shape = (C,) + g.kernel + (m,) + g.out_shape
+        v.col = self._col[:m * C * g.kernel_count * g.out_count].reshape(shape)
+        if self.padded:
+            xpad = self._xpad[:m * C * _count(self._pshape)].reshape((m, C) + self._pshape)
+            v.interior = xpad[(slice(None), slice(None))
+                              + tuple(slice(p, p + i) for p, i in zip(g.pad, g.in_shape))]
+            v.windows = window_view(xpad, g, self.batch_first)
+        else:
+            v.interior = v.windows = None
+        self._views[m] = v
+        return v
+
+    def fill(self, x):
+        v = self._views.get(x.shape[0]) or self._make(x.shape[0])
+        if self.padded:
+            v.interior[...] = x
+            v.col[...] = v.windows
+        else:
+            v.col[...] = window_view(x, self.geom, self.batch_first)
+        return v.col
+
+
+def _count(shape):
+    c = 1
+    for s in shape:
+        c *= s
+    return c

@@ -1,0 +1,146 @@
+"""Both cores on one layer's work: a batch split into parts, one thread per part.
+
+A CPU kernel that wants the other cores splits its batch into ``parts()`` contiguous ranges
+(``split``) and calls ``run(fn, parts)``: ``fn(part)`` runs once per part, part 0 on the calling
+thread and the others on a small pool of worker threads, and ``run`` returns when all have
+finished. NumPy's copies and ufuncs and OpenBLAS's GEMMs release the GIL, so the parts really
+run side by side.
+
+Each part must write only its own outputs and scratch, and any sum across parts (a weight
+gradient) is made by the caller in part order afterwards, so results never depend on how the
+threads were scheduled.
+
+While the pool is in use, BLAS runs one thread per call (threadpoolctl, set once when the pool
+is made): the parallelism is the pool's, and two-thread GEMMs called from two threads would only
+fight over the same cores. ``CAFFEPY_NUM_THREADS`` (caffepy.backend.num_threads) sets the number
+of threads; 1 is the serial path, which leaves BLAS's own threads as they are. In GPU mode
+there is one part: the device is the parallel machine.
+"""
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from . import backend
+
+log = logging.getLogger("caffepy")
+
+_lock = threading.Lock()
+_pool = None             # the ChunkPool for the current thread count (None: serial)
+_blas_limit = None       # threadpoolctl limiter holding BLAS at one thread while a pool exists
+_warned = False
+
+
+class ChunkPool:
+    """``threads - 1`` worker threads; the caller's thread runs part 0."""
+
+    def __init__(self, threads):
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(threads - 1, thread_name_prefix="caffepy-chunks")
+
+    def run(self, fn, parts):
+        """fn(0), …, fn(parts - 1), side by side; re-raises the first part's error."""
+        futures = [self._executor.submit(fn, p) for p in range(1, parts)]
+        error = None
+        try:
+            fn(0)
+        except BaseException as e:      # still wait for the others: they use shared buffers
+            error = e
+        for f in futures:
+            try:
+                f.result()
+            except BaseException as e:
+                if error is None:
+                    error = e
+        if error is not None:
+            raise error
+
+    def shutdown(self):
+        self._executor.shutdown(wait=True)
+
+
+def _limit_blas():
+    """Hold BLAS at one thread per call; False where that cannot be done (no threadpoolctl)."""
+    global _blas_limit, _warned
+    if _blas_limit is not None:
+        return True
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        if not _warned:
+            _warned = True
+            log.warning("CAFFEPY_NUM_THREADS=%d needs the threadpoolctl package to keep BLAS to "
+                        "one thread inside the pool (pip install threadpoolctl); running serially",
+                        backend.num_threads())
+        return False
+    _blas_limit = ThreadpoolController().limit(limits=1, user_api="blas")
+    return True
+
+
+def _release_blas():
+    global _blas_limit
+    if _blas_limit is not None:
+        _blas_limit.restore_original_limits()
+        _blas_limit = None
+
+
+def get_pool():
+    """The pool for the configured thread count, or None for the serial path (one thread, GPU
+    mode, or BLAS threads that cannot be limited)."""
+    global _pool
+    threads = backend.num_threads() if backend.mode() == backend.CPU else 1
+    pool = _pool
+    if pool is not None and pool.threads == threads:
+        return pool
+    if pool is None and threads == 1 and _blas_limit is None:
+        return None
+    with _lock:
+        if _pool is not None and _pool.threads == threads:
+            return _pool
+        if _pool is not None:
+            _pool.shutdown()
+            _pool = None
+        if threads > 1 and _limit_blas():
+            _pool = ChunkPool(threads)
+        elif threads == 1 and backend.mode() == backend.CPU:
+            _release_blas()
+        return _pool
+
+
+def parts():
+    """How many parts to split a batch into now (1 = serial)."""
+    pool = get_pool()
+    return 1 if pool is None else pool.threads
+
+
+def run(fn, nparts):
+    """fn(part) for part in range(nparts): on the pool when there is one and nparts > 1."""
+    pool = get_pool() if nparts > 1 else None
+    if pool is None:
+        for p in range(nparts):
+            fn(p)
+    else:
+        pool.run(fn, nparts)
+
+
+def split(count, nparts):
+    """[start, stop) of ``nparts`` contiguous ranges covering range(count), sizes within one of
+    each other (empty ranges dropped, so fewer parts than asked when count < nparts)."""
+    nparts = max(1, min(nparts, count))
+    base, extra = divmod(count, nparts)
+    out, start = [], 0
+    for p in range(nparts):
+        stop = start + base + (1 if p < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def _forget_after_fork():
+    # a forked child has none of the parent's worker threads
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,324 @@
+"""Convolution and Deconvolution chunk by chunk on a thread pool: values and gradients against a
+float64 reference written per kernel offset, for every chunk size (one image, a remainder
+chunk, the whole part), one and two threads; scratch memory that does not grow with the batch;
+weight gradients that do not depend on thread timing; the thread pool and its setting."""
+import itertools
+
+import numpy as np
+import pytest
+
+from caffepy import backend, parallel_chunks
+from caffepy.errors import CaffepyError
+from caffepy.layers import conv
+from helpers import bwd, fwd, make
+
+FILLERS = ('weight_filler { type: "gaussian" std: 0.5 } '
+           'bias_filler { type: "uniform" min: -0.5 max: 0.5 }')
+
+
+def rnd(*shape, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(np.float32)
+
+
+def close(a, b, rtol=1e-4, atol=1e-5):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                               rtol=rtol, atol=atol)
+
+
+def ref_conv(x, w, dy, stride, pad, dil, group):
+    """Caffe's convolution in float64, one kernel offset at a time, and its adjoints:
+    y[n,o,p] = Σ_{c,k} w[o,c,k]·x[n, g·C/G + c, p·s − pad + k·d] (zeros outside; no bias),
+    dx = ∂(Σ y·dy)/∂x and dw = ∂(Σ y·dy)/∂w. Returns (y, dx, dw)."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    N, C = x.shape[:2]
+    sp = x.shape[2:]
+    D = len(sp)
+    O, ks = w.shape[0], w.shape[2:]
+    out = tuple((sp[i] + 2 * pad[i] - (dil[i] * (ks[i] - 1) + 1)) // stride[i] + 1
+                for i in range(D))
+    xpad = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    y = np.zeros((N, O) + out)
+    dxpad = np.zeros_like(xpad)
+    dw = np.zeros_like(w)
+    dy = None if dy is None else np.asarray(dy, np.float64)
+    Cg, Og = C // group, O // group
+    for g in range(group):
+        cs, os_ = slice(g * Cg, (g + 1) * Cg), slice(g * Og, (g + 1) * Og)
+        for k in itertools.product(*[range(kk) for kk in ks]):
+            sl = tuple(slice(k[i] * dil[i], k[i] * dil[i] + (out[i] - 1) * stride[i] + 1,
+                             stride[i]) for i in range(D))
+            patch = xpad[(slice(None), cs) + sl]
+            wk = w[(os_, slice(None)) + k]
+            y[:, os_] += np.einsum("oc,nc...->no...", wk, patch)
+            if dy is not None:
+                dyg = dy[:, os_]
+                axes = [0] + list(range(2, 2 + D))
+                dw[(os_, slice(None)) + k] += np.tensordot(dyg, patch, axes=(axes, axes))
+                dxpad[(slice(None), cs) + sl] += np.einsum("oc,no...->nc...", wk, dyg)
+    dx = dxpad[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pad, sp))]
+    return y, dx, dw
+
+
+@pytest.fixture
+def threads():
+    """Sets the thread count for one test and puts the previous setting back."""
+    saved = backend._num_threads
+
+    def set_threads(n):
+        backend.set_num_threads(n)
+        parallel_chunks.get_pool()
+
+    yield set_threads
+    backend._num_threads = saved
+    parallel_chunks.get_pool()
+
+
+def chunk_of(monkeypatch, layer, images):
+    """Chunks of ``images`` images for this layer (CHUNK_BYTES from its column size)."""
+    monkeypatch.setattr(conv, "CHUNK_BYTES", images * 4 * layer._col_values_per_image())
+
+
+# params, bottom shape, stride, pad, dilation, group
+CONV_CASES = [
+    ("num_output: 4 kernel_size: 3", (7, 3, 6, 5), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 4 kernel_size: 3 pad: 1 stride: 2", (7, 3, 7, 6), (2, 2), (1, 1), (1, 1), 1),
+    ("num_output: 6 kernel_size: 3 pad: 1 group: 2", (5, 4, 5, 5), (1, 1), (1, 1), (1, 1), 2),
+    ("num_output: 4 kernel_size: 3 stride: 2 group: 2", (5, 6, 7, 7), (2, 2), (0, 0), (1, 1), 2),
+    ("num_output: 2 kernel_size: 3 pad: 2 dilation: 2", (6, 2, 7, 6), (1, 1), (2, 2), (2, 2), 1),
+    ("num_output: 3 kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0",
+     (5, 2, 5, 7), (1, 2), (1, 0), (1, 1), 1),
+    ("num_output: 5 kernel_size: 1", (3, 4, 3, 3), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 3 kernel_size: 3", (1, 2, 4, 4), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 2 kernel_size: 3 kernel_size: 2 kernel_size: 2 pad: 1 pad: 0 pad: 1 "
+     "stride: 1 stride: 2 stride: 1", (5, 2, 4, 5, 3), (1, 2, 1), (1, 0, 1), (1, 1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("images", [1, 2, 64])
+@pytest.mark.parametrize("params,shape,stride,pad,dil,group", CONV_CASES)
+def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, images, nthreads,
+                                     threads, monkeypatch):
+    threads(nthreads)
+    x = rnd(*shape)
+    layer, bottom, top = make('type: "Convolution" convolution_param { %s %s }'
+                              % (params, FILLERS), [x])
+    chunk_of(monkeypatch, layer, images)
+    y = fwd(layer, bottom, top)[0]
+    parts = parallel_chunks.split(shape[0], nthreads)
+    assert layer.chunk == min(images, max(b - a for a, b in parts))
+    assert len(layer._parts) == len(parts)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    dy = rnd(*y.shape, seed=1)
+    ry, rdx, rdw = ref_conv(x, w, dy, stride, pad, dil, group)
+    close(y, ry + b.reshape((1, -1) + (1,) * (x.ndim - 2)))
+    bwd(layer, bottom, top, [dy])
+    close(bottom[0].diff, rdx)
+    close(layer.blobs[0].diff, rdw)
+    close(layer.blobs[1].diff, dy.sum(axis=(0,) + tuple(range(2, dy.ndim))))
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("full", [False, True])
+def test_conv_data_gradient_paths_in_chunks(full, nthreads, threads, monkeypatch):
+    # stride 1: the data gradient as a convolution of the top diff, or GEMM + col2im
+    threads(nthreads)
+    monkeypatch.setattr(conv.ConvolutionLayer, "_full_is_cheaper", lambda self: full)
+    x = rnd(5, 4, 6, 5, seed=2)
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 6 '
+                              'kernel_size: 3 pad: 1 group: 2 %s }' % FILLERS, [x])
+    assert (layer._full is not None) == full
+    chunk_of(monkeypatch, layer, 2)
+    y = fwd(layer, bottom, top)[0]
+    dy = rnd(*y.shape, seed=3)
+    bwd(layer, bottom, top, [dy])
+    _, rdx, rdw = ref_conv(x, layer.blobs[0].data, dy, (1, 1), (1, 1), (1, 1), 2)
+    close(bottom[0].diff, rdx)
+    close(layer.blobs[0].diff, rdw)
+
+
+DECONV_CASES = [
+    ("num_output: 3 kernel_size: 3", (5, 2, 4, 4), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 3 kernel_size: 3 stride: 2 pad: 1", (5, 2, 4, 3), (2, 2), (1, 1), (1, 1), 1),
+    ("num_output: 4 kernel_size: 2 stride: 2 group: 2", (3, 4, 3, 3), (2, 2), (0, 0), (1, 1), 2),
+    ("num_output: 2 kernel_size: 3 dilation: 2 pad: 1", (1, 3, 4, 4), (1, 1), (1, 1), (2, 2), 1),
+]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("images", [1, 2, 64])
+@pytest.mark.parametrize("params,shape,stride,pad,dil,group", DECONV_CASES)
+def test_deconv_chunks_match_reference(params, shape, stride, pad, dil, group, images,
+                                       nthreads, threads, monkeypatch):
+    # Deconvolution is the adjoint of the convolution that maps its top onto its bottom:
+    # forward = that convolution's data gradient, backward data = that convolution's forward
+    threads(nthreads)
+    x = rnd(*shape)
+    layer, bottom, top = make('type: "Deconvolution" convolution_param { %s %s }'
+                              % (params, FILLERS), [x])
+    chunk_of(monkeypatch, layer, images)
+    y = fwd(layer, bottom, top)[0]
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    dy = rnd(*y.shape, seed=1)
+    u = np.zeros(y.shape)
+    _, ry, _ = ref_conv(u, w, x, stride, pad, dil, group)
+    close(y, ry + b.reshape(1, -1, 1, 1))
+    bwd(layer, bottom, top, [dy])
+    rdx, _, rdw = ref_conv(dy, w, x, stride, pad, dil, group)
+    close(bottom[0].diff, rdx)
+    close(layer.blobs[0].diff, rdw)
+    close(layer.blobs[1].diff, dy.sum(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_two_threads_repeat_bit_for_bit(kind, threads, monkeypatch):
+    # each part sums its own chunks and the parts are added in order: the same bits every run
+    threads(2)
+    x = rnd(9, 4, 6, 6, seed=4)
+    layer, bottom, top = make('type: "%s" convolution_param { num_output: 4 kernel_size: 3 '
+                              'pad: 1 %s }' % (kind, FILLERS), [x])
+    chunk_of(monkeypatch, layer, 2)
+    runs = []
+    for _ in range(4):
+        y = fwd(layer, bottom, top)[0]
+        bwd(layer, bottom, top, [rnd(*y.shape, seed=5)])
+        runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            np.testing.assert_array_equal(a, b)
+
+
+def conv_scratch(batch, text, shape, steps=1):
+    layer, bottom, top = make(text, [rnd(batch, *shape)])
+    for _ in range(steps):
+        y = fwd(layer, bottom, top)[0]
+        bwd(layer, bottom, top, [np.ones_like(y)])
+    return layer.scratch_bytes(), layer
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_conv_scratch_does_not_grow_with_the_batch(nthreads, threads):
+    threads(nthreads)
+    # CIFAR-10 quick's conv2: 32 channels of 16×16, 5×5 kernel, pad 2 — 800 KB of columns an
+    # image, so one image a chunk: the scratch is the same at batch 4 and batch 64
+    text = ('type: "Convolution" convolution_param { num_output: 32 kernel_size: 5 pad: 2 %s }'
+            % FILLERS)
+    small, layer = conv_scratch(4, text, (32, 16, 16))
+    big, layer = conv_scratch(64, text, (32, 16, 16))
+    assert layer.chunk == 1
+    per_image = 32 * 25 * 16 * 16 * 4                   # one image's columns, bytes
+    assert small == big
+    # a column buffer, the padded image, the top diff and the gradient sums, per thread
+    assert per_image * nthreads < big <= 2 * per_image * nthreads
+    assert big < 64 * per_image / 20                    # the whole batch's columns: 52 MB
+    # LeNet's conv2 (500 × 64 columns, 125 KB an image: 8 images a chunk): batch 64 and 256
+    text = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 %s }'
+            % FILLERS)
+    b64, layer = conv_scratch(64, text, (20, 12, 12))
+    b256, layer = conv_scratch(256, text, (20, 12, 12))
+    assert layer.chunk == 8
+    assert b64 == b256 <= 2 * 8 * 500 * 64 * 4 * nthreads
+
+
+def test_deconv_scratch_does_not_grow_with_the_batch(threads):
+    threads(2)
+    text = ('type: "Deconvolution" convolution_param { num_output: 64 kernel_size: 4 stride: 2 '
+            'pad: 1 %s }' % FILLERS)
+    small, layer = conv_scratch(8, text, (32, 16, 16))
+    big, _ = conv_scratch(48, text, (32, 16, 16))
+    per_image = 64 * 16 * 16 * 16 * 4                  # (O·K) × P_in columns, bytes: 1 MB
+    assert layer.chunk == 1
+    assert small == big <= 3 * per_image * 2
+
+
+def test_conv_thread_count_change_replans(threads):
+    threads(1)
+    text = ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 pad: 1 %s }'
+            % FILLERS)
+    x = rnd(6, 2, 5, 5)
+    layer, bottom, top = make(text, [x])
+    y1 = fwd(layer, bottom, top)[0]
+    assert len(layer._parts) == 1
+    threads(2)
+    y2 = fwd(layer, bottom, top)[0]
+    assert len(layer._parts) == 2
+    close(y1, y2, rtol=1e-6, atol=1e-7)
+
+
+# -- the pool ---------------------------------------------------------------------------------
+
+def test_split_ranges():
+    assert parallel_chunks.split(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert parallel_chunks.split(64, 2) == [(0, 32), (32, 64)]
+    assert parallel_chunks.split(2, 4) == [(0, 1), (1, 2)]
+    assert parallel_chunks.split(1, 2) == [(0, 1)]
+    assert parallel_chunks.split(5, 1) == [(0, 5)]
+
+
+def test_run_every_part_once_on_two_threads(threads):
+    import threading
+    threads(2)
+    seen = {}
+
+    def part(p):
+        seen[p] = threading.current_thread().name
+
+    parallel_chunks.run(part, 2)
+    assert sorted(seen) == [0, 1]
+    assert seen[0] == threading.current_thread().name
+    assert seen[1].startswith("caffepy-chunks")
+
+
+def test_run_reraises_a_part_error(threads):
+    threads(2)
+    done = []
+
+    def part(p):
+        if p == 1:
+            raise ValueError("part one failed")
+        done.append(p)
+
+    with pytest.raises(ValueError, match="part one failed"):
+        parallel_chunks.run(part, 2)
+    assert done == [0]
+
+
+def test_pool_holds_blas_to_one_thread(threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    threads(1)
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+              if i["user_api"] == "blas"]
+    threads(2)
+    assert parallel_chunks.parts() == 2
+    assert all(i["num_threads"] == 1 for i in threadpoolctl.threadpool_info()
+               if i["user_api"] == "blas")
+    threads(1)
+    assert parallel_chunks.parts() == 1
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas"] == before
+
+
+@pytest.mark.parametrize("text,value", [("3", 3), ("1", 1), (" 2 ", 2)])
+def test_num_threads_from_environment(text, value, monkeypatch):
+    monkeypatch.setattr(backend, "_num_threads", None)
+    monkeypatch.setenv("CAFFEPY_NUM_THREADS", text)
+    assert backend.num_threads() == value
+    monkeypatch.setenv("CAFFEPY_NUM_THREADS", "7")
+    assert backend.num_threads() == value               # read once
+
+
+def test_num_threads_default_is_the_cores(monkeypatch):
+    monkeypatch.setattr(backend, "_num_threads", None)
+    monkeypatch.delenv("CAFFEPY_NUM_THREADS", raising=False)
+    assert backend.num_threads() == backend._cpu_cores() >= 1
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
+def test_num_threads_bad_value(text, monkeypatch):
+    monkeypatch.setattr(backend, "_num_threads", None)
+    monkeypatch.setenv("CAFFEPY_NUM_THREADS", text)
+    with pytest.raises(CaffepyError, match="CAFFEPY_NUM_THREADS must be a positive integer"):
+        backend.num_threads()
+    with pytest.raises(CaffepyError, match="must be positive"):
+        backend.set_num_threads(0)
