@@ -53,62 +53,97 @@ def _compile():
     except ImportError:
         return None
     f32, i64, i32 = numba.float32, numba.int64, numba.int32
+    codes = (numba.uint8, numba.uint16)      # Pool2D's code types (uint32 codes stay NumPy)
 
-    def jit(signature, fn):
-        return numba.njit(signature, cache=True, nogil=True)(fn)
+    def jit(signatures, fn):
+        return numba.njit(signatures, cache=True, nogil=True)(fn)
 
     return types.SimpleNamespace(
+        maxpool_forward=jit(
+            [numba.void(f32[:, :, ::1], f32[:, :, ::1], c[:, :, ::1], f32[:, ::1], f32[::1],
+                        i32[::1], i64[::1], i64[::1], i32[::1], i64[:, ::1], i64[::1])
+             for c in codes],
+            maxpool_forward),
         maxpool_backward=jit(
-            numba.void(f32[:, ::1], f32[::1], i64[::1], i64[::1], i32[::1], i64, i64, i64,
-                       i64[:, ::1], f32[:, :, ::1], f32[:, ::1]),
+            [numba.void(c[:, :, ::1], f32[:, :, ::1], i64[:, ::1], f32[:, ::1]) for c in codes],
             maxpool_backward),
-        sgd_momentum=jit(numba.void(f32[::1], f32[::1], f32, f32), sgd_momentum),
+        sgd_momentum=jit([numba.void(f32[::1], f32[::1], f32, f32)], sgd_momentum),
     )
 
 
-# -- MAX pooling backward ----------------------------------------------------------------------
+# -- MAX pooling --------------------------------------------------------------------------------
 
-def maxpool_backward(grids, gmax, phase, shift, cand, Hq, Wq, L, base_nf, dy, dx):
-    """dx = 0, then dx[winner of each output] += dy, planes and outputs in row-major order.
+def maxpool_forward(x, top, code, grids, best, wins, phase, shift, cand, boxes, geom):
+    """top = each window's maximum, code = its winner's code (0: none), in one pass over x.
 
-    The layout is caffepy.kernels.pooling.Pool2D's: ``grids`` (phases, cells) are the input's
-    stride-phase grids, ``gmax`` (cells) the forward's maxima on the grid; kernel position j
-    reads ``grids[phase[j]]`` at cell + ``shift[j]`` and has code ``cand[j]`` (NF - its offset
-    from the window origin); ``base_nf`` (OH, OW) is each window's origin h·W + w plus NF;
-    ``dy`` (planes, OH, OW); ``dx`` (planes, H·W). The winner is the first position equal to the
-    maximum (the largest code), none where the maximum is -FLT_MAX (Caffe's start value).
-
-    Works a block of planes at a time so the grid cells a block reads stay in cache.
+    Caffe's scan: strict '>' from -FLT_MAX through the window clamped to the image in row-major
+    order, so the first maximum wins, NaN never does, and nothing wins where the maximum stays
+    at -FLT_MAX. The layout is caffepy.kernels.pooling.Pool2D's stride-phase grids, built here a
+    block of planes at a time in ``grids`` (phases, block cells + the largest shift; cells
+    outside the image hold -inf and are never written), so the block stays in cache: kernel
+    position j reads ``grids[phase[j]]`` at cell + ``shift[j]`` and has code ``cand[j]`` (NF
+    minus its offset from the window origin). ``boxes`` (phases, 6): the grid rows [ilo, ihi)
+    and columns [jlo, jhi) that hold image pixels and the first pixel's (h0, w0), as
+    (ilo, ihi, h0, jlo, jhi, w0); ``geom``: (stride_h, stride_w, grid rows, grid columns,
+    planes per block). ``best``/``wins``: work rows of a block's cells.
     """
-    nc, OH, OW = dy.shape
+    nc, H, W = x.shape
+    OH, OW = top.shape[1], top.shape[2]
+    sh, sw, Hq, Wq, P = geom[0], geom[1], geom[2], geom[3], geom[4]
     plane = Hq * Wq
-    P = max(1, 2048 // plane)
-    K = phase.shape[0]
-    code = np.empty(P * plane, np.int32)
+    xf = x.reshape(-1)
+    usw = np.uint64(sw)
     lowest = -FLT_MAX
     for p0 in range(0, nc, P):
-        c0 = p0 * plane
-        n = min(P * plane, L - c0)
+        npl = min(P, nc - p0)
+        n = npl * plane
+        for f in range(boxes.shape[0]):
+            ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
+            jlo, jhi, w0 = boxes[f, 3], boxes[f, 4], boxes[f, 5]
+            gr = grids[f]
+            for q in range(npl):
+                for r in range(ilo, ihi):
+                    # unsigned indices: no negative-index wraparound, so the copy vectorises
+                    src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + w0)
+                    dst = np.uint64(q * plane + r * Wq + jlo)
+                    for cc in range(jhi - jlo):
+                        gr[dst + np.uint64(cc)] = xf[src + np.uint64(cc) * usw]
         for c in range(n):
-            code[c] = 0
-        gv = gmax[c0:c0 + n]
-        for j in range(K):
-            s0 = c0 + shift[j]
-            xv = grids[phase[j], s0:s0 + n]
+            best[c] = lowest
+            wins[c] = 0
+        for j in range(phase.shape[0]):
+            xv = grids[phase[j], shift[j]:shift[j] + n]
             cj = cand[j]
             for c in range(n):
-                hit = -np.int32(xv[c] == gv[c])          # all ones where equal
-                code[c] = max(code[c], cj & hit)
-        for q in range(min(P, nc - p0)):
-            d = dx[p0 + q]
-            for i in range(d.shape[0]):
-                d[i] = 0
+                v = xv[c]
+                b = best[c]
+                gt = v > b
+                m = -np.int32(gt)                      # all ones where v wins
+                best[c] = v if gt else b
+                wins[c] = (cj & m) | (wins[c] & ~m)
+        for q in range(npl):
             for oh in range(OH):
                 o = q * plane + oh * Wq
                 for ow in range(OW):
-                    k = code[o + ow]
-                    if k != 0 and gv[o + ow] > lowest:
-                        d[base_nf[oh, ow] - k] += dy[p0 + q, oh, ow]
+                    top[p0 + q, oh, ow] = best[o + ow]
+                    code[p0 + q, oh, ow] = wins[o + ow]
+
+
+def maxpool_backward(code, dy, base_nf, dx):
+    """dx = 0, then dx[winner] += dy for each output, planes and outputs in row-major order
+    (Caffe's order). ``code`` (planes, OH, OW): NF - the winner's offset from its window's
+    origin, 0 for none; ``base_nf`` (OH, OW): each window's origin h·W + w, plus NF;
+    ``dy`` (planes, OH, OW); ``dx`` (planes, H·W)."""
+    nc, OH, OW = dy.shape
+    for p in range(nc):
+        d = dx[p]
+        for i in range(d.shape[0]):
+            d[i] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                k = code[p, oh, ow]
+                if k != 0:
+                    d[base_nf[oh, ow] - k] += dy[p, oh, ow]
 
 
 # -- solver update ------------------------------------------------------------------------------

@@ -26,10 +26,12 @@ per position. The backward pass turns codes into flat input indices with one sub
 table made at reshape ((plane, window origin) + NF) and scatters the top diff in one ``add.at``,
 which adds repeated indices in array order, i.e. in Caffe's order (outputs in row-major order).
 
-With numba installed (and ``CAFFEPY_COMPILED`` not "0"), MAX backward runs one compiled kernel
-(caffepy.kernels.compiled) over the same phase grids instead: the same codes, the same sums in
-the same order, so the same bits; it reads each grid cell from memory once instead of once per
-kernel position and needs no index array.
+With numba installed (and ``CAFFEPY_COMPILED`` not "0"), MAX runs two compiled kernels
+(caffepy.kernels.compiled) instead: the forward builds the same phase grids a block of planes at
+a time, so they stay in cache, and finds each maximum and its code in the same pass (Caffe's
+strict '>' scan); the backward scatters from the codes in Caffe's order. Same codes, same sums
+in the same order, so the same bits (a zero maximum may differ in sign: fmax does not promise
+which of -0 and +0 it keeps, the scan keeps the first, as Caffe).
 """
 import numpy as np
 
@@ -38,6 +40,7 @@ from . import compiled
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)
 CHUNK = 1 << 16        # grid cells per block of the window-step loops (a few 100 KiB per array)
+COMPILED_BLOCK = 2048  # grid cells per block of the compiled MAX forward (its work rows: ~40 KiB)
 
 
 def pooled_size(in_size, kernel, stride, pad, ceil_mode=True, any_pad=None):
@@ -146,6 +149,7 @@ class Pool2D:
                 if phase not in phases:
                     phases.append(phase)
         self.L = self.grid_size - maxshift
+        self.maxshift = maxshift
         self.phase_index = {ab: n for n, ab in enumerate(phases)}
         self.chunks = [(c, min(c + CHUNK, self.L)) for c in range(0, self.L, CHUNK)]
         # For each phase grid: the grid box and the strided image box it copies.
@@ -170,13 +174,23 @@ class Pool2D:
         # use_compiled: None = compiled.kernels() (numba when installed and not turned off),
         # False = never, or a namespace of kernels with compiled.py's signatures.
         self._compiled = None
-        if xp is np and not self.global_like and use_compiled is not False:
+        if (xp is np and not self.global_like and use_compiled is not False
+                and self.code_dtype != np.uint32):
             self._compiled = compiled.kernels() if use_compiled is None else use_compiled
         if self._compiled is not None:
             self._c_phase = np.array([self.phase_index[ab] for _, ab, _ in self.offsets],
                                      dtype=np.int64)
             self._c_shift = np.array([shift for _, _, shift in self.offsets], dtype=np.int64)
             self._c_cand = np.array(self._cand, dtype=np.int32)
+            boxes = np.zeros((len(phases), 6), dtype=np.int64)
+            for ab, (dst, src) in self.phases.items():
+                if dst is not None:
+                    boxes[self.phase_index[ab]] = (dst[1].start, dst[1].stop, src[1].start,
+                                                   dst[2].start, dst[2].stop, src[2].start)
+            self._c_boxes = boxes
+            plane = self.Hq * self.Wq
+            self._c_block = max(1, COMPILED_BLOCK // plane)       # planes per block
+            self._c_geom = np.array([sh, sw, self.Hq, self.Wq, self._c_block], dtype=np.int64)
 
     # -- buffers ---------------------------------------------------------------------------
     def _buf(self, name, shape, dtype, fill=None):
@@ -214,22 +228,37 @@ class Pool2D:
         if self.global_like:
             self._forward_max_global(x, top, mask)
             return
-        grids = self._phase_grids(x, -np.inf)
-        g = self._grid("max")
-        g.fill(-FLT_MAX)
-        for c0, c1 in self.chunks:
-            gl = g[c0:c1]
-            for j, ab, shift in self.offsets:
-                # fmax ignores NaN, as Caffe's strict '>' scan does.
-                xp.fmax(gl, grids[ab][c0 + shift:c1 + shift], out=gl)
-        top[...] = self._valid(g)
-        self._grids = grids
-        self._code_valid = False
+        if self._compiled is not None and x.flags.c_contiguous and top.flags.c_contiguous:
+            self._forward_max_compiled(x, top)
+        else:
+            grids = self._phase_grids(x, -np.inf)
+            g = self._grid("max")
+            g.fill(-FLT_MAX)
+            for c0, c1 in self.chunks:
+                gl = g[c0:c1]
+                for j, ab, shift in self.offsets:
+                    # fmax ignores NaN, as Caffe's strict '>' scan does.
+                    xp.fmax(gl, grids[ab][c0 + shift:c1 + shift], out=gl)
+            top[...] = self._valid(g)
+            self._grids = grids
+            self._code_valid = False
         if mask is not None:
-            self._compute_code()
-            code = self._valid(self._code)
+            code = self._winner_codes()
             m = self._base_nf_x - code.astype(np.int64)
             mask[...] = xp.where(code == 0, -1, m)
+
+    def _forward_max_compiled(self, x, top):
+        """The maxima and the winners' codes in one compiled pass (kernels/compiled.py)."""
+        block = self._c_block * self.Hq * self.Wq
+        grids = self._buf("c_grids", (len(self.phases), block + self.maxshift), np.float32,
+                          -np.inf)
+        code = self._buf("c_code", (self.nc, self.OH, self.OW), self.code_dtype)
+        self._compiled.maxpool_forward(
+            x, top, code, grids, self._buf("c_best", (block,), np.float32),
+            self._buf("c_wins", (block,), np.int32), self._c_phase, self._c_shift,
+            self._c_cand, self._c_boxes, self._c_geom)
+        self._code_box = code
+        self._code_valid = True
 
     def _forward_max_global(self, x, top, mask):
         """One window per plane: a NaN-ignoring max, then the first pixel equal to it."""
@@ -243,6 +272,12 @@ class Pool2D:
         self._gidx = xp.where(found, xp.argmax(eq, axis=1), -1)
         if mask is not None:
             mask.reshape(self.nc)[...] = self._gidx
+
+    def _winner_codes(self):
+        """(nc, OH, OW) codes of the last forward's winners (computed now after a NumPy one)."""
+        if not self._code_valid:
+            self._compute_code()
+        return self._code_box
 
     def _compute_code(self):
         """code = NF - offset of the first kernel position whose value equals the max (0: none)."""
@@ -269,7 +304,7 @@ class Pool2D:
             # does not beat Caffe's starting value)
             xp.greater(gl, -FLT_MAX, out=eq)
             xp.multiply(cl, eq8, out=cl)
-        self._code = code
+        self._code_box = self._valid(code)
         self._code_valid = True
 
     def backward_max(self, dy, dx):
@@ -283,20 +318,18 @@ class Pool2D:
             vals = xp.where(ok, dy.reshape(self.nc), 0).astype(np.float32)
             dx.reshape(-1)[flat] += vals
             return
-        if (self._compiled is not None and dy.flags.c_contiguous and dx.flags.c_contiguous):
-            stack = self._buffers[("phases", -np.inf)]
-            self._compiled.maxpool_backward(
-                stack, self._buffers["max"], self._c_phase, self._c_shift, self._c_cand,
-                self.Hq, self.Wq, self.L, self._base_nf, dy, dx.reshape(self.nc, -1))
+        code = self._winner_codes()
+        if (self._compiled is not None and code.flags.c_contiguous and dy.flags.c_contiguous
+                and dx.flags.c_contiguous):
+            self._compiled.maxpool_backward(code, dy, self._base_nf, dx.reshape(self.nc, -1))
             return
         dx[...] = 0
-        self._compute_code()
         self._scatter_code(dy, dx)
 
     def _scatter_code(self, dy, dx):
         """dx (zeroed) += dy at each output's winner, in Caffe's order."""
         xp = self.xp
-        code = self._valid(self._code)
+        code = self._winner_codes()
         if self._index_base is None:
             self._index_base = self._plane_starts.reshape(-1, 1, 1) + self._base_nf_x
         index = self._buf("index", (self.nc, self.OH, self.OW), np.int64)
@@ -400,7 +433,7 @@ class Pool2D:
             xp.copyto(vl, v, where=hit)
             found |= hit
         top[...] = self._valid(val)
-        self._code = code
+        self._code_box = self._valid(code)
         self._code_valid = True
 
     def backward_stochastic(self, dy, dx):
