@@ -135,6 +135,8 @@ def python_kernels():
     """compiled.py's kernels run as plain Python (no numba needed)."""
     return types.SimpleNamespace(maxpool_forward=compiled.maxpool_forward,
                                  maxpool_backward=compiled.maxpool_backward,
+                                 avepool_forward=compiled.avepool_forward,
+                                 avepool_backward=compiled.avepool_backward,
                                  sgd_momentum=compiled.sgd_momentum)
 
 
@@ -186,10 +188,13 @@ def test_max_forward_backward(case, specials, mode):
     np.testing.assert_array_equal(dx.view(np.uint32), expect.view(np.uint32))
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_ave_forward_backward(case):
+def test_ave_forward_backward(case, mode):
     N, C, H, W = case[:4]
-    kern, OH, OW = make_pool(case, "numpy")
+    if mode == "python" and case[4] * case[5] > 64:
+        pytest.skip("too slow uncompiled; the numba run covers it")
+    kern, OH, OW = make_pool(case, mode)
     x = np.random.default_rng(3).standard_normal((N, C, H, W)).astype(np.float32)
     top32, top64 = ref_ave(x, case, OH, OW)
     top = np.empty((N, C, OH, OW), np.float32)
@@ -222,6 +227,7 @@ def test_stochastic_test_phase(case):
 
 @pytest.mark.parametrize("mode", ["python", "numba"])
 @pytest.mark.parametrize("shape,k,s,p", [
+    ((1, 3, 9, 9), 2, 3, 0),        # stride > kernel: pixels no window sees
     ((3, 4, 32, 32), 3, 2, 0),      # CIFAR-10 quick's pool1 geometry
     ((2, 5, 24, 24), 2, 2, 0),      # LeNet's pool1
     ((2, 3, 27, 27), 3, 2, 1),
@@ -247,6 +253,16 @@ def test_compiled_same_bits_as_numpy(shape, k, s, p, mode):
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)
     assert np.count_nonzero(out[0][2]) > 0
+    out = []
+    for pool in (ref, kern):
+        top = np.empty((N * C, OH, OW), np.float32)
+        dx = np.empty((N * C, H, W), np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):    # windows past the image: 0/0
+            pool.forward_ave(x, top)
+            pool.backward_ave(dy, dx)
+        out.append((top.view(np.uint32), dx.view(np.uint32)))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_compiled_max_keeps_the_first_zero_as_caffe():

@@ -55,8 +55,13 @@ def _compile():
     f32, i64, i32 = numba.float32, numba.int64, numba.int32
     codes = (numba.uint8, numba.uint16)      # Pool2D's code types (uint32 codes stay NumPy)
 
+    # error_model="numpy": float division by zero gives inf/NaN (as in Caffe), not an exception
     def jit(signatures, fn):
-        return numba.njit(signatures, cache=True, nogil=True)(fn)
+        return numba.njit(signatures, cache=True, nogil=True, error_model="numpy")(fn)
+
+    # the kernels call this helper by its module name: compile it first
+    global _fill_phase_grids
+    _fill_phase_grids = numba.njit(cache=True, nogil=True)(_fill_phase_grids_py)
 
     return types.SimpleNamespace(
         maxpool_forward=jit(
@@ -67,6 +72,14 @@ def _compile():
         maxpool_backward=jit(
             [numba.void(c[:, :, ::1], f32[:, :, ::1], i64[:, ::1], f32[:, ::1]) for c in codes],
             maxpool_backward),
+        avepool_forward=jit(
+            [numba.void(f32[:, :, ::1], f32[:, :, ::1], f32[:, ::1], f32[:, ::1], f32[::1],
+                        i64[::1], i64[::1], i64[:, ::1], i64[::1])],
+            avepool_forward),
+        avepool_backward=jit(
+            [numba.void(f32[:, :, ::1], f32[:, :, ::1], f32[:, ::1], f32[:, ::1], f32[::1],
+                        i64[::1], i64[::1], i64[:, ::1], i64[::1])],
+            avepool_backward),
         sgd_momentum=jit([numba.void(f32[::1], f32[::1], f32, f32)], sgd_momentum),
     )
 
@@ -85,29 +98,17 @@ def maxpool_forward(x, top, code, grids, best, wins, phase, shift, cand, boxes, 
     minus its offset from the window origin). ``boxes`` (phases, 6): the grid rows [ilo, ihi)
     and columns [jlo, jhi) that hold image pixels and the first pixel's (h0, w0), as
     (ilo, ihi, h0, jlo, jhi, w0); ``geom``: (stride_h, stride_w, grid rows, grid columns,
-    planes per block). ``best``/``wins``: work rows of a block's cells.
+    planes per block, ...). ``best``/``wins``: work rows of a block's cells.
     """
-    nc, H, W = x.shape
+    nc = x.shape[0]
     OH, OW = top.shape[1], top.shape[2]
-    sh, sw, Hq, Wq, P = geom[0], geom[1], geom[2], geom[3], geom[4]
-    plane = Hq * Wq
-    xf = x.reshape(-1)
-    usw = np.uint64(sw)
+    Wq, P = geom[3], geom[4]
+    plane = geom[2] * Wq
     lowest = -FLT_MAX
     for p0 in range(0, nc, P):
         npl = min(P, nc - p0)
         n = npl * plane
-        for f in range(boxes.shape[0]):
-            ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
-            jlo, jhi, w0 = boxes[f, 3], boxes[f, 4], boxes[f, 5]
-            gr = grids[f]
-            for q in range(npl):
-                for r in range(ilo, ihi):
-                    # unsigned indices: no negative-index wraparound, so the copy vectorises
-                    src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + w0)
-                    dst = np.uint64(q * plane + r * Wq + jlo)
-                    for cc in range(jhi - jlo):
-                        gr[dst + np.uint64(cc)] = xf[src + np.uint64(cc) * usw]
+        _fill_phase_grids(x, p0, npl, grids, boxes, geom)
         for c in range(n):
             best[c] = lowest
             wins[c] = 0
@@ -144,6 +145,102 @@ def maxpool_backward(code, dy, base_nf, dx):
                 k = code[p, oh, ow]
                 if k != 0:
                     d[base_nf[oh, ow] - k] += dy[p, oh, ow]
+
+
+# -- AVE pooling --------------------------------------------------------------------------------
+
+def avepool_forward(x, top, divisor, grids, acc, phase, shift, boxes, geom):
+    """top = (the window's sum, pixel after pixel in row-major order) / divisor: Caffe's AVE.
+
+    The same blocks of phase grids as ``maxpool_forward`` (cells outside the image hold 0 and
+    are never written); ``divisor`` (OH, OW) is Caffe's pool_size; ``acc`` a work row."""
+    nc, H, W = x.shape
+    OH, OW = top.shape[1], top.shape[2]
+    plane = geom[2] * geom[3]
+    for p0 in range(0, nc, geom[4]):
+        npl = min(geom[4], nc - p0)
+        n = npl * plane
+        _fill_phase_grids(x, p0, npl, grids, boxes, geom)
+        for c in range(n):
+            acc[c] = 0
+        for j in range(phase.shape[0]):
+            xv = grids[phase[j], shift[j]:shift[j] + n]
+            for c in range(n):
+                acc[c] += xv[c]
+        for q in range(npl):
+            for oh in range(OH):
+                o = q * plane + oh * geom[3]
+                for ow in range(OW):
+                    top[p0 + q, oh, ow] = acc[o + ow] / divisor[oh, ow]
+
+
+def avepool_backward(dy, dx, divisor, grids, spread, phase, shift, boxes, geom):
+    """dx = 0, then every pixel of each window += dy / divisor, outputs in row-major order
+    (Caffe's order: kernel positions from the last to the first). ``grids`` (phases, block
+    cells + the largest shift) and ``spread`` (block cells) are work rows; geom[5] is 1 when the
+    phase grids hold every pixel (else dx is zeroed first)."""
+    nc, OH, OW = dy.shape
+    H, W = dx.shape[1], dx.shape[2]
+    sh, sw, Hq, Wq, P = geom[0], geom[1], geom[2], geom[3], geom[4]
+    plane = Hq * Wq
+    K = phase.shape[0]
+    dxf = dx.reshape(-1)
+    usw = np.uint64(sw)
+    for p0 in range(0, nc, P):
+        npl = min(P, nc - p0)
+        n = npl * plane
+        for c in range(n):
+            spread[c] = 0
+        for q in range(npl):
+            for oh in range(OH):
+                o = q * plane + oh * Wq
+                for ow in range(OW):
+                    spread[o + ow] = dy[p0 + q, oh, ow] / divisor[oh, ow]
+        for f in range(grids.shape[0]):
+            g = grids[f]
+            for c in range(g.shape[0]):
+                g[c] = 0
+        for jj in range(K):
+            j = K - 1 - jj
+            gv = grids[phase[j], shift[j]:shift[j] + n]
+            for c in range(n):
+                gv[c] += spread[c]
+        if geom[5] == 0:
+            for i in range(p0 * H * W, (p0 + npl) * H * W):
+                dxf[i] = 0
+        for f in range(boxes.shape[0]):
+            ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
+            jlo, jhi, w0 = boxes[f, 3], boxes[f, 4], boxes[f, 5]
+            gr = grids[f]
+            for q in range(npl):
+                for r in range(ilo, ihi):
+                    dst = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + w0)
+                    src = np.uint64(q * plane + r * Wq + jlo)
+                    for cc in range(jhi - jlo):
+                        dxf[dst + np.uint64(cc) * usw] = gr[src + np.uint64(cc)]
+
+
+def _fill_phase_grids_py(x, p0, npl, grids, boxes, geom):
+    """Copy planes p0 .. p0+npl of x into the block's phase grids (image cells only)."""
+    H, W = x.shape[1], x.shape[2]
+    sh, sw, Hq, Wq = geom[0], geom[1], geom[2], geom[3]
+    plane = Hq * Wq
+    xf = x.reshape(-1)
+    usw = np.uint64(sw)
+    for f in range(boxes.shape[0]):
+        ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
+        jlo, jhi, w0 = boxes[f, 3], boxes[f, 4], boxes[f, 5]
+        gr = grids[f]
+        for q in range(npl):
+            for r in range(ilo, ihi):
+                # unsigned indices: no negative-index wraparound, so the copy vectorises
+                src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + w0)
+                dst = np.uint64(q * plane + r * Wq + jlo)
+                for cc in range(jhi - jlo):
+                    gr[dst + np.uint64(cc)] = xf[src + np.uint64(cc) * usw]
+
+
+_fill_phase_grids = _fill_phase_grids_py       # compiled by kernels() along with its callers
 
 
 # -- solver update ------------------------------------------------------------------------------

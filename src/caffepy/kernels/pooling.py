@@ -26,12 +26,12 @@ per position. The backward pass turns codes into flat input indices with one sub
 table made at reshape ((plane, window origin) + NF) and scatters the top diff in one ``add.at``,
 which adds repeated indices in array order, i.e. in Caffe's order (outputs in row-major order).
 
-With numba installed (and ``CAFFEPY_COMPILED`` not "0"), MAX runs two compiled kernels
-(caffepy.kernels.compiled) instead: the forward builds the same phase grids a block of planes at
-a time, so they stay in cache, and finds each maximum and its code in the same pass (Caffe's
-strict '>' scan); the backward scatters from the codes in Caffe's order. Same codes, same sums
-in the same order, so the same bits (a zero maximum may differ in sign: fmax does not promise
-which of -0 and +0 it keeps, the scan keeps the first, as Caffe).
+With numba installed (and ``CAFFEPY_COMPILED`` not "0"), MAX and AVE run compiled kernels
+(caffepy.kernels.compiled) instead: they build the same phase grids a block of planes at a time,
+so a block stays in cache while every window step reads it. MAX finds each maximum and its code
+in the same pass (Caffe's strict '>' scan) and its backward scatters from the codes in Caffe's
+order. Same codes, same sums in the same order, so the same bits (a zero maximum may differ in
+sign: fmax does not promise which of -0 and +0 it keeps, the scan keeps the first, as Caffe).
 """
 import numpy as np
 
@@ -174,9 +174,10 @@ class Pool2D:
         # use_compiled: None = compiled.kernels() (numba when installed and not turned off),
         # False = never, or a namespace of kernels with compiled.py's signatures.
         self._compiled = None
-        if (xp is np and not self.global_like and use_compiled is not False
-                and self.code_dtype != np.uint32):
+        if xp is np and not self.global_like and use_compiled is not False:
             self._compiled = compiled.kernels() if use_compiled is None else use_compiled
+        # MAX with uint32 codes (offsets past 65535) stays NumPy
+        self._compiled_max = self._compiled if self.code_dtype != np.uint32 else None
         if self._compiled is not None:
             self._c_phase = np.array([self.phase_index[ab] for _, ab, _ in self.offsets],
                                      dtype=np.int64)
@@ -190,7 +191,8 @@ class Pool2D:
             self._c_boxes = boxes
             plane = self.Hq * self.Wq
             self._c_block = max(1, COMPILED_BLOCK // plane)       # planes per block
-            self._c_geom = np.array([sh, sw, self.Hq, self.Wq, self._c_block], dtype=np.int64)
+            self._c_geom = np.array([sh, sw, self.Hq, self.Wq, self._c_block,
+                                     int(self.covers_image)], dtype=np.int64)
 
     # -- buffers ---------------------------------------------------------------------------
     def _buf(self, name, shape, dtype, fill=None):
@@ -228,7 +230,7 @@ class Pool2D:
         if self.global_like:
             self._forward_max_global(x, top, mask)
             return
-        if self._compiled is not None and x.flags.c_contiguous and top.flags.c_contiguous:
+        if self._compiled_max is not None and x.flags.c_contiguous and top.flags.c_contiguous:
             self._forward_max_compiled(x, top)
         else:
             grids = self._phase_grids(x, -np.inf)
@@ -253,7 +255,7 @@ class Pool2D:
         grids = self._buf("c_grids", (len(self.phases), block + self.maxshift), np.float32,
                           -np.inf)
         code = self._buf("c_code", (self.nc, self.OH, self.OW), self.code_dtype)
-        self._compiled.maxpool_forward(
+        self._compiled_max.maxpool_forward(
             x, top, code, grids, self._buf("c_best", (block,), np.float32),
             self._buf("c_wins", (block,), np.int32), self._c_phase, self._c_shift,
             self._c_cand, self._c_boxes, self._c_geom)
@@ -319,9 +321,10 @@ class Pool2D:
             dx.reshape(-1)[flat] += vals
             return
         code = self._winner_codes()
-        if (self._compiled is not None and code.flags.c_contiguous and dy.flags.c_contiguous
-                and dx.flags.c_contiguous):
-            self._compiled.maxpool_backward(code, dy, self._base_nf, dx.reshape(self.nc, -1))
+        if (self._compiled_max is not None and code.flags.c_contiguous
+                and dy.flags.c_contiguous and dx.flags.c_contiguous):
+            self._compiled_max.maxpool_backward(code, dy, self._base_nf,
+                                                dx.reshape(self.nc, -1))
             return
         dx[...] = 0
         self._scatter_code(dy, dx)
@@ -353,6 +356,14 @@ class Pool2D:
             xp.cumsum(xr, axis=1, out=acc)
             xp.divide(acc[:, -1], self._divisor.reshape(()), out=top.reshape(self.nc))
             return
+        if self._compiled is not None and x.flags.c_contiguous and top.flags.c_contiguous:
+            block = self._c_block * self.Hq * self.Wq
+            self._compiled.avepool_forward(
+                x, top, self._divisor,
+                self._buf("c_grids0", (len(self.phases), block + self.maxshift), np.float32, 0),
+                self._buf("c_acc", (block,), np.float32), self._c_phase, self._c_shift,
+                self._c_boxes, self._c_geom)
+            return
         grids = self._phase_grids(x, 0.0)
         g = self._grid("sum")
         g.fill(0)
@@ -366,6 +377,14 @@ class Pool2D:
         xp = self.xp
         if self.global_like:
             dx[...] = (dy.reshape(self.nc) / self._divisor.reshape(()))[:, None, None]
+            return
+        if self._compiled is not None and dy.flags.c_contiguous and dx.flags.c_contiguous:
+            block = self._c_block * self.Hq * self.Wq
+            self._compiled.avepool_backward(
+                dy, dx, self._divisor,
+                self._buf("c_dgrids", (len(self.phases), block + self.maxshift), np.float32),
+                self._buf("c_spread", (block,), np.float32), self._c_phase, self._c_shift,
+                self._c_boxes, self._c_geom)
             return
         gg = self._grid("ave_dy", 0.0)             # zero outside the output box, always
         xp.divide(dy, self._divisor, out=self._valid(gg))
