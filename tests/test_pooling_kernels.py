@@ -303,6 +303,30 @@ def test_env_turns_compiled_kernels_off(monkeypatch):
     assert layer.kern._compiled is compiled.kernels()
 
 
+def test_a_numba_that_cannot_compile_falls_back_to_numpy(monkeypatch, caplog):
+    numba = pytest.importorskip("numba")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such option")
+
+    monkeypatch.setenv("CAFFEPY_COMPILED", "1")
+    monkeypatch.setattr(compiled, "_loaded", None)
+    monkeypatch.setattr(compiled, "_fill_phase_grids", compiled._fill_phase_grids)
+    monkeypatch.setattr(numba, "njit", broken)
+    assert compiled.kernels() is None
+    assert "could not compile" in caplog.text and "no such option" in caplog.text
+    assert compiled._fill_phase_grids is compiled._fill_phase_grids_py
+    layer, bottom, top = make(MAX_LAYER, [np.arange(49, dtype=np.float32).reshape(1, 1, 7, 7)])
+    assert layer.kern._compiled is None
+    np.testing.assert_array_equal(fwd_top(layer, bottom, top),
+                                  [[[[16, 18, 20], [30, 32, 34], [44, 46, 48]]]])
+
+
+def fwd_top(layer, bottom, top):
+    layer.forward(bottom, top)
+    return top[0].data
+
+
 def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert compiled.cache_dir() == os.path.join(str(tmp_path), "caffepy", "numba")

@@ -13,11 +13,14 @@ The functions below are plain Python written in the subset numba compiles; ``ker
 compiles them. Run uncompiled they give the same results, slowly (the tests use that where
 numba is missing).
 """
+import logging
 import os
 import sys
 import types
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 FLT_MAX = np.float32(np.finfo(np.float32).max)
 
@@ -36,7 +39,8 @@ def cache_dir():
 
 
 def kernels():
-    """The compiled kernels (a namespace of functions), or None: numba missing or turned off."""
+    """The compiled kernels (a namespace of functions), or None: numba missing, unable to
+    compile them (a warning says why), or turned off."""
     global _loaded
     if not enabled():
         return None
@@ -52,6 +56,17 @@ def _compile():
         import numba
     except ImportError:
         return None
+    try:
+        return _build(numba)
+    except Exception as e:         # an unsupported numba release: keep to the NumPy code
+        global _fill_phase_grids
+        _fill_phase_grids = _fill_phase_grids_py
+        log.warning("numba %s could not compile caffepy's kernels (%s: %s); using the NumPy "
+                    "code", getattr(numba, "__version__", "?"), type(e).__name__, e)
+        return None
+
+
+def _build(numba):
     f32, i64, i32 = numba.float32, numba.int64, numba.int32
     codes = (numba.uint8, numba.uint16)      # Pool2D's code types (uint32 codes stay NumPy)
 
