@@ -75,40 +75,61 @@ def threads():
 
 
 def chunk_of(monkeypatch, layer, images):
-    """Chunks of ``images`` images for this layer (CHUNK_BYTES from its column size)."""
+    """Chunks of ``images`` images for this layer (CHUNK_BYTES from its column size), and as
+    many blocks as the batch allows, however small the layer (BLOCK_MIN_BYTES)."""
     monkeypatch.setattr(conv, "CHUNK_BYTES", images * 4 * layer._col_values_per_image())
+    monkeypatch.setattr(conv, "BLOCK_MIN_BYTES", 1)
+
+
+def check_chunks(layer, batch, images):
+    """The blocks' chunks cover the batch in order, none larger than ``images``."""
+    chunks = [c for block in layer._blocks for c in block]
+    starts = np.cumsum([0] + [m for _, m in chunks])
+    assert [a for a, _ in chunks] == list(starts[:-1]) and starts[-1] == batch
+    assert max(m for _, m in chunks) == layer.chunk <= images
+    return chunks
 
 
 # params, bottom shape, stride, pad, dilation, group
 CONV_CASES = [
-    ("num_output: 4 kernel_size: 3", (7, 3, 6, 5), (1, 1), (0, 0), (1, 1), 1),
-    ("num_output: 4 kernel_size: 3 pad: 1 stride: 2", (7, 3, 7, 6), (2, 2), (1, 1), (1, 1), 1),
-    ("num_output: 6 kernel_size: 3 pad: 1 group: 2", (5, 4, 5, 5), (1, 1), (1, 1), (1, 1), 2),
+    ("num_output: 4 kernel_size: 3", (19, 3, 6, 5), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 4 kernel_size: 3 pad: 1 stride: 2", (21, 3, 7, 6), (2, 2), (1, 1), (1, 1), 1),
+    ("num_output: 6 kernel_size: 3 pad: 1 group: 2", (17, 4, 5, 5), (1, 1), (1, 1), (1, 1), 2),
     ("num_output: 4 kernel_size: 3 stride: 2 group: 2", (5, 6, 7, 7), (2, 2), (0, 0), (1, 1), 2),
     ("num_output: 2 kernel_size: 3 pad: 2 dilation: 2", (6, 2, 7, 6), (1, 1), (2, 2), (2, 2), 1),
     ("num_output: 3 kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0",
-     (5, 2, 5, 7), (1, 2), (1, 0), (1, 1), 1),
+     (19, 2, 5, 7), (1, 2), (1, 0), (1, 1), 1),
     ("num_output: 5 kernel_size: 1", (3, 4, 3, 3), (1, 1), (0, 0), (1, 1), 1),
     ("num_output: 3 kernel_size: 3", (1, 2, 4, 4), (1, 1), (0, 0), (1, 1), 1),
     ("num_output: 2 kernel_size: 3 kernel_size: 2 kernel_size: 2 pad: 1 pad: 0 pad: 1 "
-     "stride: 1 stride: 2 stride: 1", (5, 2, 4, 5, 3), (1, 2, 1), (1, 0, 1), (1, 1, 1), 1),
+     "stride: 1 stride: 2 stride: 1", (18, 2, 4, 5, 3), (1, 2, 1), (1, 0, 1), (1, 1, 1), 1),
 ]
+
+
+@pytest.fixture(params=["channels-first", "channels-last"])
+def lowering(request, monkeypatch):
+    """Both im2col layouts of Convolution, whatever its own rule would choose."""
+    last = request.param == "channels-last"
+    monkeypatch.setattr(conv.ConvolutionLayer, "_channels_last_is_better", lambda self: last)
+    return last
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("images", [1, 2, 64])
 @pytest.mark.parametrize("params,shape,stride,pad,dil,group", CONV_CASES)
 def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, images, nthreads,
-                                     threads, monkeypatch):
+                                     lowering, threads, monkeypatch):
     threads(nthreads)
     x = rnd(*shape)
     layer, bottom, top = make('type: "Convolution" convolution_param { %s %s }'
                               % (params, FILLERS), [x])
+    assert layer._last == lowering
     chunk_of(monkeypatch, layer, images)
     y = fwd(layer, bottom, top)[0]
-    parts = parallel_chunks.split(shape[0], nthreads)
-    assert layer.chunk == min(images, max(b - a for a, b in parts))
-    assert len(layer._parts) == len(parts)
+    chunks = check_chunks(layer, shape[0], images)
+    if images == 2 and shape[0] > 16:
+        assert {m for _, m in chunks} == {1, 2}         # some chunks full, some a remainder
+    assert len(layer._parts) == min(nthreads, len(layer._blocks))
     w, b = layer.blobs[0].data, layer.blobs[1].data
     dy = rnd(*y.shape, seed=1)
     ry, rdx, rdw = ref_conv(x, w, dy, stride, pad, dil, group)
@@ -121,7 +142,7 @@ def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, ima
 
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("full", [False, True])
-def test_conv_data_gradient_paths_in_chunks(full, nthreads, threads, monkeypatch):
+def test_conv_data_gradient_paths_in_chunks(full, nthreads, lowering, threads, monkeypatch):
     # stride 1: the data gradient as a convolution of the top diff, or GEMM + col2im
     threads(nthreads)
     monkeypatch.setattr(conv.ConvolutionLayer, "_full_is_cheaper", lambda self: full)
@@ -139,7 +160,7 @@ def test_conv_data_gradient_paths_in_chunks(full, nthreads, threads, monkeypatch
 
 
 DECONV_CASES = [
-    ("num_output: 3 kernel_size: 3", (5, 2, 4, 4), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 3 kernel_size: 3", (19, 2, 4, 4), (1, 1), (0, 0), (1, 1), 1),
     ("num_output: 3 kernel_size: 3 stride: 2 pad: 1", (5, 2, 4, 3), (2, 2), (1, 1), (1, 1), 1),
     ("num_output: 4 kernel_size: 2 stride: 2 group: 2", (3, 4, 3, 3), (2, 2), (0, 0), (1, 1), 2),
     ("num_output: 2 kernel_size: 3 dilation: 2 pad: 1", (1, 3, 4, 4), (1, 1), (1, 1), (2, 2), 1),
@@ -159,6 +180,7 @@ def test_deconv_chunks_match_reference(params, shape, stride, pad, dil, group, i
                               % (params, FILLERS), [x])
     chunk_of(monkeypatch, layer, images)
     y = fwd(layer, bottom, top)[0]
+    check_chunks(layer, shape[0], images)
     w, b = layer.blobs[0].data, layer.blobs[1].data
     dy = rnd(*y.shape, seed=1)
     u = np.zeros(y.shape)
@@ -172,16 +194,18 @@ def test_deconv_chunks_match_reference(params, shape, stride, pad, dil, group, i
 
 
 @pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
-def test_two_threads_repeat_bit_for_bit(kind, threads, monkeypatch):
-    # each part sums its own chunks and the parts are added in order: the same bits every run
-    threads(2)
-    x = rnd(9, 4, 6, 6, seed=4)
+def test_same_bits_for_any_thread_count(kind, lowering, threads, monkeypatch):
+    # blocks and chunks depend on the batch only, each block sums its own chunks and the
+    # blocks are added in order: the same bits for 1, 2 or 3 threads and every repeat
+    x = rnd(21, 4, 6, 6, seed=4)
     layer, bottom, top = make('type: "%s" convolution_param { num_output: 4 kernel_size: 3 '
                               'pad: 1 %s }' % (kind, FILLERS), [x])
     chunk_of(monkeypatch, layer, 2)
     runs = []
-    for _ in range(4):
+    for nthreads in (1, 2, 3, 2, 1):
+        threads(nthreads)
         y = fwd(layer, bottom, top)[0]
+        assert len(layer._blocks) > 3 and len(layer._parts) == min(nthreads, len(layer._blocks))
         bwd(layer, bottom, top, [rnd(*y.shape, seed=5)])
         runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
     for r in runs[1:]:
@@ -189,61 +213,81 @@ def test_two_threads_repeat_bit_for_bit(kind, threads, monkeypatch):
             np.testing.assert_array_equal(a, b)
 
 
-def conv_scratch(batch, text, shape, steps=1):
+def conv_scratch(batch, text, shape):
+    """(bytes of each worker's scratch, bytes of the rest) after two training passes."""
     layer, bottom, top = make(text, [rnd(batch, *shape)])
-    for _ in range(steps):
+    for _ in range(2):
         y = fwd(layer, bottom, top)[0]
         bwd(layer, bottom, top, [np.ones_like(y)])
-    return layer.scratch_bytes(), layer
+    workers = [p.nbytes() for p in layer._parts]
+    return workers, layer.scratch_bytes() - sum(workers), layer
 
 
-@pytest.mark.parametrize("nthreads", [1, 2])
-def test_conv_scratch_does_not_grow_with_the_batch(nthreads, threads):
-    threads(nthreads)
+@pytest.mark.parametrize("text,shape,per_image,chunk", [
     # CIFAR-10 quick's conv2: 32 channels of 16×16, 5×5 kernel, pad 2 — 800 KB of columns an
-    # image, so one image a chunk: the scratch is the same at batch 4 and batch 64
-    text = ('type: "Convolution" convolution_param { num_output: 32 kernel_size: 5 pad: 2 %s }'
-            % FILLERS)
-    small, layer = conv_scratch(4, text, (32, 16, 16))
-    big, layer = conv_scratch(64, text, (32, 16, 16))
-    assert layer.chunk == 1
-    per_image = 32 * 25 * 16 * 16 * 4                   # one image's columns, bytes
-    assert small == big
-    # a column buffer, the padded image, the top diff and the gradient sums, per thread
-    assert per_image * nthreads < big <= 2 * per_image * nthreads
-    assert big < 64 * per_image / 20                    # the whole batch's columns: 52 MB
-    # LeNet's conv2 (500 × 64 columns, 125 KB an image: 8 images a chunk): batch 64 and 256
-    text = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 %s }'
-            % FILLERS)
-    b64, layer = conv_scratch(64, text, (20, 12, 12))
-    b256, layer = conv_scratch(256, text, (20, 12, 12))
-    assert layer.chunk == 8
-    assert b64 == b256 <= 2 * 8 * 500 * 64 * 4 * nthreads
-
-
-def test_deconv_scratch_does_not_grow_with_the_batch(threads):
+    # image, one image a chunk
+    ('type: "Convolution" convolution_param { num_output: 32 kernel_size: 5 pad: 2 %s }'
+     % FILLERS, (32, 16, 16), 800 * 256 * 4, 1),
+    # LeNet's conv2: 500 × 64 columns, 125 KB an image, 8 images a chunk
+    ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 %s }' % FILLERS,
+     (20, 12, 12), 500 * 64 * 4, 8),
+    # a stride-2 Deconvolution: (O·K) × P_in = 1024 × 256 columns, 1 MB an image
+    ('type: "Deconvolution" convolution_param { num_output: 64 kernel_size: 4 stride: 2 '
+     'pad: 1 %s }' % FILLERS, (32, 16, 16), 1024 * 256 * 4, 1),
+])
+def test_scratch_does_not_grow_with_the_batch(text, shape, per_image, chunk, threads):
+    threads(1)
+    (w4,), shared4, _ = conv_scratch(4, text, shape)
+    (w64,), shared64, layer = conv_scratch(64, text, shape)
+    (w256,), shared256, _ = conv_scratch(256, text, shape)
+    assert layer.chunk == chunk
+    assert w64 == w256 and shared4 == shared64 == shared256
+    # (a batch of 4 holds fewer images than LeNet's chunk of 8, so its chunk is smaller)
+    assert w4 == w64 if chunk <= 4 else w4 < w64
+    # a thread: a chunk's columns, padded images, top and bottom diffs transposed, a gradient
+    # term — under 2 chunks of columns; the rest: a weight-gradient sum per block and the
+    # weights rearranged, a few times the weights
+    assert chunk * per_image < w64 <= 2 * chunk * per_image
+    weights = 4 * (layer.blobs[0].count + layer.blobs[1].count)
+    assert shared64 <= (layer._block_cap + 2) * weights
+    assert w256 + shared256 < 256 * per_image / 10      # the whole batch's columns
+    # two threads: each keeps at most what one thread keeps, and the rest does not change
     threads(2)
-    text = ('type: "Deconvolution" convolution_param { num_output: 64 kernel_size: 4 stride: 2 '
-            'pad: 1 %s }' % FILLERS)
-    small, layer = conv_scratch(8, text, (32, 16, 16))
-    big, _ = conv_scratch(48, text, (32, 16, 16))
-    per_image = 64 * 16 * 16 * 16 * 4                  # (O·K) × P_in columns, bytes: 1 MB
-    assert layer.chunk == 1
-    assert small == big <= 3 * per_image * 2
+    workers, shared, layer = conv_scratch(64, text, shape)
+    assert len(workers) == 2 and max(workers) == w64 and shared == shared64
 
 
-def test_conv_thread_count_change_replans(threads):
+def test_conv_thread_count_change_replans(threads, monkeypatch):
     threads(1)
     text = ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 pad: 1 %s }'
             % FILLERS)
     x = rnd(6, 2, 5, 5)
     layer, bottom, top = make(text, [x])
+    chunk_of(monkeypatch, layer, 1)
     y1 = fwd(layer, bottom, top)[0]
     assert len(layer._parts) == 1
     threads(2)
     y2 = fwd(layer, bottom, top)[0]
     assert len(layer._parts) == 2
-    close(y1, y2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_small_layers_are_one_block():
+    # a layer whose whole batch of columns is under BLOCK_MIN_BYTES is not split across
+    # threads: two threads' short NumPy calls would mostly wait for each other's GIL
+    text = ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 pad: 1 %s }'
+            % FILLERS)
+    layer, bottom, top = make(text, [rnd(6, 2, 5, 5)])
+    fwd(layer, bottom, top)
+    assert len(layer._blocks) == 1 and len(layer._parts) == 1
+    # LeNet's conv2 (128 KB of columns an image): 64 images are 8 MB, room for three blocks
+    # of 2 MB; blocks come in powers of two (even shares for 2, 4, … threads): two blocks of
+    # 32 images, four chunks of 8 each
+    text = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 %s }'
+            % FILLERS)
+    layer, bottom, top = make(text, [rnd(64, 20, 12, 12)])
+    fwd(layer, bottom, top)
+    assert layer._blocks == [[(a, 8) for a in range(0, 32, 8)], [(a, 8) for a in range(32, 64, 8)]]
 
 
 # -- the pool ---------------------------------------------------------------------------------
@@ -268,6 +312,27 @@ def test_run_every_part_once_on_two_threads(threads):
     assert sorted(seen) == [0, 1]
     assert seen[0] == threading.current_thread().name
     assert seen[1].startswith("caffepy-chunks")
+
+
+def test_run_blocks_every_block_once_in_order(threads):
+    import threading
+    threads(2)
+    seen = []
+    lock = threading.Lock()
+
+    def block(worker, b):
+        with lock:
+            seen.append((b, worker, threading.current_thread().name))
+
+    parallel_chunks.run_blocks(block, 9)
+    assert sorted(b for b, _, _ in seen) == list(range(9))
+    assert [b for b, _, _ in seen][:2] in ([0, 1], [1, 0])      # handed out in order
+    me = threading.current_thread().name
+    assert all((w == 0) == (name == me) for _, w, name in seen)
+    threads(1)
+    seen.clear()
+    parallel_chunks.run_blocks(block, 3)
+    assert seen == [(0, 0, me), (1, 0, me), (2, 0, me)]
 
 
 def test_run_reraises_a_part_error(threads):
@@ -311,7 +376,7 @@ def test_num_threads_from_environment(text, value, monkeypatch):
 def test_num_threads_default_is_the_cores(monkeypatch):
     monkeypatch.setattr(backend, "_num_threads", None)
     monkeypatch.delenv("CAFFEPY_NUM_THREADS", raising=False)
-    assert backend.num_threads() == backend._cpu_cores() >= 1
+    assert backend.num_threads() == backend.cpu_cores() >= 1
 
 
 @pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])

@@ -100,7 +100,8 @@ def set_rng_state(state):
 _num_threads = None
 
 
-def _cpu_cores():
+def cpu_cores():
+    """The number of cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -116,7 +117,7 @@ def num_threads():
     if _num_threads is None:
         text = os.environ.get("CAFFEPY_NUM_THREADS", "").strip()
         if not text:
-            _num_threads = _cpu_cores()
+            _num_threads = cpu_cores()
         else:
             try:
                 value = int(text)

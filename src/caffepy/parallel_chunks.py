@@ -1,14 +1,15 @@
 """Both cores on one layer's work: a batch split into parts, one thread per part.
 
-A CPU kernel that wants the other cores splits its batch into ``parts()`` contiguous ranges
-(``split``) and calls ``run(fn, parts)``: ``fn(part)`` runs once per part, part 0 on the calling
-thread and the others on a small pool of worker threads, and ``run`` returns when all have
-finished. NumPy's copies and ufuncs and OpenBLAS's GEMMs release the GIL, so the parts really
-run side by side.
+A CPU kernel that wants the other cores splits its batch into blocks (``split``) and calls
+``run_blocks(fn, nblocks)``: ``fn(worker, block)`` runs once per block, on the calling thread
+(worker 0) and a small pool of worker threads, each taking the next block when it is free, and
+``run_blocks`` returns when all are done. NumPy's copies and ufuncs and OpenBLAS's GEMMs release
+the GIL, so the blocks really run side by side. (``run(fn, parts)`` runs fn(part) once per
+part, one part per thread.)
 
-Each part must write only its own outputs and scratch, and any sum across parts (a weight
-gradient) is made by the caller in part order afterwards, so results never depend on how the
-threads were scheduled.
+Each block writes only its own outputs, and any sum across blocks (a weight gradient) is kept
+per block and added by the caller in block order afterwards: results never depend on how the
+threads were scheduled, nor on how many there are.
 
 While the pool is in use, BLAS runs one thread per call (threadpoolctl, set once when the pool
 is made): the parallelism is the pool's, and two-thread GEMMs called from two threads would only
@@ -54,6 +55,22 @@ class ChunkPool:
                     error = e
         if error is not None:
             raise error
+
+    def run_blocks(self, fn, nblocks):
+        """fn(worker, block) for every block, handed out in order to whichever worker is free."""
+        lock = threading.Lock()
+        state = [0]
+
+        def worker(w):
+            while True:
+                with lock:
+                    b = state[0]
+                    state[0] = b + 1
+                if b >= nblocks:
+                    return
+                fn(w, b)
+
+        self.run(worker, min(self.threads, nblocks))
 
     def shutdown(self):
         self._executor.shutdown(wait=True)
@@ -121,6 +138,19 @@ def run(fn, nparts):
             fn(p)
     else:
         pool.run(fn, nparts)
+
+
+def run_blocks(fn, nblocks):
+    """fn(worker, block) for every block in range(nblocks): the blocks are handed out in order
+    to min(threads, nblocks) workers, each taking the next block as it finishes one, so a thread
+    slowed by other work on its core simply takes fewer. ``worker`` (0 = the calling thread)
+    names the scratch to use; what a block computes must not depend on which worker ran it."""
+    pool = get_pool() if nblocks > 1 else None
+    if pool is None:
+        for b in range(nblocks):
+            fn(0, b)
+    else:
+        pool.run_blocks(fn, nblocks)
 
 
 def split(count, nparts):

@@ -141,45 +141,62 @@ def padded_shape(geom):
     return tuple(i + 2 * p for i, p in zip(geom.in_shape, geom.pad))
 
 
-def window_view(x, geom, batch_first=False):
-    """Every window of ``x`` (n, C, *padded_shape) as one read-only strided view, no copy:
-    (C, *kernel, n, *out_shape), or (n, C, *kernel, *out_shape) with ``batch_first``.
-    ``x`` holds the padded images (its borders are the zeros Caffe's im2col reads outside)."""
+# Column layouts of ChunkColumns and window_view (C = channels, K = kernel positions,
+# P = output positions, m = images, G = groups):
+#   ROWS    (C, *kernel, m, *out): C·K × m·P, one GEMM over the chunk
+#   IMAGES  (m, C, *kernel, *out): a C·K × P matrix per image (stacked matmul)
+#   LAST    (m, *out, G, *kernel, C/G): m·P × C·K from channels-last images, each window's
+#           run of kernel_w·C/G values contiguous in the source
+ROWS, IMAGES, LAST = "rows", "images", "last"
+
+
+def window_view(x, geom, layout=ROWS, groups=1):
+    """Every window of ``x`` as one read-only strided view, no copy, in ``layout``. ``x`` holds
+    padded images (its borders are the zeros Caffe's im2col reads outside the image):
+    (n, C, *padded_shape), or (n, *padded_shape, C) for LAST."""
     xp = array_module(x)
-    sn, sc = x.strides[:2]
-    sp = x.strides[2:]
+    D = len(geom.kernel)
+    if layout == LAST:
+        sn, sc, sp = x.strides[0], x.strides[-1], x.strides[1:1 + D]
+        C = x.shape[-1]
+    else:
+        sn, sc, sp = x.strides[0], x.strides[1], x.strides[2:]
+        C = x.shape[1]
+    n = x.shape[0]
     ks = tuple(s * d for s, d in zip(sp, geom.dilation))
     os_ = tuple(s * t for s, t in zip(sp, geom.stride))
-    if batch_first:
-        shape = (x.shape[0], x.shape[1]) + geom.kernel + geom.out_shape
-        strides = (sn, sc) + ks + os_
+    if layout == IMAGES:
+        shape, strides = (n, C) + geom.kernel + geom.out_shape, (sn, sc) + ks + os_
+    elif layout == ROWS:
+        shape, strides = (C,) + geom.kernel + (n,) + geom.out_shape, (sc,) + ks + (sn,) + os_
     else:
-        shape = (x.shape[1],) + geom.kernel + (x.shape[0],) + geom.out_shape
-        strides = (sc,) + ks + (sn,) + os_
+        Cg = C // groups
+        shape = (n,) + geom.out_shape + (groups,) + geom.kernel + (Cg,)
+        strides = (sn,) + os_ + (Cg * sc,) + ks + (sc,)
     if xp is np:
         return np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
     return xp.lib.stride_tricks.as_strided(x, shape, strides)
 
 
 class _ChunkViews:
-    __slots__ = ("interior", "windows", "col")
+    __slots__ = ("interior", "source", "windows", "col")
 
 
 class ChunkColumns:
     """im2col of up to ``n`` images at a time into buffers made once.
 
-    ``fill(x)`` takes a chunk x (m, C, *in_shape), m <= n, and returns its columns, a view of
-    ``col_buffer`` (a flat float32 array of at least n·C·K·P elements, which several
-    ChunkColumns used one after another may share): (C, *kernel, m, *out_shape) — rows C·K,
-    columns m·P once flattened, for one GEMM over the chunk — or, with ``batch_first``,
-    (m, C, *kernel, *out_shape): one C·K × P matrix per image, for a stacked matmul that
-    writes each image's output in place.
+    ``fill(x)`` takes a chunk x (m, C, *in_shape), m <= n, and returns its columns in
+    ``layout`` (ROWS, IMAGES or LAST above), a view of ``col_buffer``: a flat float32 array of
+    at least n·C·K·P values, which several ChunkColumns used one after another may share.
+    The chunk is first copied into a zero-bordered buffer (channels-last for LAST; skipped for
+    the other layouts when there is no padding), whose windows are then one strided copy.
     """
 
-    def __init__(self, xp, channels, geom, n, col_buffer, batch_first=False):
+    def __init__(self, xp, channels, geom, n, col_buffer, layout=ROWS, groups=1):
         self.geom = geom
         self.channels = channels
-        self.batch_first = batch_first
+        self.layout = layout
+        self.groups = groups
         self.padded = any(geom.pad)
         self._pshape = padded_shape(geom)
         if col_buffer.size < n * channels * geom.kernel_count * geom.out_count:
@@ -189,7 +206,7 @@ class ChunkColumns:
         self._col = col_buffer
         # zeroed once: only the interior is ever written, the border stays Caffe's zero padding
         self._xpad = (xp.zeros(n * channels * _count(self._pshape), dtype=np.float32)
-                      if self.padded else None)
+                      if self.padded or layout == LAST else None)
         self._views = {}
 
     @property
@@ -198,31 +215,52 @@ class ChunkColumns:
         return self._xpad.nbytes if self._xpad is not None else 0
 
     def _make(self, m):
-        g, C = self.geom, self.channels
+        g, C, G = self.geom, self.channels, self.groups
         v = _ChunkViews()
-        if self.batch_first:
+        if self.layout == IMAGES:
             shape = (m, C) + g.kernel + g.out_shape
-        else:
+        elif self.layout == ROWS:
             shape = (C,) + g.kernel + (m,) + g.out_shape
-        v.col = self._col[:m * C * g.kernel_count * g.out_count].reshape(shape)
-        if self.padded:
-            xpad = self._xpad[:m * C * _count(self._pshape)].reshape((m, C) + self._pshape)
-            v.interior = xpad[(slice(None), slice(None))
-                              + tuple(slice(p, p + i) for p, i in zip(g.pad, g.in_shape))]
-            v.windows = window_view(xpad, g, self.batch_first)
         else:
-            v.interior = v.windows = None
+            shape = (m,) + g.out_shape + (G,) + g.kernel + (C // G,)
+        v.col = self._col[:m * C * g.kernel_count * g.out_count].reshape(shape)
+        v.interior = v.source = v.windows = None
+        if self._xpad is not None:
+            xpad = self._xpad[:m * C * _count(self._pshape)]
+            inner = tuple(slice(p, p + i) for p, i in zip(g.pad, g.in_shape))
+            if self.layout == LAST:
+                xpad = xpad.reshape((m,) + self._pshape + (C,))
+                v.interior = xpad[(slice(None),) + inner + (slice(None),)]
+                # the chunk's (m, C, *in) seen with its channels last, to copy into interior
+                v.source = tuple(range(2, 2 + len(g.in_shape))) + (1,)
+            else:
+                xpad = xpad.reshape((m, C) + self._pshape)
+                v.interior = xpad[(slice(None), slice(None)) + inner]
+            v.windows = window_view(xpad, g, self.layout, G)
         self._views[m] = v
         return v
 
     def fill(self, x):
         v = self._views.get(x.shape[0]) or self._make(x.shape[0])
-        if self.padded:
-            v.interior[...] = x
-            v.col[...] = v.windows
-        else:
-            v.col[...] = window_view(x, self.geom, self.batch_first)
+        if v.windows is None:
+            v.col[...] = window_view(x, self.geom, self.layout)
+            return v.col
+        v.interior[...] = x.transpose((0,) + v.source) if v.source else x
+        v.col[...] = v.windows
         return v.col
+
+
+def col2im_last(col, dx, geom):
+    """col: (m, *out_shape, G, *kernel, C/G) (the LAST layout) -> dx: (m, *in_shape, C),
+    channels last, summing overlaps. Overwrites dx."""
+    G, Cg = col.shape[1 + len(geom.out_shape)], col.shape[-1]
+    dx4 = dx.reshape(dx.shape[:-1] + (G, Cg))
+    dx4[...] = 0
+    allc = slice(None)
+    for kidx, si, so in geom.offsets:
+        dxv = dx4[(allc,) + si + (allc, allc)]
+        dxv += col[(allc,) + so + (allc,) + kidx + (allc,)]
+    return dx
 
 
 def _count(shape):

@@ -10,9 +10,9 @@ import logging
 
 import numpy as np
 
-from .. import parallel_chunks
-from ..kernels.im2col import (ChunkColumns, WindowGeometry, col2im, conv_out_size,
-                              deconv_out_size, im2col)
+from .. import backend, parallel_chunks
+from ..kernels.im2col import (IMAGES, LAST, ROWS, ChunkColumns, WindowGeometry, col2im,
+                              col2im_last, conv_out_size, deconv_out_size, im2col)
 from ..layer import Layer, register_layer
 from .params import weight_and_bias
 from .shapes import prod, shape_str
@@ -95,21 +95,26 @@ def _report_conv_mode(layer_param):
 # are still in the core's L2 cache when the GEMM reads them, and scratch memory is bounded by
 # the chunk, not the batch (Caffe's per-image column buffer, a few images at a time).
 CHUNK_BYTES = 1 << 20
-# On a GPU (one part, no threads) larger chunks keep the device busy; memory stays bounded.
+# On a GPU (one block, no threads) larger chunks keep the device busy; memory stays bounded.
 GPU_CHUNK_BYTES = 64 << 20
-# The weight gradient as dWᵀ = col·dyᵀ (C·K × O) rather than dW = dy·colᵀ: OpenBLAS is faster
-# in that orientation for convolution shapes (measured on CIFAR-10 quick and LeNet).
+# The batch is split into blocks of chunks that threads take in turn (parallel_chunks), at most
+# max(8, 2 × cores) of them; each keeps its own weight-gradient sum, so their bytes together are
+# held to about BLOCK_SUM_BYTES (but at least one block per core).
+BLOCK_SUM_BYTES = 4 << 20
+BLOCK_MIN_BYTES = 2 << 20
+# The weight gradient as dWᵀ = col·dyᵀ (C·K × O) rather than dW = dy·colᵀ (O × C·K): OpenBLAS
+# is faster that way round on these shapes (measured, one thread).
 DW_TRANSPOSED = True
 
 
 class _Part:
-    """One thread's scratch for one layer: flat buffers by name, made on first use."""
-    __slots__ = ("bufs", "cols", "views")
+    """One worker thread's scratch for one layer: flat buffers and ChunkColumns by name, made on
+    first use."""
+    __slots__ = ("bufs", "cols")
 
     def __init__(self):
         self.bufs = {}
         self.cols = {}
-        self.views = {}
 
     def nbytes(self):
         return (sum(b.nbytes for b in self.bufs.values())
@@ -119,17 +124,21 @@ class _Part:
 class _ConvolutionBase(Layer):
     """Shared setup of Convolution and Deconvolution (Caffe's BaseConvolutionLayer).
 
-    A pass runs chunk by chunk: the batch is split into one contiguous part per thread
-    (caffepy.parallel_chunks) and each part into chunks of ``chunk`` images whose im2col
-    columns fit in L2 (CHUNK_BYTES); per chunk, one im2col and one GEMM per group. Backward
-    recomputes the chunk's columns for the weight gradient rather than keeping forward's.
-    Each part accumulates its own weight and bias gradients; they are added to the param
-    diffs in part order, so the result does not depend on thread timing.
+    A pass runs chunk by chunk: the batch is split into contiguous blocks that the threads
+    take in turn (caffepy.parallel_chunks.run_blocks), and each block into chunks of at most
+    ``chunk`` images whose im2col columns fit in L2 (CHUNK_BYTES); per chunk, one im2col and
+    one GEMM per group. Backward recomputes the chunk's columns for the weight gradient
+    rather than keeping forward's. Each block sums its own weight and bias gradients; they are
+    added to the param diffs in block order. Blocks and chunks depend on the batch and the
+    layer only, so the results are the same bits whatever the thread count and timing.
 
-    Scratch (per part, made where first needed, sized by the chunk — never by the batch):
+    Scratch, sized by the chunk — never by the batch (per worker thread, made where first
+    needed):
       col:   one chunk's columns (C·K × chunk·P), shared by every im2col of the pass
-      xpad:  the chunk with its zero padding (ChunkColumns), when pad > 0
-      dyt:   the chunk's top diff as O × chunk·P;  wacc/wtmp, bacc/btmp: gradient sums
+      (ChunkColumns) the chunk with its zero padding, when padded or channels-last
+      yt/dyt/xt/dxt: a chunk of top, top diff, bottom or bottom diff transposed for a GEMM
+      wtmp, btmp: one chunk's gradient terms
+    and, per block, its weight and bias gradient sums (_wsums, _bsums).
     """
     min_bottom_blobs = 1
     min_top_blobs = 1
@@ -165,6 +174,8 @@ class _ConvolutionBase(Layer):
         self._key = None
         self._plan_key = None
         self._parts = []
+        self._wbuf = {}
+        self._wsums = self._bsums = None
 
     def reshape(self, bottom, top):
         shape = tuple(bottom[0].shape)
@@ -218,86 +229,101 @@ class _ConvolutionBase(Layer):
     # -- parts, chunks and their scratch ----------------------------------------------------
 
     def _plan(self):
-        """The batch's parts (one per thread) and their chunks [(first image, count), …];
-        remade, with fresh scratch, when the shape, the thread count or the device changes."""
-        nparts = parallel_chunks.parts()
+        """The batch's blocks, each a list of chunks [(first image, count), …], and one scratch
+        per worker thread; remade, with fresh scratch, when the shape, the thread count or the
+        device changes. The blocks and chunks do not depend on the thread count."""
+        threads = parallel_chunks.parts()
         xp = self.xp
-        key = (self._key, nparts, xp)
+        key = (self._key, threads, xp)
         if key == self._plan_key:
             return
-        ranges = parallel_chunks.split(self.num, nparts)
-        target = CHUNK_BYTES if xp is np else GPU_CHUNK_BYTES
+        N = self.num
+        if xp is np:
+            target = CHUNK_BYTES
+            cap = min(max(8, 2 * backend.cpu_cores()),
+                      max(backend.cpu_cores(), BLOCK_SUM_BYTES // (4 * self.blobs[0].count)))
+        else:
+            target, cap = GPU_CHUNK_BYTES, 1
         per_image = 4 * self._col_values_per_image()
-        n = max(1, min(max(b - a for a, b in ranges), target // per_image))
-        self.chunk = n
-        self._chunks = [[(i, min(n, b - i)) for i in range(a, b, n)] for a, b in ranges]
-        self._parts = [_Part() for _ in ranges]
+        n = max(1, target // per_image)
+        # blocks big enough that a thread's NumPy calls are long: short calls on two threads
+        # mostly wait for each other's GIL
+        nblocks = max(1, min(cap, N, N * per_image // BLOCK_MIN_BYTES))
+        nblocks = 1 << (nblocks.bit_length() - 1)   # a power of two: even shares for 2, 4 …
+        self._blocks = []
+        for a, b in parallel_chunks.split(N, nblocks):
+            self._blocks.append([(a + i, j - i) for i, j in
+                                 parallel_chunks.split(b - a, -(-(b - a) // n))])
+        self.chunk = max(m for block in self._blocks for _, m in block)
+        self._block_cap = cap
+        self._parts = [_Part() for _ in range(min(threads, len(self._blocks)))]
+        self._wbuf = {}
+        self._wsums = self._bsums = None
         self._plan_key = key
 
-    def _buf(self, part, name, size, zeros=False):
+    def _run_blocks(self, fn):
+        parallel_chunks.run_blocks(fn, len(self._blocks))
+
+    def _buf(self, part, name, size):
         b = part.bufs.get(name)
         if b is None:
-            xp = self.xp
-            b = part.bufs[name] = (xp.zeros if zeros else xp.empty)(size, dtype=np.float32)
+            b = part.bufs[name] = self.xp.empty(size, dtype=np.float32)
         return b
 
-    def _cols(self, part, name, channels, geom, batch_first):
+    def _chunk_buf(self, part, name, shape):
+        """A view (m, …) of the part's buffer ``name``, which is made for a full chunk."""
+        size = prod(shape)
+        return self._buf(part, name, prod(shape[1:]) * self.chunk)[:size].reshape(shape)
+
+    def _cols(self, part, name, channels, geom, layout):
         """The part's ChunkColumns ``name`` (its columns in the part's shared col buffer)."""
         c = part.cols.get(name)
         if c is None:
             col = self._buf(part, "col", self.chunk * self._col_values_per_image())
             c = part.cols[name] = ChunkColumns(self.xp, channels, geom, self.chunk, col,
-                                               batch_first)
+                                               layout, self.group)
         return c
 
+    def _weights(self, name, make):
+        """A per-call rearrangement of the weights (made by ``make(out)``) in a kept buffer."""
+        w = self.blobs[0].data
+        buf = self._wbuf.get(name)
+        if buf is None:
+            buf = self._wbuf[name] = self.xp.empty(w.size, dtype=np.float32)
+        return make(buf)
+
     def scratch_bytes(self):
-        """Bytes of this layer's scratch buffers (all parts)."""
-        return sum(p.nbytes() for p in self._parts)
+        """Bytes of this layer's scratch buffers (all parts, and the rearranged weights)."""
+        return (sum(p.nbytes() for p in self._parts)
+                + sum(b.nbytes for b in self._wbuf.values())
+                + sum(a.nbytes for a in (self._wsums, self._bsums) if a is not None))
 
-    def _grad_sums(self, part, idx, O, CKg):
-        """(weight, bias) accumulators of a part for chunk ``idx``: the chunk's GEMM writes the
-        sum itself for the first chunk, a temporary that is then added for the others."""
-        G = self.group
-        wshape = (G, CKg, O // G) if DW_TRANSPOSED else (G, O // G, CKg)
-        wacc = self._buf(part, "wacc", O * CKg).reshape(wshape)
-        bacc = self._buf(part, "bacc", self.num_output)
+    def _grad_sums(self, part, block, idx, shape):
+        """(weight, bias) sums of a block, and where its chunk ``idx`` writes its terms: the
+        sums themselves for the first chunk, a worker's temporaries, then added, for the rest."""
+        if self._wsums is None:
+            xp = self.xp
+            self._wsums = xp.empty((self._block_cap, self.blobs[0].count), dtype=np.float32)
+            self._bsums = xp.empty((self._block_cap, self.num_output), dtype=np.float32)
+        wsum = self._wsums[block].reshape(shape)
+        bsum = self._bsums[block]
+        wtmp = self._buf(part, "wtmp", wsum.size)
+        btmp = self._buf(part, "btmp", self.num_output)
         if idx == 0:
-            return wacc, bacc, wacc, bacc
-        return (wacc, bacc, self._buf(part, "wtmp", O * CKg).reshape(wshape),
-                self._buf(part, "btmp", self.num_output))
+            return wsum, bsum, wsum, bsum
+        return wsum, bsum, wtmp.reshape(shape), btmp
 
-    def _add_param_diffs(self, need_w, need_b):
-        """Add each part's weight and bias sums to the param diffs, in part order."""
-        G = self.group
+    def _add_param_diffs(self, need_w, need_b, weight_view):
+        """Add each block's sums to the param diffs, in block order; ``weight_view(diff, sum)``
+        gives the two as arrays of one shape."""
         if need_w:
-            wd = self.blobs[0].diff
-            rows = wd.shape[0]
-            wd3 = wd.reshape(G, rows // G, -1)
-            for part in self._parts:
-                acc = part.bufs.get("wacc")
-                if acc is None:
-                    continue
-                acc = acc.reshape((G, -1, rows // G) if DW_TRANSPOSED else (G, rows // G, -1))
-                wd3 += acc.transpose(0, 2, 1) if DW_TRANSPOSED else acc
+            for b in range(len(self._blocks)):
+                wd, acc = weight_view(self.blobs[0].diff, self._wsums[b])
+                wd += acc
         if need_b:
             bd = self.blobs[1].diff
-            for part in self._parts:
-                acc = part.bufs.get("bacc")
-                if acc is not None:
-                    bd += acc
-
-    def _weight_grad(self, cols, dyt, out):
-        """out[g] = cols[g]·dyt[g]ᵀ (or dyt[g]·cols[g]ᵀ) per group: cols (G·R, M), dyt (G·S, M)."""
-        xp = self.xp
-        G = self.group
-        r, s = cols.shape[0] // G, dyt.shape[0] // G
-        for g in range(G):
-            c = cols[g * r:(g + 1) * r]
-            d = dyt[g * s:(g + 1) * s]
-            if DW_TRANSPOSED:
-                xp.matmul(c, d.T, out=out[g])
-            else:
-                xp.matmul(d, c.T, out=out[g])
+            for b in range(len(self._blocks)):
+                bd += self._bsums[b]
 
     def _gemm_groups(self, a, b, out, ta=False):
         """out[g] = op(a[g]) @ b[g] per group g, splitting the rows of a, the second-to-last
@@ -313,6 +339,15 @@ class _ConvolutionBase(Layer):
             xp.matmul(ag.T if ta else ag, b[..., g * rb:(g + 1) * rb, :],
                       out=out[..., g * ro:(g + 1) * ro, :])
 
+    def _gemm_cols(self, a, b, out, ta=False, tb=False):
+        """out[:, g] = op(a[:, g]) @ op(b[g]) per group: a (M, G, R) or its transpose,
+        b (G, R, S), out (M', G, S') — the channels-last layout's groups side by side."""
+        xp = self.xp
+        for g in range(self.group):
+            ag = a[:, g]
+            bg = b[g]
+            xp.matmul(ag.T if ta else ag, bg.T if tb else bg, out=out[:, g])
+
     def _transposed(self, part, name, a):
         """a (m, R, P) as R × m·P: a view for one image, else a copy into the part's scratch."""
         m, R, P = a.shape
@@ -322,15 +357,29 @@ class _ConvolutionBase(Layer):
         t[...] = a.swapaxes(0, 1)
         return t.reshape(R, m * P)
 
+    def _rows_last(self, part, name, a):
+        """a (m, R, P) as m·P × R (each position's channels in a row), in the part's scratch."""
+        m, R, P = a.shape
+        t = self._buf(part, name, R * self.chunk * P)[:R * m * P].reshape(m, P, R)
+        t[...] = a.swapaxes(1, 2)
+        return t.reshape(m * P, R)
+
 
 @register_layer("Convolution")
 class ConvolutionLayer(_ConvolutionBase):
-    """N-D grouped, dilated cross-correlation, chunk by chunk: im2col + one matmul per group."""
+    """N-D grouped, dilated cross-correlation, chunk by chunk: im2col + one matmul per group.
+
+    Channels-first chunks (im2col.IMAGES / ROWS): y = W·col per image, written into the top in
+    place; dWᵀ = col·dyᵀ over the chunk. Channels-last chunks (im2col.LAST): yᵀ = colᵀ·Wᵀ over
+    the chunk, then transposed into the top; dW = dyᵀ·colᵀ. The data gradient is, for stride
+    1, a convolution of the top diff with the flipped kernel (when cheaper), else Wᵀ·dy and
+    col2im."""
 
     def _geometry_changed(self):
+        self._last = self._channels_last_is_better()
         # With stride 1 the data gradient is itself a convolution: the top diff, padded by
         # (extent − 1 − pad), with the kernel flipped and its in/out channels swapped. One
-        # im2col (a copy) + one matmul is much cheaper than matmul + col2im (k^D slice-adds).
+        # im2col (a copy) + one matmul may be cheaper than matmul + col2im (k^D slice-adds).
         self._full = None
         extents = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel)]
         if all(s == 1 for s in self.stride) and all(p <= e - 1 for p, e in zip(self.pad, extents)):
@@ -338,7 +387,6 @@ class ConvolutionLayer(_ConvolutionBase):
             gf = WindowGeometry(self.out_sp, self.kernel, self.stride, pad_full, self.dilation)
             if gf.out_shape == tuple(self.in_sp) and self._full_is_cheaper():
                 self._full = gf
-        self._wflip = None
 
     def _col_values_per_image(self):
         n = self.channels * self.kernel_count * self.geom.out_count
@@ -346,36 +394,121 @@ class ConvolutionLayer(_ConvolutionBase):
             n = max(n, self.num_output * self.kernel_count * prod(self.in_sp))
         return n
 
+    # -- weights rearranged for the GEMMs ---------------------------------------------------
+
+    def _wshape5(self):
+        G, O, C = self.group, self.num_output, self.channels
+        return (G, O // G, C // G) + self.kernel
+
+    def _weights_last(self):
+        """W as (G, K·C/G, O/G): row (kernel position, channel) — the LAST columns' order."""
+        D = self.num_spatial
+        G, Og, Cg = self._wshape5()[:3]
+
+        def make(buf):
+            w = self.blobs[0].data.reshape(self._wshape5())
+            out = buf.reshape((G,) + self.kernel + (Cg, Og))
+            out[...] = w.transpose((0,) + tuple(range(3, 3 + D)) + (2, 1))
+            return buf.reshape(G, -1, Og)
+        return self._weights("last", make)
+
+    def _weights_flipped(self):
+        """The data-gradient convolution's kernel: W with its spatial axes reversed and its
+        in/out channels swapped, per group: (C, (O/G)·K) channels-first, or channels-last
+        (G, K·O/G, C/G)."""
+        D = self.num_spatial
+        G, Og, Cg = self._wshape5()[:3]
+
+        def make(buf):
+            w = self.blobs[0].data.reshape(self._wshape5())
+            flipped = w[(Ellipsis,) + (slice(None, None, -1),) * D]
+            if self._last:
+                out = buf.reshape((G,) + self.kernel + (Og, Cg))
+                out[...] = flipped.transpose((0,) + tuple(range(3, 3 + D)) + (1, 2))
+                return buf.reshape(G, -1, Cg)
+            out = buf.reshape((G, Cg, Og) + self.kernel)
+            out[...] = flipped.swapaxes(1, 2)
+            return buf.reshape(self.channels, -1)
+        return self._weights("flipped", make)
+
+    def _weight_sums(self):
+        """The shape of a part's weight-gradient sum, and how it lines up with the diff."""
+        G, Og, Cg = self._wshape5()[:3]
+        K, D = self.kernel_count, self.num_spatial
+        if self._last and DW_TRANSPOSED:
+            def view(wd, acc):              # acc (G, K·Cg, Og), kernel positions before channels
+                acc = acc.reshape((G,) + self.kernel + (Cg, Og))
+                return wd.reshape(self._wshape5()), acc.transpose((0, 2 + D, 1 + D)
+                                                                  + tuple(range(1, 1 + D)))
+            return (G, K * Cg, Og), view
+        if self._last:
+            def view(wd, acc):              # acc (G, Og, K·Cg), kernel positions before channels
+                acc = acc.reshape((G, Og) + self.kernel + (Cg,))
+                return wd.reshape(self._wshape5()), acc.transpose((0, 1, 2 + D)
+                                                                  + tuple(range(2, 2 + D)))
+            return (G, Og, K * Cg), view
+
+        if DW_TRANSPOSED:
+            def view(wd, acc):              # acc (G, Cg·K, Og): dWᵀ
+                return wd.reshape(G, Og, Cg * K), acc.reshape(G, Cg * K, Og).transpose(0, 2, 1)
+            return (G, Cg * K, Og), view
+
+        def view(wd, acc):                  # acc (G, Og, Cg·K): dW
+            return wd.reshape(G, Og, Cg * K), acc
+        return (G, Og, Cg * K), view
+
+    # -- forward ------------------------------------------------------------------------------
+
     def forward_impl(self, bottom, top):
         self._plan()
-        w2 = self.blobs[0].data.reshape(self.num_output, -1)
+        N, C, O, G = self.num, self.channels, self.num_output, self.group
+        K, P = self.kernel_count, self.geom.out_count
         b3 = self.blobs[1].data.reshape(1, -1, 1) if self.bias_term else None
+        w = self._weights_last() if self._last else self.blobs[0].data.reshape(O, -1)
         for i in range(len(bottom)):
-            x = bottom[i].data.reshape((self.num, self.channels) + self.in_sp)
-            y3 = top[i].data.reshape(self.num, self.num_output, -1)
+            x = bottom[i].data.reshape((N, C) + self.in_sp)
+            y3 = top[i].data.reshape(N, O, P)
 
-            def part_forward(t, x=x, y3=y3):
-                part = self._parts[t]
-                cols = self._cols(part, "x", self.channels, self.geom, batch_first=True)
-                CK = self.channels * self.kernel_count
-                for a, m in self._chunks[t]:
-                    col = cols.fill(x[a:a + m]).reshape(m, CK, -1)
+            def block_forward(worker, block, x=x, y3=y3):
+                part = self._parts[worker]
+                if self._last:
+                    cols = self._cols(part, "x", C, self.geom, LAST)
+                    for a, m in self._blocks[block]:
+                        col = cols.fill(x[a:a + m]).reshape(m * P, G, -1)
+                        yt = self._chunk_buf(part, "yt", (m, P, O))
+                        self._gemm_cols(col, w, yt.reshape(m * P, G, -1))
+                        y = yt.swapaxes(1, 2)
+                        if b3 is not None:
+                            self.xp.add(y, b3, out=y3[a:a + m])
+                        else:
+                            y3[a:a + m] = y
+                    return
+                cols = self._cols(part, "x", C, self.geom, IMAGES)
+                for a, m in self._blocks[block]:
+                    col = cols.fill(x[a:a + m]).reshape(m, C * K, P)
                     y = y3[a:a + m]
-                    self._gemm_groups(w2, col, y)
+                    self._gemm_groups(w, col, y)
                     if b3 is not None:
                         y += b3
 
-            parallel_chunks.run(part_forward, len(self._parts))
+            self._run_blocks(block_forward)
+
+    # -- backward -----------------------------------------------------------------------------
 
     def backward_impl(self, top, propagate_down, bottom):
-        xp = self.xp
-        N, C, O, G, K = self.num, self.channels, self.num_output, self.group, self.kernel_count
+        N, C, O = self.num, self.channels, self.num_output
         need_w = self.param_propagate(0)
         need_b = self.bias_term and self.param_propagate(1)
         self._plan()
-        w2 = self.blobs[0].data.reshape(O, -1)
-        wflip = self._flipped_weights() if self._full is not None and any(propagate_down) else None
-        CK, CKg = C * K, (C // G) * K
+        need_any_x = any(propagate_down[:len(top)])
+        if self._full is not None:
+            wx = self._weights_flipped() if need_any_x else None
+        elif self._last:
+            wx = self._weights_last() if need_any_x else None
+        else:
+            wx = self.blobs[0].data.reshape(O, -1)
+        wsum_shape, weight_view = self._weight_sums()
+        chunk_backward = self._backward_last if self._last else self._backward_first
         for i in range(len(top)):
             need_x = propagate_down[i]
             if not (need_w or need_b or need_x):
@@ -384,69 +517,108 @@ class ConvolutionLayer(_ConvolutionBase):
             dy3 = top[i].diff.reshape(N, O, -1)
             dx = bottom[i].diff.reshape((N, C) + self.in_sp)
 
-            def part_backward(t, x=x, dy3=dy3, dx=dx, need_x=need_x):
-                part = self._parts[t]
-                xcols = self._cols(part, "xb", C, self.geom, batch_first=False) if need_w else None
-                for idx, (a, m) in enumerate(self._chunks[t]):
-                    wacc, bacc, wout, bout = self._grad_sums(part, idx, O, CKg)
-                    dy = dy3[a:a + m]
-                    dyt = self._transposed(part, "dyt", dy) if (need_w or not self._full) \
-                        else None
-                    if need_b:
-                        if dyt is not None:
-                            xp.sum(dyt, axis=1, out=bout)
-                        else:
-                            xp.sum(dy, axis=(0, 2), out=bout)
-                        if idx:
-                            bacc += bout
-                    if need_w:
-                        col = xcols.fill(x[a:a + m]).reshape(CK, -1)
-                        self._weight_grad(col, dyt, wout)
-                        if idx:
+            def block_backward(worker, block, x=x, dy3=dy3, dx=dx, need_x=need_x):
+                part = self._parts[worker]
+                for idx, (a, m) in enumerate(self._blocks[block]):
+                    wacc, bacc, wout, bout = self._grad_sums(part, block, idx, wsum_shape)
+                    chunk_backward(part, x[a:a + m], dy3[a:a + m], dx[a:a + m], wx,
+                                   wout if need_w else None, bout if need_b else None, need_x)
+                    if idx:
+                        if need_w:
                             wacc += wout
-                    if not need_x:
-                        continue
-                    if self._full is not None:
-                        dycols = self._cols(part, "dy", O, self._full, batch_first=True)
-                        dcol = dycols.fill(dy.reshape((m, O) + self.out_sp))
-                        self._gemm_groups(wflip, dcol.reshape(m, O * K, -1),
-                                          dx[a:a + m].reshape(m, C, -1))
-                    else:
-                        col = self._buf(part, "col", self.chunk * self._col_values_per_image())
-                        dcol = col[:CK * m * self.geom.out_count].reshape(CK, -1)
-                        self._gemm_groups(w2, dyt, dcol, ta=True)
-                        col2im(dcol.reshape((C,) + self.kernel + (m,) + self.out_sp),
-                               dx[a:a + m], self.geom)
+                        if need_b:
+                            bacc += bout
 
-            parallel_chunks.run(part_backward, len(self._parts))
-            self._add_param_diffs(need_w, need_b)
+            self._run_blocks(block_backward)
+            self._add_param_diffs(need_w, need_b, weight_view)
 
-    def _flipped_weights(self):
-        """The data gradient's kernel: W with its spatial axes reversed and its in/out channels
-        swapped, per group, as (C, (O/G)·K)."""
+    def _backward_first(self, part, x, dy, dx, wx, wout, bout, need_x):
+        """One chunk, channels-first: x (m, C, *in), dy (m, O, P), dx (m, C, *in)."""
         xp = self.xp
-        C, O, G, D = self.channels, self.num_output, self.group, self.num_spatial
-        Og, Cg = O // G, C // G
-        if self._wflip is None or not isinstance(self._wflip, xp.ndarray):
-            self._wflip = xp.empty((C, Og * self.kernel_count), dtype=np.float32)
-        w = self.blobs[0].data.reshape((G, Og, Cg) + self.kernel)
-        flipped = w[(Ellipsis,) + (slice(None, None, -1),) * D].swapaxes(1, 2)
-        self._wflip.reshape((G, Cg, Og) + self.kernel)[...] = flipped
-        return self._wflip
+        m, O, P = dy.shape
+        C, K = self.channels, self.kernel_count
+        need_dyt = wout is not None or bout is not None or (need_x and self._full is None)
+        dyt = self._transposed(part, "dyt", dy) if need_dyt else None
+        if bout is not None:
+            xp.sum(dyt, axis=1, out=bout)
+        if wout is not None:
+            col = self._cols(part, "xr", C, self.geom, ROWS).fill(x).reshape(C * K, -1)
+            G = self.group
+            r, s = C * K // G, O // G
+            for g in range(G):
+                if DW_TRANSPOSED:
+                    xp.matmul(col[g * r:(g + 1) * r], dyt[g * s:(g + 1) * s].T, out=wout[g])
+                else:
+                    xp.matmul(dyt[g * s:(g + 1) * s], col[g * r:(g + 1) * r].T, out=wout[g])
+        if not need_x:
+            return
+        if self._full is not None:
+            dcol = self._cols(part, "dy", O, self._full, IMAGES).fill(
+                dy.reshape((m, O) + self.out_sp))
+            self._gemm_groups(wx, dcol.reshape(m, O * K, -1), dx.reshape(m, C, -1))
+        else:
+            col = self._buf(part, "col", self.chunk * self._col_values_per_image())
+            dcol = col[:C * K * m * P].reshape(C * K, -1)
+            self._gemm_groups(wx, dyt, dcol, ta=True)
+            col2im(dcol.reshape((C,) + self.kernel + (m,) + self.out_sp), dx, self.geom)
 
-    def scratch_bytes(self):
-        return super().scratch_bytes() + (self._wflip.nbytes if self._wflip is not None else 0)
+    def _backward_last(self, part, x, dy, dx, wx, wout, bout, need_x):
+        """One chunk, channels-last: x (m, C, *in), dy (m, O, P), dx (m, C, *in)."""
+        xp = self.xp
+        m, O, P = dy.shape
+        C, G = self.channels, self.group
+        need_dyt = wout is not None or (need_x and self._full is None)
+        dyt = self._rows_last(part, "dyt", dy) if need_dyt else None
+        if bout is not None:
+            xp.sum(dy, axis=(0, 2), out=bout)
+        if wout is not None:
+            col = self._cols(part, "x", C, self.geom, LAST).fill(x).reshape(m * P, G, -1)
+            dyg = dyt.reshape(m * P, G, -1)
+            for g in range(G):
+                if DW_TRANSPOSED:
+                    xp.matmul(col[:, g].T, dyg[:, g], out=wout[g])
+                else:
+                    xp.matmul(dyg[:, g].T, col[:, g], out=wout[g])
+        if not need_x:
+            return
+        Pin = prod(self.in_sp)
+        if self._full is not None:
+            dcol = self._cols(part, "dy", O, self._full, LAST).fill(
+                dy.reshape((m, O) + self.out_sp)).reshape(m * Pin, G, -1)
+            dxt = self._chunk_buf(part, "dxt", (m, Pin, C))
+            self._gemm_cols(dcol, wx, dxt.reshape(m * Pin, G, -1))
+        else:
+            col = self._buf(part, "col", self.chunk * self._col_values_per_image())
+            dcol = col[:C * self.kernel_count * m * P].reshape(m * P, G, -1)
+            self._gemm_cols(dyt.reshape(m * P, G, -1), wx, dcol, tb=True)
+            dxt = self._chunk_buf(part, "dxt", (m, Pin, C))
+            col2im_last(dcol.reshape((m,) + self.out_sp + (G,) + self.kernel + (C // G,)),
+                        dxt.reshape((m,) + self.in_sp + (C,)), self.geom)
+        dx.reshape(m, C, Pin)[...] = dxt.swapaxes(1, 2)
+
+    def _channels_last_is_better(self):
+        """Whether to lower channels-last: when a window reads a longer contiguous run of
+        channels-last memory (kernel_w · C/group values) than of a channels-first image row
+        (out_w values), the strided im2col copies move longer rows (CIFAR-10 quick's conv2 and
+        conv3 and LeNet's conv2 go channels-last, the 1- and 3-channel first layers do not)."""
+        run_last = (self.channels // self.group) * (self.kernel[-1] if self.dilation[-1] == 1
+                                                    else 1)
+        return run_last > self.out_sp[-1]
 
     def _full_is_cheaper(self):
         """Rough cost model (ns, measured on a 2-core NumPy/OpenBLAS machine) of the two ways
-        to get the data gradient: matmul + col2im (slice-adds, slow per row) versus im2col of
-        the top diff + a matmul that is larger by P_in/P_out (a 'valid' convolution shrinks)."""
+        to get the data gradient: Wᵀ·dy + col2im (slice-adds) versus im2col of the top diff + a
+        matmul larger by P_in/P_out (a 'valid' convolution shrinks)."""
         C, O, K, N = self.channels, self.num_output, self.kernel_count, self.num
         Pin, Pout = prod(self.in_sp), prod(self.out_sp)
-        flop_ns = 1.0 / 50
+        flop_ns = 1.0 / 90
         macs = 2.0 * C * K * (O // self.group)
-        col2im_ns = C * K * N * Pout * (0.36 + 23.5 / self.out_sp[-1])
-        im2col_ns = O * K * N * Pin * (0.13 + 7.5 / self.in_sp[-1])
+        if self._last:
+            col2im_ns = C * K * N * Pout * (0.25 + 10.0 / (C // self.group))
+            im2col_ns = O * K * N * Pin * (0.1 + 1.0 / (O // self.group))
+        else:
+            col2im_ns = C * K * N * Pout * (0.36 + 23.5 / self.out_sp[-1])
+            im2col_ns = O * K * N * Pin * (0.13 + 7.5 / self.in_sp[-1])
         return macs * N * Pin * flop_ns + im2col_ns < macs * N * Pout * flop_ns + col2im_ns
 
 
@@ -469,10 +641,10 @@ class DeconvolutionLayer(_ConvolutionBase):
             x3 = bottom[i].data.reshape(N, Cin, -1)
             y = top[i].data.reshape((N, O) + self.out_sp)
 
-            def part_forward(t, x3=x3, y=y):
-                part = self._parts[t]
+            def block_forward(worker, block, x3=x3, y=y):
+                part = self._parts[worker]
                 col = self._buf(part, "col", self.chunk * self._col_values_per_image())
-                for a, m in self._chunks[t]:
+                for a, m in self._blocks[block]:
                     xt = self._transposed(part, "xt", x3[a:a + m])
                     dcol = col[:OK * xt.shape[1]].reshape(OK, -1)
                     self._gemm_groups(w2, xt, dcol, ta=True)
@@ -482,16 +654,20 @@ class DeconvolutionLayer(_ConvolutionBase):
                         y3 = y[a:a + m].reshape(m, O, -1)
                         y3 += b3
 
-            parallel_chunks.run(part_forward, len(self._parts))
+            self._run_blocks(block_forward)
 
     def backward_impl(self, top, propagate_down, bottom):
         xp = self.xp
         N, Cin, O, G, K = self.num, self.channels, self.num_output, self.group, self.kernel_count
-        OK, OKg = O * K, (O // G) * K
+        OK, OKg, Cg = O * K, (O // G) * K, Cin // G
         need_w = self.param_propagate(0)
         need_b = self.bias_term and self.param_propagate(1)
         self._plan()
         w2 = self.blobs[0].data.reshape(Cin, -1)
+
+        def weight_view(wd, acc):           # acc (G, O/G·K, Cin/G): dWᵀ
+            return wd.reshape(G, Cg, OKg), acc.reshape(G, OKg, Cg).transpose(0, 2, 1)
+
         for i in range(len(top)):
             need_x = propagate_down[i]
             if not (need_w or need_b or need_x):
@@ -500,12 +676,11 @@ class DeconvolutionLayer(_ConvolutionBase):
             dy = top[i].diff.reshape((N, O) + self.out_sp)
             dx3 = bottom[i].diff.reshape(N, Cin, -1)
 
-            def part_backward(t, x3=x3, dy=dy, dx3=dx3, need_x=need_x):
-                part = self._parts[t]
-                cols = self._cols(part, "dy", O, self.geom, batch_first=False)
-                for idx, (a, m) in enumerate(self._chunks[t]):
-                    # the weight sums are (Cin, OKg) per group here: the roles of x and dy swap
-                    wacc, bacc, wout, bout = self._grad_sums(part, idx, Cin, OKg)
+            def block_backward(worker, block, x3=x3, dy=dy, dx3=dx3, need_x=need_x):
+                part = self._parts[worker]
+                cols = self._cols(part, "dy", O, self.geom, ROWS)
+                for idx, (a, m) in enumerate(self._blocks[block]):
+                    wacc, bacc, wout, bout = self._grad_sums(part, block, idx, (G, OKg, Cg))
                     if need_b:
                         xp.sum(dy[a:a + m].reshape(m, O, -1), axis=(0, 2), out=bout)
                         if idx:
@@ -515,7 +690,9 @@ class DeconvolutionLayer(_ConvolutionBase):
                     dcol = cols.fill(dy[a:a + m]).reshape(OK, -1)
                     if need_w:
                         xt = self._transposed(part, "xt", x3[a:a + m])
-                        self._weight_grad(dcol, xt, wout)
+                        for g in range(G):
+                            xp.matmul(dcol[g * OKg:(g + 1) * OKg], xt[g * Cg:(g + 1) * Cg].T,
+                                      out=wout[g])
                         if idx:
                             wacc += wout
                     if need_x:
@@ -528,8 +705,8 @@ class DeconvolutionLayer(_ConvolutionBase):
                             self._gemm_groups(w2, dcol, dxt)
                             dx3[a:a + m] = dxt.reshape(Cin, m, P).swapaxes(0, 1)
 
-            parallel_chunks.run(part_backward, len(self._parts))
-            self._add_param_diffs(need_w, need_b)
+            self._run_blocks(block_backward)
+            self._add_param_diffs(need_w, need_b, weight_view)
 
 
 # -- Im2col ---------------------------------------------------------------------------------
