@@ -141,11 +141,15 @@ def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, ima
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("dw_transposed", [True, False])
 @pytest.mark.parametrize("full", [False, True])
-def test_conv_data_gradient_paths_in_chunks(full, nthreads, lowering, threads, monkeypatch):
-    # stride 1: the data gradient as a convolution of the top diff, or GEMM + col2im
+def test_conv_data_gradient_paths_in_chunks(full, dw_transposed, nthreads, lowering, threads,
+                                            monkeypatch):
+    # stride 1: the data gradient as a convolution of the top diff, or GEMM + col2im; the
+    # weight gradient as dWᵀ = col·dyᵀ or dW = dy·colᵀ
     threads(nthreads)
     monkeypatch.setattr(conv.ConvolutionLayer, "_full_is_cheaper", lambda self: full)
+    monkeypatch.setattr(conv, "DW_TRANSPOSED", dw_transposed)
     x = rnd(5, 4, 6, 5, seed=2)
     layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 6 '
                               'kernel_size: 3 pad: 1 group: 2 %s }' % FILLERS, [x])
@@ -270,6 +274,19 @@ def test_conv_thread_count_change_replans(threads, monkeypatch):
     y2 = fwd(layer, bottom, top)[0]
     assert len(layer._parts) == 2
     np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_empty_batch(kind, lowering):
+    # no images: an empty top, and backward adds nothing to the param diffs
+    layer, bottom, top = make('type: "%s" convolution_param { num_output: 4 kernel_size: 3 '
+                              'pad: 1 %s }' % (kind, FILLERS), [rnd(0, 3, 5, 5)])
+    layer.forward(bottom, top)
+    assert top[0].shape == (0, 4, 5, 5)
+    for b in layer.blobs:
+        b.diff[...] = 0.25
+    layer.backward(top, [True], bottom)
+    assert all((b.diff == 0.25).all() for b in layer.blobs)
 
 
 def test_small_layers_are_one_block():

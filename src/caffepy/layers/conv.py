@@ -2,9 +2,11 @@
 BaseConvolutionLayer) and the reading of convolution_param's geometry.
 
 Each class reproduces the Caffe 1.0 (master) layer of the same name, including its parameter
-rules and its output-size formulas. A convolution pass runs chunk by chunk (a few images whose
-im2col columns fit in cache, caffepy.kernels.im2col.ChunkColumns), one matmul per group and
-chunk, with the batch's parts on all cores (caffepy.parallel_chunks).
+rules and its output-size formulas. A convolution pass runs chunk by chunk, as Caffe's does
+image by image: im2col of a few images whose columns fit in cache
+(caffepy.kernels.im2col.ChunkColumns) and one matmul per group and chunk, channels-first or
+channels-last, whichever copies longer rows; blocks of chunks run on all cores
+(caffepy.parallel_chunks).
 """
 import logging
 
@@ -97,9 +99,11 @@ def _report_conv_mode(layer_param):
 CHUNK_BYTES = 1 << 20
 # On a GPU (one block, no threads) larger chunks keep the device busy; memory stays bounded.
 GPU_CHUNK_BYTES = 64 << 20
-# The batch is split into blocks of chunks that threads take in turn (parallel_chunks), at most
-# max(8, 2 × cores) of them; each keeps its own weight-gradient sum, so their bytes together are
-# held to about BLOCK_SUM_BYTES (but at least one block per core).
+# The batch is split into blocks of chunks that threads take in turn (parallel_chunks): a power
+# of two, at most max(8, 2 × cores); each keeps its own weight-gradient sum, so their bytes
+# together are held to about BLOCK_SUM_BYTES (but one block per core is always allowed); and
+# each block has at least BLOCK_MIN_BYTES of columns (one block for a small layer: two threads
+# running short NumPy calls mostly wait for each other's GIL — LeNet's conv1 at batch 64).
 BLOCK_SUM_BYTES = 4 << 20
 BLOCK_MIN_BYTES = 2 << 20
 # The weight gradient as dWᵀ = col·dyᵀ (C·K × O) rather than dW = dy·colᵀ (O × C·K): OpenBLAS
@@ -246,15 +250,13 @@ class _ConvolutionBase(Layer):
             target, cap = GPU_CHUNK_BYTES, 1
         per_image = 4 * self._col_values_per_image()
         n = max(1, target // per_image)
-        # blocks big enough that a thread's NumPy calls are long: short calls on two threads
-        # mostly wait for each other's GIL
         nblocks = max(1, min(cap, N, N * per_image // BLOCK_MIN_BYTES))
-        nblocks = 1 << (nblocks.bit_length() - 1)   # a power of two: even shares for 2, 4 …
+        nblocks = 1 << (nblocks.bit_length() - 1)   # even shares for 2, 4, … threads
         self._blocks = []
-        for a, b in parallel_chunks.split(N, nblocks):
+        for a, b in parallel_chunks.split(N, nblocks) if N else ():
             self._blocks.append([(a + i, j - i) for i, j in
                                  parallel_chunks.split(b - a, -(-(b - a) // n))])
-        self.chunk = max(m for block in self._blocks for _, m in block)
+        self.chunk = max((m for block in self._blocks for _, m in block), default=1)
         self._block_cap = cap
         self._parts = [_Part() for _ in range(min(threads, len(self._blocks)))]
         self._wbuf = {}
@@ -454,7 +456,7 @@ class ConvolutionLayer(_ConvolutionBase):
             return (G, Cg * K, Og), view
 
         def view(wd, acc):                  # acc (G, Og, Cg·K): dW
-            return wd.reshape(G, Og, Cg * K), acc
+            return wd.reshape(G, Og, Cg * K), acc.reshape(G, Og, Cg * K)
         return (G, Og, Cg * K), view
 
     # -- forward ------------------------------------------------------------------------------
@@ -514,7 +516,7 @@ class ConvolutionLayer(_ConvolutionBase):
             if not (need_w or need_b or need_x):
                 continue
             x = bottom[i].data.reshape((N, C) + self.in_sp)
-            dy3 = top[i].diff.reshape(N, O, -1)
+            dy3 = top[i].diff.reshape(N, O, self.geom.out_count)
             dx = bottom[i].diff.reshape((N, C) + self.in_sp)
 
             def block_backward(worker, block, x=x, dy3=dy3, dx=dx, need_x=need_x):
@@ -638,7 +640,7 @@ class DeconvolutionLayer(_ConvolutionBase):
         w2 = self.blobs[0].data.reshape(Cin, -1)
         b3 = self.blobs[1].data.reshape(1, O, 1) if self.bias_term else None
         for i in range(len(bottom)):
-            x3 = bottom[i].data.reshape(N, Cin, -1)
+            x3 = bottom[i].data.reshape(N, Cin, prod(self.in_sp))
             y = top[i].data.reshape((N, O) + self.out_sp)
 
             def block_forward(worker, block, x3=x3, y=y):
@@ -672,9 +674,9 @@ class DeconvolutionLayer(_ConvolutionBase):
             need_x = propagate_down[i]
             if not (need_w or need_b or need_x):
                 continue
-            x3 = bottom[i].data.reshape(N, Cin, -1)
+            x3 = bottom[i].data.reshape(N, Cin, prod(self.in_sp))
             dy = top[i].diff.reshape((N, O) + self.out_sp)
-            dx3 = bottom[i].diff.reshape(N, Cin, -1)
+            dx3 = bottom[i].diff.reshape(N, Cin, prod(self.in_sp))
 
             def block_backward(worker, block, x3=x3, dy=dy, dx3=dx3, need_x=need_x):
                 part = self._parts[worker]
