@@ -3,6 +3,8 @@ float64 reference written per kernel offset, for every chunk size (one image, a 
 chunk, the whole part), one and two threads; scratch memory that does not grow with the batch;
 weight gradients that do not depend on thread timing; the thread pool and its setting."""
 import itertools
+import logging
+import sys
 
 import numpy as np
 import pytest
@@ -379,6 +381,22 @@ def test_pool_holds_blas_to_one_thread(threads):
     assert parallel_chunks.parts() == 1
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info()
             if i["user_api"] == "blas"] == before
+
+
+@pytest.mark.parametrize("asked,level", [("2", logging.WARNING), ("", logging.INFO)])
+def test_without_threadpoolctl_runs_serially(asked, level, threads, monkeypatch, caplog):
+    # BLAS's threads cannot be held to one: the pool would fight them, so caffepy runs
+    # serially, with a warning where the user asked for threads, a note where it is the default
+    threads(1)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    monkeypatch.setattr(parallel_chunks, "_warned", False)
+    monkeypatch.setenv("CAFFEPY_NUM_THREADS", asked)
+    backend.set_num_threads(2)
+    with caplog.at_level(logging.INFO, logger="caffepy"):
+        assert parallel_chunks.get_pool() is None and parallel_chunks.parts() == 1
+    notes = [r for r in caplog.records if "threadpoolctl" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == level
+    assert "2 threads need the threadpoolctl package" in notes[0].getMessage()
 
 
 @pytest.mark.parametrize("text,value", [("3", 3), ("1", 1), (" 2 ", 2)])

@@ -1,11 +1,13 @@
-"""Both cores on one layer's work: a batch split into parts, one thread per part.
+"""All cores on one layer's work: a batch split into blocks that a few threads take in turn.
 
 A CPU kernel that wants the other cores splits its batch into blocks (``split``) and calls
 ``run_blocks(fn, nblocks)``: ``fn(worker, block)`` runs once per block, on the calling thread
 (worker 0) and a small pool of worker threads, each taking the next block when it is free, and
 ``run_blocks`` returns when all are done. NumPy's copies and ufuncs and OpenBLAS's GEMMs release
-the GIL, so the blocks really run side by side. (``run(fn, parts)`` runs fn(part) once per
-part, one part per thread.)
+the GIL, so the blocks really run side by side — as long as the calls are long: two threads
+making many short calls (tens of microseconds) mostly wait for each other's GIL, so a block
+should hold a good deal of work, and a small layer is better left as one block. (``run(fn,
+parts)`` runs fn(part) once per part, one part per thread.)
 
 Each block writes only its own outputs, and any sum across blocks (a weight gradient) is kept
 per block and added by the caller in block order afterwards: results never depend on how the
@@ -14,8 +16,9 @@ threads were scheduled, nor on how many there are.
 While the pool is in use, BLAS runs one thread per call (threadpoolctl, set once when the pool
 is made): the parallelism is the pool's, and two-thread GEMMs called from two threads would only
 fight over the same cores. ``CAFFEPY_NUM_THREADS`` (caffepy.backend.num_threads) sets the number
-of threads; 1 is the serial path, which leaves BLAS's own threads as they are. In GPU mode
-there is one part: the device is the parallel machine.
+of threads; 1 is the serial path, which leaves BLAS's own threads as they are. (Setting BLAS to
+one thread only around each pooled call measured slower: OpenBLAS's idle threads spin on the
+cores the pool needs.) In GPU mode there is one part: the device is the parallel machine.
 """
 import logging
 import os
@@ -86,9 +89,11 @@ def _limit_blas():
     except ImportError:
         if not _warned:
             _warned = True
-            log.warning("CAFFEPY_NUM_THREADS=%d needs the threadpoolctl package to keep BLAS to "
-                        "one thread inside the pool (pip install threadpoolctl); running serially",
-                        backend.num_threads())
+            # a warning where the user asked for threads, a note where it is only the default
+            say = log.warning if os.environ.get("CAFFEPY_NUM_THREADS", "").strip() else log.info
+            say("%d threads need the threadpoolctl package to keep BLAS to one thread inside "
+                "caffepy's thread pool (pip install threadpoolctl); running serially",
+                backend.num_threads())
         return False
     _blas_limit = ThreadpoolController().limit(limits=1, user_api="blas")
     return True
