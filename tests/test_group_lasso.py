@@ -12,23 +12,14 @@ from caffepy.regularizers import (GroupLasso, RegularizeContext, SSLGroupLasso,
                                   add_group_gradient, group_norms, group_penalty, group_view,
                                   ssl_terms)
 
+from caffepy.gradient_check import ArrayBlob
+
 f32 = np.float32
 
 
-class B:
-    """A minimal blob over one float32 array."""
-
-    def __init__(self, w):
-        self.data = np.array(w, dtype=np.float32)
-        self.diff = np.zeros_like(self.data)
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def count(self):
-        return self.data.size
+def B(w):
+    """A minimal float32 blob over ``w`` (data and a zero diff)."""
+    return ArrayBlob(np.array(w, dtype=np.float32))
 
 
 def ctx(spec=None, group=1, name="conv1", blob_index=0, decay_mult=1.0):

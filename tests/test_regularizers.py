@@ -23,21 +23,14 @@ from caffepy.regularizers import (ElasticNet, GroupLasso, L1Regularizer, L2Regul
                                   parse_param_str, regularizers_penalty, run_regularizers,
                                   solver_regularizers, sparsity, weight_decay_penalty)
 
+from caffepy.gradient_check import ArrayBlob
+
 f32 = np.float32
 
 
-class B:
-    def __init__(self, w):
-        self.data = np.array(w, dtype=np.float32)
-        self.diff = np.zeros_like(self.data)
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def count(self):
-        return self.data.size
+def B(w):
+    """A minimal float32 blob over ``w`` (data and a zero diff)."""
+    return ArrayBlob(np.array(w, dtype=np.float32))
 
 
 def ctx(spec=None, name="ip1", blob_index=0, decay_mult=1.0, group=1):
