@@ -28,15 +28,14 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_nets import (NETS, RESULT, ROOT, blas_info, caffepy_solver,  # noqa: E402
-                        caffepy_threads, cpu_model, load_average, thread_env, thread_limit,
-                        torch_trainer)
+from bench_nets import (NETS, RESULT, blas_info, caffepy_solver,  # noqa: E402
+                        caffepy_threads, cpu_model, load_average, run_worker_cmd, thread_env,
+                        thread_limit, torch_trainer)
 
 MiB = 1024.0 * 1024.0
 
@@ -247,17 +246,10 @@ def torch_worker(args):
 # -- the parent -------------------------------------------------------------------------------
 
 def run_worker(framework, args, net):
-    env = thread_env(dict(os.environ), args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--net", net,
            "--iterations", str(args.iterations), "--traced", str(args.traced),
            "--threads", str(args.threads), "--batch", str(args.batch)]
-    p = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       universal_newlines=True)
-    for line in p.stdout.splitlines():
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
-    sys.stderr.write(p.stderr[-3000:])
-    raise SystemExit("worker %s failed (exit %d): %s" % (framework, p.returncode, " ".join(cmd)))
+    return run_worker_cmd(cmd, args.threads, framework)
 
 
 def mib(x):

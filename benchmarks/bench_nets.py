@@ -78,6 +78,29 @@ DATA_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "Dumm
 
 # -- caffepy ------------------------------------------------------------------------------
 
+def training_only(param, net):
+    """Make ``param`` train ``net`` (a NetParameter) alone: no test nets, display or snapshots."""
+    param.ClearField("net")
+    param.ClearField("test_iter")
+    param.net_param.CopyFrom(net)
+    param.test_interval = 0
+    param.display = 0
+    param.snapshot = 0
+    param.snapshot_after_train = False
+
+
+def run_worker_cmd(cmd, threads, what):
+    """Run one worker command with every thread pool sized ``threads``; its result dict."""
+    env = thread_env(dict(os.environ), threads)
+    p = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True)
+    for line in p.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    sys.stderr.write(p.stderr[-3000:])
+    raise SystemExit("worker %s failed (exit %d): %s" % (what, p.returncode, " ".join(cmd)))
+
+
 def caffepy_solver(name, batch=None, gpu=False, seed=0):
     """The example net and solver of ``name``, TRAIN phase, its data layer replaced by an Input
     layer holding one random batch (images in [0, 1), labels in [0, classes)); no test net, no
@@ -108,13 +131,7 @@ def caffepy_solver(name, batch=None, gpu=False, seed=0):
     data.input_param.shape.add().dim.append(batch)
     for lp in layers:
         net.layer.add().CopyFrom(lp)
-    param.ClearField("net")
-    param.ClearField("test_iter")
-    param.net_param.CopyFrom(net)
-    param.test_interval = 0
-    param.display = 0
-    param.snapshot = 0
-    param.snapshot_after_train = False
+    training_only(param, net)
     if gpu:
         caffepy.set_mode_gpu()
         param.solver_mode = caffe_pb2.SolverParameter.GPU
@@ -374,16 +391,9 @@ def load_average():
 
 def run_worker(script, framework, net, threads, iterations, warmup, extra=()):
     """Start one worker process with every thread pool sized ``threads``; its result dict."""
-    env = thread_env(dict(os.environ), threads)
     cmd = [sys.executable, script, "--worker", framework, "--net", net, "--threads", str(threads),
            "--iterations", str(iterations), "--warmup", str(warmup)] + list(extra)
-    p = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       universal_newlines=True)
-    for line in p.stdout.splitlines():
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
-    sys.stderr.write(p.stderr[-3000:])
-    raise SystemExit("worker %s failed (exit %d): %s" % (framework, p.returncode, " ".join(cmd)))
+    return run_worker_cmd(cmd, threads, framework)
 
 
 def ms(xs):

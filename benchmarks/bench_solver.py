@@ -11,7 +11,8 @@ time and wall time of one whole iteration (forward, backward, update) and of the
 
     python benchmarks/bench_solver.py [--iterations 100] [--threads 1]
 
-``--threads N`` limits the BLAS threads (threadpoolctl; default 1, the robust CPU-time figure);
+``--threads N`` limits the BLAS threads and caffepy's convolution threads (default 1, the
+robust CPU-time figure);
 ``--threads 0`` leaves them as they are (all-core wall time).
 """
 import argparse
@@ -27,6 +28,8 @@ from caffepy.datasets import mnist_5k
 from caffepy.proto import caffe_pb2, parse_text, read_text
 from caffepy.solver import read_solver_file
 
+from bench_nets import training_only  # noqa: E402  (benchmarks/ is on sys.path when run)
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 MEMORY = ('name: "mnist" type: "MemoryData" top: "data" top: "label" memory_data_param { '
           'batch_size: 64 channels: 1 height: 28 width: 28 }')
@@ -35,19 +38,13 @@ MEMORY = ('name: "mnist" type: "MemoryData" top: "data" top: "label" memory_data
 def solver(solver_file):
     param = read_solver_file(os.path.join(ROOT, solver_file))
     net = read_text(os.path.join(ROOT, param.net), caffe_pb2.NetParameter())
-    layers = [lp for lp in net.layer if "TEST" not in str(lp.include) and lp.type != "Data"
-              and lp.type != "Accuracy"]
+    layers = [lp for lp in net.layer if lp.type not in ("Data", "Accuracy")
+              and not any(r.phase == caffe_pb2.TEST for r in lp.include)]
     del net.layer[:]
     net.layer.add().CopyFrom(parse_text(MEMORY, caffe_pb2.LayerParameter()))
     for lp in layers:
         net.layer.add().CopyFrom(lp)
-    param.ClearField("net")
-    param.ClearField("test_iter")
-    param.net_param.CopyFrom(net)
-    param.test_interval = 0
-    param.display = 0
-    param.snapshot = 0
-    param.snapshot_after_train = False
+    training_only(param, net)
     param.solver_mode = caffe_pb2.SolverParameter.CPU
     s = caffepy.get_solver(param)
     digits = mnist_5k()
@@ -71,6 +68,7 @@ def main(argv=None):
     limit = contextlib.nullcontext()
     if args.threads:
         from threadpoolctl import threadpool_info, threadpool_limits
+        caffepy.backend.set_num_threads(args.threads)       # the convolution pool too
         limit = threadpool_limits(args.threads)
         print("BLAS:", ", ".join("%s %s (%s)" % (i["internal_api"], i.get("version"),
                                                  i.get("architecture")) for i in threadpool_info()))
