@@ -235,6 +235,17 @@ def _first_live_input(graph, name, table):
     return None
 
 
+def _drop_removed_units(graph, name, w, bias):
+    """The rows (output units) of ``w`` and ``bias`` that survive pruning ``name``; with a flag
+    saying whether any were removed."""
+    removed = graph.removed_units(name)
+    if not removed:
+        return w, bias, False
+    rows = np.ones(w.shape[0], dtype=bool)
+    rows[removed] = False
+    return w[rows], (bias[rows] if bias is not None else None), True
+
+
 def _prune_conv(graph, name, lp, blobs, report):
     num_output, group, bias_term, kernel, pads = conv_geometry(lp)
     w = blobs[0].astype(np.float64)
@@ -263,14 +274,8 @@ def _prune_conv(graph, name, lp, blobs, report):
                                         inp.name, name))
             w = np.concatenate([w[g * mg:(g + 1) * mg][:, keep[g * cg:(g + 1) * cg]]
                                 for g in range(group)], axis=0)
-    removed = graph.removed_units(name)
-    if removed:
-        changed = True
-        rows = np.ones(num_output, dtype=bool)
-        rows[removed] = False
-        w = w[rows]
-        if bias is not None:
-            bias = bias[rows]
+    w, bias, dropped = _drop_removed_units(graph, name, w, bias)
+    changed = changed or dropped
     if not changed:
         return None
     out = [w.astype(np.float32)]
@@ -307,14 +312,8 @@ def _prune_ip(graph, name, lp, blobs, report):
                                      % (int(nz.sum()), "" if nz.sum() == 1 else "s",
                                         inp.name, name))
             wv = wv[:, cols]
-    removed = graph.removed_units(name)
-    if removed:
-        changed = True
-        rows = np.ones(n, dtype=bool)
-        rows[removed] = False
-        wv = wv[rows]
-        if bias is not None:
-            bias = bias[rows]
+    wv, bias, dropped = _drop_removed_units(graph, name, wv, bias)
+    changed = changed or dropped
     if not changed:
         return None
     out = [(wv.T if p.transpose else wv).astype(np.float32)]
