@@ -1,42 +1,65 @@
 """pycaffe's ``caffe.draw``: draw a NetParameter as a graph with pydot / Graphviz.
 
-* ``get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None)`` -> ``pydot.Dot``
-* ``draw_net(caffe_net, rankdir, ext='png', phase=None)`` -> the rendered image bytes
-* ``draw_net_to_file(caffe_net, filename, rankdir='LR', phase=None)`` (format from the extension)
+* ``get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lrm=False)``
+  -> ``pydot.Dot``
+* ``draw_net(caffe_net, rankdir, ext='png', phase=None, display_lrm=False)`` -> the rendered
+  image bytes
+* ``draw_net_to_file(caffe_net, filename, rankdir='LR', phase=None, display_lrm=False)`` (format
+  from the extension; ``.raw`` writes the dot source and needs no Graphviz)
 
 ``caffe_net`` is a ``caffe_pb2.NetParameter``; ``phase`` (``caffepy.TRAIN``/``TEST``) keeps only
 the layers whose include/exclude *phase* rules admit it (None draws every layer). Layers are
-"record" nodes labelled with name and type (plus kernel size, stride and pad for convolution and
-pooling), coloured convolution/deconvolution #FF5050, pooling #FF9900, inner product #CC33FF,
-others #6495ED; an in-place layer with one bottom and one top (ReLU, Dropout, ...) is drawn in
-the light-green neuron style. Blobs are grey octagons. Edges out of a layer are labelled
-"Batch N" for Data, num_output for Convolution/Deconvolution/InnerProduct.
+"record" nodes labelled with name and type ("(Pooling MAX)" for pooling), plus kernel size,
+stride and pad for Convolution, Deconvolution and Pooling and, with ``display_lrm``, the
+learning-rate multipliers of Convolution, Deconvolution and InnerProduct ("lr mult: 1.0, 2.0",
+shown unless both are zero). Colours: convolution/deconvolution #FF5050, pooling #FF9900, inner
+product #CC33FF, others #6495ED; an in-place layer with one bottom and one top (ReLU, Dropout,
+...) is drawn in the light-green neuron style. Blobs are grey octagons. Edges out of a layer are
+labelled "Batch N" for Data, num_output for Convolution/Deconvolution/InnerProduct.
 
-pydot is optional (``pip install pydot``); rendering images also needs Graphviz's ``dot``.
+Two small departures from pycaffe's drawing, both cosmetic: a layer given ``kernel_h``/``stride_h``
+/``pad_h`` instead of the square fields shows those sizes (pycaffe shows the defaults), and every
+blob gets the octagon style (pycaffe leaves blobs that are only ever written unstyled).
 
-Command line (python/draw_net.py)::
+pydot is optional (``pip install pydot``); rendering images also needs Graphviz's ``dot``
+program. Without either, a :class:`caffepy.ToolError` says what to install.
+
+Command line (pycaffe's python/draw_net.py)::
 
     python -m caffepy.draw INPUT_NET OUTPUT_IMAGE [--rankdir LR] [--phase TRAIN|TEST|ALL]
+                                                  [--display_lrm]
 """
-import errno
+import os
+import shutil
+import subprocess
 
+from .errors import CaffepyError, ToolError
 from .proto import caffe_pb2
 
 __all__ = ["get_pydot_graph", "draw_net", "draw_net_to_file", "get_edge_label",
-           "get_layer_label", "choose_color_by_layertype", "get_pooling_types_dict", "main"]
+           "get_layer_label", "get_layer_lr_mult", "choose_color_by_layertype",
+           "get_pooling_types_dict", "MissingDependencyError", "main"]
 
 LAYER_STYLE_DEFAULT = {"shape": "record", "fillcolor": "#6495ED", "style": "filled"}
 NEURON_LAYER_STYLE = {"shape": "record", "fillcolor": "#90EE90", "style": "filled"}
 BLOB_STYLE = {"shape": "octagon", "fillcolor": "#E0E0E0", "style": "filled"}
+
+_LEARNING_LAYERS = ("Convolution", "Deconvolution", "InnerProduct")
+
+
+class MissingDependencyError(ToolError, ImportError):
+    """pydot or Graphviz's ``dot`` is not installed; the one-line message says how to get it.
+    Also an ImportError, so code that guarded ``import pydot`` keeps working."""
 
 
 def _pydot():
     try:
         import pydot
     except ImportError:
-        raise ImportError("caffepy.draw needs pydot: pip install pydot "
-                          "(rendering images also needs Graphviz's 'dot' program, e.g. "
-                          "apt-get install graphviz)") from None
+        raise MissingDependencyError(
+            "caffepy.draw needs pydot: pip install pydot (or pip install 'caffepy[draw]'); "
+            "rendering images also needs Graphviz's 'dot' (e.g. apt-get install graphviz)"
+        ) from None
     return pydot
 
 
@@ -49,19 +72,30 @@ def get_pooling_types_dict():
 def get_edge_label(layer):
     """Define edge label based on layer type."""
     if layer.type == "Data":
-        edge_label = "Batch " + str(layer.data_param.batch_size)
-    elif layer.type in ("Convolution", "Deconvolution"):
-        edge_label = str(layer.convolution_param.num_output)
-    elif layer.type == "InnerProduct":
-        edge_label = str(layer.inner_product_param.num_output)
-    else:
-        edge_label = '""'
-    return edge_label
+        return "Batch " + str(layer.data_param.batch_size)
+    if layer.type in ("Convolution", "Deconvolution"):
+        return str(layer.convolution_param.num_output)
+    if layer.type == "InnerProduct":
+        return str(layer.inner_product_param.num_output)
+    return '""'
+
+
+def get_layer_lr_mult(layer):
+    """The (weights, bias) learning-rate multipliers of a Convolution, Deconvolution or
+    InnerProduct layer: 1.0 for each ``param`` not given (ParamSpec's default). Another layer
+    type, or more than two ``param`` entries, raises ValueError."""
+    if layer.type not in _LEARNING_LAYERS:
+        raise ValueError("%s layers do not have a learning rate multiplier" % layer.type)
+    if len(layer.param) > 2:
+        raise ValueError("layer %s has %d param entries; a %s layer has at most 2 (weights, "
+                         "bias)" % (layer.name, len(layer.param), layer.type))
+    mults = [p.lr_mult for p in layer.param] + [1.0] * (2 - len(layer.param))
+    return mults[0], mults[1]
 
 
 def _conv_geometry(p):
     """(kernel, stride, pad) of a ConvolutionParameter: the first repeated value, else the
-    _h field when set, else Caffe's defaults (pycaffe prints only the repeated fields)."""
+    _h field when set, else Caffe's defaults."""
     kernel = p.kernel_size[0] if len(p.kernel_size) else (p.kernel_h if p.HasField("kernel_h")
                                                             else 1)
     stride = p.stride[0] if len(p.stride) else (p.stride_h if p.HasField("stride_h") else 1)
@@ -77,37 +111,41 @@ def _pool_geometry(p):
     return kernel, stride, pad
 
 
-def get_layer_label(layer, rankdir):
+def get_layer_label(layer, rankdir, display_lrm=False):
     """Define node label based on layer type.
 
-    rankdir 'TB' or 'BT' separates the label's parts with spaces, others with newlines.
+    The parts (name, "(type)", geometry, learning-rate multipliers) are joined with spaces for
+    rankdir 'TB' or 'BT' and with newlines otherwise; the label is wrapped in double quotes so
+    that Graphviz reads the colons literally.
     """
-    separator = " " if rankdir in ("TB", "BT") else "\\n"
-    if layer.type in ("Convolution", "Deconvolution"):
-        kernel, stride, pad = _conv_geometry(layer.convolution_param)
-        node_label = '"%s%s(%s)%skernel size: %d%sstride: %d%spad: %d"' % (
-            layer.name, separator, layer.type, separator, kernel, separator, stride,
-            separator, pad)
-    elif layer.type == "Pooling":
-        kernel, stride, pad = _pool_geometry(layer.pooling_param)
-        node_label = '"%s%s(%s %s)%skernel size: %d%sstride: %d%spad: %d"' % (
-            layer.name, separator, get_pooling_types_dict()[layer.pooling_param.pool],
-            layer.type, separator, kernel, separator, stride, separator, pad)
+    sep = " " if rankdir in ("TB", "BT") else "\\n"
+    parts = [layer.name]
+    if layer.type == "Pooling":
+        parts.append("(%s %s)" % (layer.type,
+                                  get_pooling_types_dict()[layer.pooling_param.pool]))
     else:
-        node_label = '"%s%s(%s)"' % (layer.name, separator, layer.type)
-    return node_label
+        parts.append("(%s)" % layer.type)
+    if layer.type in ("Convolution", "Deconvolution", "Pooling"):
+        geometry = (_pool_geometry(layer.pooling_param) if layer.type == "Pooling"
+                    else _conv_geometry(layer.convolution_param))
+        parts.append(sep.join(["kernel size: %d" % geometry[0], "stride: %d" % geometry[1],
+                               "pad: %d" % geometry[2]]))
+    if display_lrm and layer.type in _LEARNING_LAYERS:
+        w_mult, b_mult = get_layer_lr_mult(layer)
+        if w_mult or b_mult:
+            parts.append("lr mult: %.1f, %.1f" % (w_mult, b_mult))
+    return '"%s"' % sep.join(parts)
 
 
 def choose_color_by_layertype(layertype):
     """Define colors for nodes based on the layer type."""
-    color = "#6495ED"  # Default
     if layertype in ("Convolution", "Deconvolution"):
-        color = "#FF5050"
-    elif layertype == "Pooling":
-        color = "#FF9900"
-    elif layertype == "InnerProduct":
-        color = "#CC33FF"
-    return color
+        return "#FF5050"
+    if layertype == "Pooling":
+        return "#FF9900"
+    if layertype == "InnerProduct":
+        return "#CC33FF"
+    return "#6495ED"
 
 
 def _included(layer, phase):
@@ -122,8 +160,8 @@ def _included(layer, phase):
     return included
 
 
-def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None):
-    """Create a data structure which represents the `caffe_net`.
+def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lrm=False):
+    """Create a pydot graph of ``caffe_net``.
 
     Parameters
     ----------
@@ -134,78 +172,90 @@ def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None):
         Label the edges (default is True).
     phase : {caffe_pb2.Phase.TRAIN, caffe_pb2.Phase.TEST, None} optional
         Include layers from this network phase.  If None, include all layers.
-        (the default is None)
+    display_lrm : boolean, optional
+        Show the learning-rate multipliers of Convolution, Deconvolution and InnerProduct
+        layers (default False).
 
     Returns
     -------
     pydot graph object
     """
     pydot = _pydot()
-    pydot_graph = pydot.Dot(caffe_net.name if caffe_net.name else "Net",
-                            graph_type="digraph", rankdir=rankdir)
-    pydot_nodes = {}
-    pydot_edges = []
+    graph = pydot.Dot(caffe_net.name if caffe_net.name else "Net", graph_type="digraph",
+                      rankdir=rankdir)
+    nodes = {}
+    edges = []
     for layer in caffe_net.layer:
         if phase is not None and not _included(layer, phase):
             continue
-        node_label = get_layer_label(layer, rankdir)
+        label = get_layer_label(layer, rankdir, display_lrm=display_lrm)
         node_name = "%s_%s" % (layer.name, layer.type)
         if len(layer.bottom) == 1 and len(layer.top) == 1 and layer.bottom[0] == layer.top[0]:
-            # We have an in-place neuron layer.
-            pydot_nodes[node_name] = pydot.Node(node_label, **NEURON_LAYER_STYLE)
+            nodes[node_name] = pydot.Node(label, **NEURON_LAYER_STYLE)     # in-place neuron
         else:
-            layer_style = dict(LAYER_STYLE_DEFAULT)
-            layer_style["fillcolor"] = choose_color_by_layertype(layer.type)
-            pydot_nodes[node_name] = pydot.Node(node_label, **layer_style)
-        for bottom_blob in layer.bottom:
-            pydot_nodes[bottom_blob + "_blob"] = pydot.Node("%s" % bottom_blob, **BLOB_STYLE)
-            pydot_edges.append({"src": bottom_blob + "_blob", "dst": node_name,
-                                "label": '""'})
-        for top_blob in layer.top:
-            pydot_nodes[top_blob + "_blob"] = pydot.Node("%s" % top_blob, **BLOB_STYLE)
-            edge_label = get_edge_label(layer) if label_edges else '""'
-            pydot_edges.append({"src": node_name, "dst": top_blob + "_blob",
-                                "label": edge_label})
-    # Now, add the nodes and edges to the graph.
-    for node in pydot_nodes.values():
-        pydot_graph.add_node(node)
-    for edge in pydot_edges:
-        pydot_graph.add_edge(pydot.Edge(pydot_nodes[edge["src"]], pydot_nodes[edge["dst"]],
-                                        label=edge["label"]))
-    return pydot_graph
+            style = dict(LAYER_STYLE_DEFAULT, fillcolor=choose_color_by_layertype(layer.type))
+            nodes[node_name] = pydot.Node(label, **style)
+        for bottom in layer.bottom:
+            nodes[bottom + "_blob"] = pydot.Node(bottom, **BLOB_STYLE)
+            edges.append((bottom + "_blob", node_name, '""'))
+        for top in layer.top:
+            nodes[top + "_blob"] = pydot.Node(top, **BLOB_STYLE)
+            edges.append((node_name, top + "_blob",
+                          get_edge_label(layer) if label_edges else '""'))
+    for node in nodes.values():
+        graph.add_node(node)
+    for src, dst, label in edges:
+        graph.add_edge(pydot.Edge(nodes[src], nodes[dst], label=label))
+    return graph
 
 
-def draw_net(caffe_net, rankdir, ext="png", phase=None):
-    """Draws a caffe net and returns the image string encoded using the given extension.
+def _render(source, ext):
+    """Run Graphviz's dot on the graph source; a missing dot or a format it does not know is a
+    one-line error."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise MissingDependencyError(
+            "caffepy.draw: rendering '%s' needs Graphviz's 'dot' program on the PATH (install "
+            "Graphviz, e.g. apt-get install graphviz or brew install graphviz); a '.raw' output "
+            "file gets the dot source without it" % (ext,))
+    try:
+        proc = subprocess.run([dot, "-T" + ext], input=source.encode("utf-8"),
+                              capture_output=True, check=False)
+    except OSError as e:
+        raise MissingDependencyError("caffepy.draw: could not run Graphviz's 'dot' (%s): %s"
+                                     % (dot, e)) from None
+    if proc.returncode != 0:
+        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise ToolError("caffepy.draw: Graphviz's dot could not render format '%s': %s"
+                        % (ext, msg[0] if msg else "exit status %d" % proc.returncode))
+    return proc.stdout
+
+
+def draw_net(caffe_net, rankdir, ext="png", phase=None, display_lrm=False):
+    """Draws a caffe net and returns the image bytes encoded using the given extension
+    (any Graphviz output format; 'raw' gives the dot source).
 
     Parameters
     ----------
     caffe_net : a caffe_pb2.NetParameter protocol buffer.
+    rankdir : {'LR', 'TB', 'BT'}
     ext : string, optional
         The image extension (the default is 'png').
     phase : {caffe_pb2.Phase.TRAIN, caffe_pb2.Phase.TEST, None} optional
         Include layers from this network phase.  If None, include all layers.
-
-    Returns
-    -------
-    string :
-        Postscript representation of the graph.
+    display_lrm : boolean, optional
+        Show the learning-rate multipliers of the learning layers (default False).
     """
-    graph = get_pydot_graph(caffe_net, rankdir, phase=phase)
-    if ext == "raw":                     # the dot source itself; no Graphviz needed
-        return graph.to_string().encode("utf-8")
-    try:
-        return graph.create(format=ext)
-    except OSError as e:
-        if getattr(e, "errno", None) == errno.ENOENT or isinstance(e, FileNotFoundError):
-            raise RuntimeError("caffepy.draw: rendering needs Graphviz's 'dot' program on the "
-                               "PATH (e.g. apt-get install graphviz): %s" % (e,)) from None
-        raise
+    source = get_pydot_graph(caffe_net, rankdir, phase=phase,
+                             display_lrm=display_lrm).to_string()
+    if ext == "raw":
+        return source.encode("utf-8")
+    return _render(source, ext)
 
 
-def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None):
+def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None, display_lrm=False):
     """Draws a caffe net, and saves it to file using the format given as the file extension.
-    Use '.raw' to output raw text that you can manually feed to graphviz to draw graphs.
+    Use '.raw' to output the dot source, which can be fed to Graphviz by hand.
 
     Parameters
     ----------
@@ -216,10 +266,12 @@ def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None):
         Direction of graph layout.
     phase : {caffe_pb2.Phase.TRAIN, caffe_pb2.Phase.TEST, None} optional
         Include layers from this network phase.  If None, include all layers.
+    display_lrm : boolean, optional
+        Show the learning-rate multipliers of the learning layers (default False).
     """
-    filename = str(filename)
+    filename = os.fspath(filename)
     ext = filename[filename.rfind(".") + 1:]
-    data = draw_net(caffe_net, rankdir, ext, phase)
+    data = draw_net(caffe_net, rankdir, ext, phase, display_lrm)   # render before opening
     with open(filename, "wb") as fid:
         fid.write(data)
 
@@ -242,16 +294,27 @@ def _parse_args(argv=None):
                         help=("Which network phase to draw: can be TRAIN, TEST, or ALL.  If "
                               "ALL, then all layers are drawn regardless of phase."),
                         default="ALL", choices=["TRAIN", "TEST", "ALL"])
+    parser.add_argument("--display_lrm", action="store_true",
+                        help=("Show the learning rate multipliers (when not both zero) of the "
+                              "learning layers (Convolution, Deconvolution, InnerProduct)."))
     return parser.parse_args(argv)
 
 
 def main(argv=None):
+    """``python -m caffepy.draw``; a caffepy error (bad prototxt, no Graphviz) is one line on
+    stderr and exit status 1."""
+    import sys
     args = _parse_args(argv)
-    from .net import load_net_param
-    net = load_net_param(args.input_net_proto_file)
-    print("Drawing net to %s" % args.output_image_file)
     phase = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST, "ALL": None}[args.phase]
-    draw_net_to_file(net, args.output_image_file, args.rankdir, phase)
+    try:
+        from .net import load_net_param
+        net = load_net_param(args.input_net_proto_file)
+        print("Drawing net to %s" % args.output_image_file)
+        draw_net_to_file(net, args.output_image_file, args.rankdir, phase, args.display_lrm)
+    except (CaffepyError, ValueError, OSError) as e:
+        print("draw: error: %s" % (str(e).splitlines()[0] if str(e) else type(e).__name__),
+              file=sys.stderr)
+        return 1
     return 0
 
 
