@@ -499,12 +499,19 @@ def test_transformer_elementwise_mean_and_errors():
         t.preprocess("image", np.ones((2, 2, 3)))
     with pytest.raises(ValueError, match="Mean channels incompatible with input."):
         t.set_mean("data", np.zeros(4))
-    with pytest.raises(ValueError, match="Mean shape incompatible with input shape."):
-        t.set_mean("data", np.zeros((3, 3, 2)))
+    with pytest.raises(ValueError, match=r"Mean shape incompatible with input shape. The mean "
+                       r"of 'data' has shape \(4, 2, 2\) \(4 channel\(s\)\) but the input is "
+                       r"\(3, 2, 2\): the mean needs 3 channels"):
+        t.set_mean("data", np.zeros((4, 2, 2)))
+    with pytest.raises(ValueError, match=r"has shape \(2, 5, 5\)"):
+        t.set_mean("data", np.zeros((2, 5, 5)))                   # resizing fixes no channels
     with pytest.raises(ValueError, match="Mean shape invalid"):
         t.set_mean("data", np.zeros((1, 3, 2, 2)))
     with pytest.raises(ValueError, match="Mean shape incompatible with input shape."):
-        t.set_mean("data", np.zeros((2, 2)))             # H x W is taken as 1 x H x W
+        t.set_mean("data", np.zeros((2, 2)))             # H x W is a 1-channel input's mean
+    with pytest.raises(ValueError, match=r"Mean channels incompatible with input. The mean of "
+                       r"'data' has 4 values but the input shape \(3, 2, 2\) has 3 channels"):
+        t.set_mean("data", np.zeros(4))
     with pytest.raises(Exception, match="Transpose order needs"):
         t.set_transpose("data", (1, 0))
     with pytest.raises(Exception, match="Channel swap needs"):
@@ -522,6 +529,108 @@ def test_transformer_grey_image():
     np.testing.assert_allclose(out[0], im[:, :, 0] * 255 - 100, rtol=1e-6)
     t.set_mean("data", np.full((3, 2), 50.0))            # H x W mean for a 1-channel input
     np.testing.assert_allclose(t.preprocess("data", im)[0], im[:, :, 0] * 255 - 50, rtol=1e-6)
+
+
+# -- Transformer.set_mean: a mean image of another size is resized to the input ----------
+
+def test_set_mean_resizes_hand_values():
+    """3 x 1 x 2 mean for a 3 x 1 x 4 input: normalised by the overall min/max (-1, 3), each
+    row resized at x = (d + 0.5)/2 - 0.5 = -.25, .25, .75, 1.25 with 0 (the minimum) outside,
+    scaled back."""
+    t = cio.Transformer({"data": (1, 3, 1, 4)})
+    mean = np.array([[[-1.0, 3.0]], [[0.0, 1.0]], [[2.0, 2.0]]])
+    t.set_mean("data", mean)
+    m = t.mean["data"]
+    assert m.shape == (3, 1, 4)
+    # normalised rows [0, 1], [.25, .5], [.75, .75] -> [0, .25, .75, .75],
+    # [.1875, .3125, .4375, .375], [.5625, .75, .75, .5625]; times 4, minus 1:
+    np.testing.assert_allclose(m[:, 0], [[-1, 0, 2, 2], [-0.25, 0.25, 0.75, 0.5],
+                                         [1.25, 2, 2, 1.25]], atol=1e-6)
+    t.set_transpose("data", (2, 0, 1))
+    out = t.preprocess("data", np.full((1, 4, 3), 10.0, np.float32))
+    np.testing.assert_allclose(out, 10 - m, atol=1e-6)
+
+
+def test_set_mean_imagenet_size_to_227():
+    """classify.py's 3 x 256 x 256 mean for a 227 x 227 input: a ramp stays the ramp sampled
+    at the shrunk pixel centres p(d) = (d + 0.5)·256/227 − 0.5 (all inside: no border)."""
+    t = cio.Transformer({"data": (10, 3, 227, 227)})
+    c, y, x = np.meshgrid(np.arange(3), np.arange(256), np.arange(256), indexing="ij")
+    mean = 100.0 * c + 0.25 * y + 0.5 * x + 20
+    t.set_mean("data", mean)
+    m = t.mean["data"]
+    assert m.shape == (3, 227, 227)
+    p = (np.arange(227) + 0.5) * 256 / 227 - 0.5
+    exp = (100.0 * np.arange(3)[:, None, None] + 0.25 * p[None, :, None]
+           + 0.5 * p[None, None, :] + 20)
+    np.testing.assert_allclose(m, exp, atol=3e-4)             # float32 interpolation
+    assert m[1, 0, 0] == pytest.approx(120 + 0.75 * (0.5 * 256 / 227 - 0.5), abs=3e-4)
+    # the per-channel constant mean detect.py derives stays exactly that constant
+    t.set_mean("data", np.broadcast_to(np.array([104.0, 117.0, 123.0])[:, None, None],
+                                       (3, 256, 256)))
+    np.testing.assert_allclose(t.mean["data"][:, 100, 7], [104, 117, 123], atol=1e-4)
+    np.testing.assert_allclose(t.mean["data"].std(axis=(1, 2)), 0, atol=1e-4)
+
+
+def test_set_mean_one_channel_and_constant_and_other_channel_counts():
+    # a 1 x H' x W' mean is resized and subtracted from every channel of a 3-channel input
+    t = cio.Transformer({"data": (1, 3, 2, 2)})
+    big = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    t.set_mean("data", big)
+    np.testing.assert_allclose(t.mean["data"], [[[2.5, 4.5], [10.5, 12.5]]], atol=1e-5)
+    t.set_transpose("data", (2, 0, 1))
+    out = t.preprocess("data", np.zeros((2, 2, 3), np.float32))
+    np.testing.assert_allclose(out, -np.tile(t.mean["data"], (3, 1, 1)), atol=1e-5)
+    # an H' x W' mean for a 1-channel input
+    t1 = cio.Transformer({"data": (1, 1, 2, 2)})
+    t1.set_mean("data", big[0])
+    np.testing.assert_allclose(t1.mean["data"], [[[2.5, 4.5], [10.5, 12.5]]], atol=1e-5)
+    # a constant mean image (pycaffe would divide 0 by 0): the constant
+    t.set_mean("data", np.full((3, 5, 7), 7.5))
+    assert t.mean["data"].shape == (3, 2, 2) and np.all(t.mean["data"] == 7.5)
+    # 4 channels: the corner-aligned zoom of resize_image, x = d·(2 − 1)/(4 − 1)
+    t4 = cio.Transformer({"data": (1, 4, 1, 4)})
+    mean4 = np.zeros((4, 1, 2))
+    mean4[0, 0] = [-1, 3]
+    t4.set_mean("data", mean4)
+    np.testing.assert_allclose(t4.mean["data"][0, 0], [-1, 1 / 3, 5 / 3, 3], atol=1e-6)
+    np.testing.assert_allclose(t4.mean["data"][1:], 0, atol=1e-6)
+
+
+# -- pycaffe's test_io cases ----------------------------------------------------------
+
+def test_pycaffe_blobproto_formats():
+    data = np.zeros((10, 10))
+    old = caffe_pb2.BlobProto()
+    old.data.extend(list(data.flatten()))
+    old.num, old.channels, old.height, old.width = (1, 1, 10, 10)
+    assert cio.blobproto_to_array(old).shape == (1, 1, 10, 10)
+    new = caffe_pb2.BlobProto()
+    new.data.extend(list(data.flatten()))
+    new.shape.dim.extend([10, 10])
+    assert cio.blobproto_to_array(new).shape == (10, 10)
+    no_shape = caffe_pb2.BlobProto()
+    no_shape.data.extend(list(data.flatten()))
+    with pytest.raises(ValueError, match="holds 100 data values but its shape"):
+        cio.blobproto_to_array(no_shape)
+    scalar = caffe_pb2.BlobProto()
+    scalar.data.extend([123.0])
+    arr = cio.blobproto_to_array(scalar)
+    assert arr.shape == () and arr == 123
+
+
+def test_pycaffe_array_to_datum_label():
+    d1 = cio.array_to_datum(np.ones((10, 10, 3)), label=1)
+    d2 = cio.array_to_datum(np.ones((10, 10, 3)))
+    assert d1.label == 1 and not d2.HasField("label")
+    # the label field (tag 5, varint 1) is the two bytes of difference
+    assert len(d1.SerializeToString()) == len(d2.SerializeToString()) + 2
+    assert (d2.channels, d2.height, d2.width) == (10, 10, 3)
+    assert list(d2.float_data) == [1.0] * 300 and d2.data == b""
+    back = cio.datum_to_array(d1)
+    assert back.dtype == np.float64 and back.shape == (10, 10, 3) and np.all(back == 1)
+    with pytest.raises(ValueError, match="Incorrect array shape"):
+        cio.array_to_datum(np.ones((2, 2)))
 
 
 # -- proto files: text or binary, decided once -------------------------------------------

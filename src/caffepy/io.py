@@ -372,24 +372,44 @@ class Transformer:
         self.raw_scale[in_] = scale
 
     def set_mean(self, in_, mean):
-        """Set the mean to subtract: a (C,) vector of channel means, or a C×H×W (or H×W)
-        array subtracted elementwise."""
+        """Set the mean to subtract for centring the data.
+
+        ``mean``: a (C,) vector of channel means (broadcast over the image), or a C×H'×W' mean
+        image (H'×W' for a 1-channel input; a 1×H'×W' image is subtracted from every channel).
+        A mean image of another height × width than the input blob -- the usual 256×256
+        ImageNet mean for a 227×227 input -- is resized to the input's size as pycaffe does:
+        scaled to [0, 1] by its overall minimum and maximum, resized with :func:`resize_image`
+        (bilinear), and scaled back. A channel count that fits neither way raises
+        TransformerError naming both shapes.
+        """
         self.__check_input(in_)
         mean = np.asarray(mean)
-        ms = mean.shape
+        in_shape = tuple(int(d) for d in self.inputs[in_][1:])
         if mean.ndim == 1:
             # broadcast channels
-            if ms[0] != self.inputs[in_][1]:
-                raise TransformerError("Mean channels incompatible with input.")
+            if mean.shape[0] != in_shape[0]:
+                raise TransformerError(
+                    "Mean channels incompatible with input. The mean of '%s' has %d values but "
+                    "the input shape %s has %d channels" % (in_, mean.shape[0], in_shape,
+                                                           in_shape[0]))
             mean = mean[:, np.newaxis, np.newaxis]
-        else:
-            # elementwise mean
-            if len(ms) == 2:
-                ms = (1,) + ms
-            if len(ms) != 3:
-                raise TransformerError("Mean shape invalid")
-            if tuple(ms) != tuple(self.inputs[in_][1:]):
-                raise TransformerError("Mean shape incompatible with input shape.")
+            self.mean[in_] = mean
+            return
+        # elementwise mean
+        ms = (1,) + mean.shape if mean.ndim == 2 else tuple(mean.shape)
+        if len(ms) != 3:
+            raise TransformerError("Mean shape invalid: the mean of '%s' has shape %s; it must "
+                                   "be (C,), (C, H, W) or, for one channel, (H, W)"
+                                   % (in_, tuple(mean.shape)))
+        if len(in_shape) != 3 or (ms[0] != in_shape[0]
+                                  and not (ms[0] == 1 and mean.ndim == 3)):
+            raise TransformerError(
+                "Mean shape incompatible with input shape. The mean of '%s' has shape %s "
+                "(%d channel(s)) but the input is %s: the mean needs %s channels"
+                % (in_, tuple(mean.shape), ms[0], in_shape,
+                   in_shape[0] if len(in_shape) == 3 else "C x H x W"))
+        if ms[1:] != in_shape[1:]:
+            mean = _resize_mean(mean.reshape(ms), in_shape[1:])
         self.mean[in_] = mean
 
     def set_input_scale(self, in_, scale):
@@ -397,3 +417,15 @@ class Transformer:
         N.B. input_scale is applied AFTER mean subtraction, raw_scale BEFORE."""
         self.__check_input(in_)
         self.input_scale[in_] = scale
+
+
+def _resize_mean(mean, hw):
+    """A C×H'×W' mean image resized to C×hw[0]×hw[1] the way pycaffe's Transformer.set_mean
+    does: normalised to [0, 1] by its overall minimum and maximum, resized with resize_image,
+    then scaled back (float64). A constant mean stays that constant."""
+    m_min, m_max = mean.min(), mean.max()
+    if not m_max > m_min:
+        return np.full((mean.shape[0],) + tuple(hw), m_min, dtype=np.float64)
+    normal_mean = (mean - m_min) / (m_max - m_min)
+    resized = resize_image(normal_mean.transpose((1, 2, 0)), hw).transpose((2, 0, 1))
+    return resized.astype(np.float64) * (float(m_max) - float(m_min)) + float(m_min)
