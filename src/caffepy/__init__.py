@@ -33,6 +33,8 @@ _ON_FIRST_USE = {
     "gradient_check": (".gradient_check", None), "classifier": (".classifier", None),
     "params": (".net_spec", "params"), "NetSpec": (".net_spec", "NetSpec"),
     "to_proto": (".net_spec", "to_proto"), "Classifier": (".classifier", "Classifier"),
+    "detector": (".detector", None), "Detector": (".detector", "Detector"),
+    "coord_map": (".coord_map", None),
 }
 
 
