@@ -34,7 +34,6 @@ _ON_FIRST_USE = {
     "params": (".net_spec", "params"), "NetSpec": (".net_spec", "NetSpec"),
     "to_proto": (".net_spec", "to_proto"), "Classifier": (".classifier", "Classifier"),
     "detector": (".detector", None), "Detector": (".detector", "Detector"),
-    "detector": (".detector", None), "Detector": (".detector", "Detector"),
     "coord_map": (".coord_map", None),
 }
 
