@@ -436,8 +436,11 @@ def test_solver_type_enum_upgrade_and_param_copy(tmp_path, monkeypatch):
     assert type(s) is NesterovSolver
     p = s.param
     assert p.type == "Nesterov" and not p.HasField("solver_type")
-    p.base_lr = 5.0
-    assert s.param.base_lr == pytest.approx(0.1)     # a copy
+    c = p.copy()                                     # a detached SolverParameter
+    c.base_lr = 5.0
+    assert s.param.base_lr == pytest.approx(0.1)
+    p.base_lr = 5.0                                  # pycaffe: solver.param is live
+    assert s.param.base_lr == pytest.approx(5.0)
     for cls in (RMSPropSolver, AdaDeltaSolver):
         assert cls.type_name in caffepy.solver.solver_type_list()
 

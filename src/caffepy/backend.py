@@ -17,7 +17,7 @@ _seed = None
 _rng = np.random.default_rng()
 
 
-def xp():
+def xp():  # -> numpy or cupy
     """The array module of the current mode: numpy (CPU) or cupy (GPU)."""
     return _xp
 
@@ -44,37 +44,78 @@ def gpu_available():
         return False
 
 
-def set_mode_cpu():
+GPU_INSTALL_HELP = ("install the gpu extra, pip install 'caffepy[gpu]' (CuPy for CUDA 12, "
+                    "cupy-cuda12x), on a machine with an NVIDIA GPU and its driver")
+
+
+class DeviceError(CaffepyError, RuntimeError):
+    """GPU mode or a GPU device that this machine cannot provide (no CuPy, no CUDA device,
+    no device of that id)."""
+
+
+def _cupy(what):
+    """CuPy, or a DeviceError saying how to get it."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise DeviceError("%s needs CuPy, which is not installed: %s. Without it caffepy "
+                          "runs on the CPU (caffepy.set_mode_cpu())." % (what, GPU_INSTALL_HELP)
+                          ) from e
+    return cupy
+
+
+def _use_device(cupy, device_id, what):
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:          # CUDA driver/runtime missing or broken
+        raise DeviceError("%s: CuPy cannot reach a CUDA device (%s: %s)"
+                          % (what, type(e).__name__, e)) from e
+    if count == 0:
+        raise DeviceError("%s: CuPy sees no CUDA device on this machine" % what)
+    if not 0 <= device_id < count:
+        raise DeviceError("%s: no GPU device %d (CuPy sees %d device%s: ids 0..%d)"
+                          % (what, device_id, count, "" if count == 1 else "s", count - 1))
+    cupy.cuda.Device(device_id).use()
+
+
+def set_mode_cpu() -> None:
+    """Compute on the CPU with NumPy (the default)."""
     global _mode, _xp
     _mode, _xp = CPU, np
 
 
-def set_mode_gpu():
+def set_mode_gpu() -> None:
+    """Compute on the GPU chosen by set_device (default 0) with CuPy. Raises DeviceError (a
+    CaffepyError) when CuPy or a CUDA device is missing. Build nets after switching: a net
+    keeps the arrays it was built with."""
     global _mode, _xp
-    try:
-        import cupy
-    except ImportError as e:
-        raise RuntimeError("GPU mode needs CuPy: pip install 'caffepy[gpu]' "
-                           "(cupy-cuda12x) on a machine with an NVIDIA GPU") from e
-    cupy.cuda.Device(_device).use()
+    cupy = _cupy("set_mode_gpu()")
+    _use_device(cupy, _device, "set_mode_gpu()")
     _mode, _xp = GPU, cupy
 
 
-def set_device(device_id):
+def set_device(device_id: int) -> None:
+    """Choose the GPU that GPU mode uses (pycaffe's caffe.set_device). Raises DeviceError
+    (a CaffepyError) when CuPy is not installed or there is no such device."""
     global _device
-    _device = int(device_id)
-    if _mode == GPU:
-        import cupy
-        cupy.cuda.Device(_device).use()
+    if isinstance(device_id, bool) or int(device_id) != device_id or device_id < 0:
+        raise DeviceError("set_device(%r): a device id is an integer >= 0" % (device_id,))
+    device_id = int(device_id)
+    cupy = _cupy("set_device(%d)" % device_id)
+    _use_device(cupy, device_id, "set_device(%d)" % device_id)
+    _device = device_id
 
 
-def mode():
+def mode() -> int:
     return _mode
 
 
-def set_random_seed(seed):
-    """Seed every random number caffepy draws (fillers, dropout, shuffles, crops)."""
+def set_random_seed(seed: int) -> None:
+    """Seed every random number caffepy draws (fillers, dropout, shuffles, crops); pycaffe's
+    caffe.set_random_seed (an unsigned int)."""
     global _seed, _rng
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise CaffepyError("set_random_seed(%r): the seed is an integer >= 0" % (seed,))
     _seed = int(seed)
     _rng = np.random.default_rng(_seed)
     if _mode == GPU:

@@ -5,7 +5,12 @@ forward/backward can write into preallocated memory. Storage is a flat buffer; t
 ``data``/``diff`` accessors hand out shaped views of it, so the storage choice
 lives in this one class.
 """
+from __future__ import annotations
+
+from typing import Any, Sequence, Tuple, Union
+
 from . import backend
+from .errors import NetError
 
 MAX_BLOB_AXES = 32
 
@@ -19,7 +24,7 @@ class _Memory:
 
 
 class Blob:
-    def __init__(self, *shape):
+    def __init__(self, *shape: Union[int, Sequence[int]]):
         explicit = len(shape) == 1 and isinstance(shape[0], (tuple, list))
         if explicit:
             shape = tuple(shape[0])
@@ -36,7 +41,7 @@ class Blob:
             self.reshape(shape)
 
     # -- shape ---------------------------------------------------------------
-    def reshape(self, *shape):
+    def reshape(self, *shape: Union[int, Sequence[int]]) -> None:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
         shape = tuple(int(d) for d in shape)
@@ -62,7 +67,7 @@ class Blob:
             self._diff_mem = _Memory(count, xp)
         self._make_views()
 
-    def reshape_like(self, other):
+    def reshape_like(self, other: "Blob") -> None:
         self.reshape(other.shape)
 
     def _make_views(self):
@@ -71,15 +76,17 @@ class Blob:
         self._diff_view = self._diff_mem.array[:n].reshape(self._shape)
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
+        """The dimensions, a tuple (pycaffe's ``blob.shape``)."""
         return self._shape
 
     @property
-    def count(self):
+    def count(self) -> int:
+        """The number of values (the product of the dimensions)."""
         return self._count
 
     @property
-    def num_axes(self):
+    def num_axes(self) -> int:
         return len(self._shape)
 
     def canonical_axis(self, axis):
@@ -103,37 +110,70 @@ class Blob:
         return self._shape[i] if i < len(self._shape) else 1
 
     @property
-    def num(self):
+    def num(self) -> int:
         return self._legacy(0)
 
     @property
-    def channels(self):
+    def channels(self) -> int:
         return self._legacy(1)
 
     @property
-    def height(self):
+    def height(self) -> int:
         return self._legacy(2)
 
     @property
-    def width(self):
+    def width(self) -> int:
         return self._legacy(3)
 
     # -- data ----------------------------------------------------------------
     @property
-    def data(self):
+    def data(self) -> Any:
+        """The values, a writable float32 array of ``shape`` over the blob's memory (as
+        pycaffe's ``blob.data``): write into it, ``blob.data[...] = x`` (NumPy's broadcasting
+        rules apply). ``blob.data = x`` copies too, but only an ``x`` of exactly ``shape``."""
         return self._data_view
 
     @data.setter
     def data(self, value):
-        self._data_view[...] = value
+        self._assign(self._data_view, value, "data")
 
     @property
-    def diff(self):
+    def diff(self) -> Any:
+        """The gradient, a writable float32 array of ``shape`` (pycaffe's ``blob.diff``)."""
         return self._diff_view
 
     @diff.setter
     def diff(self, value):
-        self._diff_view[...] = value
+        self._assign(self._diff_view, value, "diff")
+
+    def _assign(self, view, value, field):
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            shape = backend.to_numpy(value).shape if isinstance(value, (list, tuple)) else ()
+        if tuple(shape) != self._shape:
+            raise NetError("blob.%s = array of shape %s: the blob's shape is %s; assign "
+                           "an array of that shape, write a part with blob.%s[...] = x, or "
+                           "reshape the blob first (blob.reshape(*shape), then net.reshape())"
+                           % (field, tuple(shape), self._shape, field))
+        view[...] = value
+
+    @property
+    def _gpu_data_ptr(self) -> int:
+        """pycaffe: the device address of the data (GPU mode only)."""
+        return self._device_ptr(self._data_mem.array, "_gpu_data_ptr")
+
+    @property
+    def _gpu_diff_ptr(self) -> int:
+        """pycaffe: the device address of the diff (GPU mode only)."""
+        return self._device_ptr(self._diff_mem.array, "_gpu_diff_ptr")
+
+    @staticmethod
+    def _device_ptr(array, what):
+        ptr = getattr(getattr(array, "data", None), "ptr", None)
+        if not isinstance(ptr, int):
+            raise backend.DeviceError("Blob.%s: this blob lives in host memory (the net was "
+                                      "built in CPU mode)" % what)
+        return ptr
 
     @property
     def flat_data(self):

@@ -10,14 +10,17 @@ loss -> force_backward -> outputs (alphabetical) -> share weights.
 Weight I/O lives in weights.py, pycaffe's dictionaries and array calls in accessors.py; both
 are mixed into :class:`Net`.
 """
+from __future__ import annotations
+
 import logging
 import math
 import os
+from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from ..errors import LayerError, NetError
-from ..layer import create_layer
+from .. import security
+from ..errors import NetError
 from ..proto import caffe_pb2
 from ..proto.files import message_text
 from . import build
@@ -28,27 +31,56 @@ log = logging.getLogger("caffepy")
 
 
 class Net(NetWeights, PycaffeAccessors):
-    """A Caffe net. ``Net(prototxt, phase, level=0, stages=None, weights=None)``.
+    """A Caffe net, as pycaffe builds it: ``Net(network, phase, level=0, stages=None,
+    weights=None)``.
 
-    The legacy pycaffe order ``Net(prototxt, weights, phase)`` is accepted too.
+    ``network`` is a prototxt path, prototxt text or a ``caffe_pb2.NetParameter``; ``phase``
+    is ``caffepy.TRAIN`` or ``caffepy.TEST`` (left out: the file's ``state.phase``, else
+    TEST); ``level`` and ``stages`` complete the NetState the layers' include/exclude rules
+    are matched against; ``weights`` is a .caffemodel (or .caffemodel.h5) to copy by layer
+    name, or several separated by commas.
+
+    The legacy pycaffe order ``Net(network, weights, phase)`` is accepted too (with a
+    deprecation warning in the log).
     """
 
-    def __init__(self, network, phase=None, level=0, stages=None, weights=None, *args):
-        # Legacy pycaffe: Net(file, weights_file, phase)
-        if isinstance(phase, str) and (isinstance(level, int) and level in (0, 1) and args == ()
-                                       and not isinstance(network, caffe_pb2.NetParameter)):
+    def __init__(self, network: Union[str, "os.PathLike[str]", caffe_pb2.NetParameter],
+                 phase: Optional[int] = None, level: int = 0,
+                 stages: Optional[Iterable[str]] = None,
+                 weights: Union[None, str, "os.PathLike[str]", Iterable[str]] = None, *,
+                 allow_python_layers: Optional[bool] = None):
+        if isinstance(phase, (str, os.PathLike)):
+            # legacy pycaffe: Net(network_file, pretrained_param_file, phase)
+            if level not in (caffe_pb2.TRAIN, caffe_pb2.TEST) or stages is not None \
+                    or weights is not None:
+                raise NetError("Net(%r, %r, ...): the legacy form is Net(network, weights, "
+                               "phase) with phase caffepy.TRAIN or caffepy.TEST; the current "
+                               "one is Net(network, phase, weights=...)" % (network, phase))
+            log.warning("Deprecated use of the Python interface: Net(network, weights, phase)."
+                        " Use Net(%r, %d, weights=%r) instead.", network, level, phase)
             weights, phase, level = phase, level, 0
+        if phase is not None and phase not in (caffe_pb2.TRAIN, caffe_pb2.TEST):
+            raise NetError("Net(%r, phase=%r): phase must be caffepy.TRAIN (0) or caffepy.TEST "
+                           "(1)" % (network, phase))
+        if isinstance(stages, str):
+            stages = [stages]
         param = build.load_net_param(network)
         if not isinstance(network, caffe_pb2.NetParameter) or phase is not None:
             if phase is None:
                 phase = param.state.phase if param.HasField("state") else caffe_pb2.TEST
             param.state.phase = phase
-            if stages:
-                param.state.stage.extend(list(stages))
             param.state.level = int(level)
+        elif level:
+            param.state.level = int(level)     # a NetParameter keeps its own state otherwise
+        if stages:
+            param.state.stage.extend(list(stages))
         self._source = network if isinstance(network, (str, os.PathLike)) else None
-        self._init(param)
+        # allow_python_layers=False (or CAFFEPY_SAFE=1) refuses Python layers: caffepy.security
+        with security.policy(allow_python_layers=allow_python_layers):
+            self._init(param)
         if weights is not None:
+            if isinstance(weights, os.PathLike):
+                weights = [weights]
             for w in (weights.split(",") if isinstance(weights, str) else weights):
                 self.copy_from(w)
 
@@ -56,6 +88,7 @@ class Net(NetWeights, PycaffeAccessors):
     def _init(self, in_param):
         self.phase = in_param.state.phase
         filtered = build.filter_net(in_param)
+        build.check_policy(filtered, self.__dict__.get("_source"))
         if log.isEnabledFor(logging.INFO):
             log.info("Initializing net from parameters: \n%s",
                      message_text(filtered))
@@ -89,7 +122,7 @@ class Net(NetWeights, PycaffeAccessors):
         self.bottom_vecs, self.bottom_id_vecs, self.bottom_need_backward = [], [], []
         self.top_vecs, self.top_id_vecs = [], []
         self.layer_need_backward = []
-        self.blob_loss_weights = []
+        self._blob_loss_weights = []   # by blob id (pycaffe's _blob_loss_weights)
         self._params = []              # every param blob (owners and sharers)
         self.param_id_vecs = []
         self.param_layer_indices = []
@@ -113,10 +146,7 @@ class Net(NetWeights, PycaffeAccessors):
             net_lp.phase = self.phase
         lp = caffe_pb2.LayerParameter()
         lp.CopyFrom(net_lp)
-        try:
-            layer = create_layer(lp, lp.phase)
-        except LayerError as e:
-            raise NetError(str(e)) from None
+        layer = build.create_net_layer(lp)
         self.layers.append(layer)
         self.layer_names.append(lp.name)
         log.info("Creating Layer %s", lp.name)
@@ -135,15 +165,12 @@ class Net(NetWeights, PycaffeAccessors):
             needed = max(layer.min_top_blobs, layer.exact_num_top_blobs)
             for top_id in range(len(lp.top), needed):
                 build.append_top(self, lp, layer_id, top_id)
-        try:
-            layer.setup(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
-        except LayerError as e:
-            raise NetError(str(e)) from None
+        build.setup_layer(self, layer_id, layer)
         log.info("Setting up %s", lp.name)       # logged after SetUp, as in Net::Init
         for top_id, blob_id in enumerate(self.top_id_vecs[layer_id]):
-            while len(self.blob_loss_weights) <= blob_id:
-                self.blob_loss_weights.append(0.0)
-            self.blob_loss_weights[blob_id] = layer.loss(top_id)
+            while len(self._blob_loss_weights) <= blob_id:
+                self._blob_loss_weights.append(0.0)
+            self._blob_loss_weights[blob_id] = layer.loss(top_id)
             t = self.top_vecs[layer_id][top_id]
             log.info("Top shape: %s", t.shape_string())
             if layer.loss(top_id):
@@ -162,7 +189,7 @@ class Net(NetWeights, PycaffeAccessors):
         return memory_used
 
     # -- running -------------------------------------------------------------------
-    def forward_from_to(self, start, end):
+    def forward_from_to(self, start: int, end: int) -> float:
         if start < 0 or end >= len(self.layers):
             raise IndexError("layer range [%d, %d] outside [0, %d)" % (start, end, len(self.layers)))
         loss = 0.0
@@ -178,10 +205,10 @@ class Net(NetWeights, PycaffeAccessors):
                 cb(i)
         return loss
 
-    def forward_prefilled(self):
+    def forward_prefilled(self) -> float:
         return self.forward_from_to(0, len(self.layers) - 1)
 
-    def backward_from_to(self, start, end):
+    def backward_from_to(self, start: int, end: int) -> None:
         if end < 0 or start >= len(self.layers):
             raise IndexError("layer range [%d, %d] outside [0, %d)" % (start, end, len(self.layers)))
         for i in range(start, end - 1, -1):
@@ -195,7 +222,7 @@ class Net(NetWeights, PycaffeAccessors):
             for cb in self.after_backward:
                 cb(i)
 
-    def forward_backward(self):
+    def forward_backward(self) -> float:
         loss = self.forward_prefilled()
         self._backward_all()
         return loss
@@ -213,11 +240,11 @@ class Net(NetWeights, PycaffeAccessors):
                       "L2 norm = (%g, %g)", asum_data, asum_diff, math.sqrt(sumsq_data),
                       math.sqrt(sumsq_diff))
 
-    def clear_param_diffs(self):
+    def clear_param_diffs(self) -> None:
         for p in self.learnable_params:
             p.flat_diff[...] = 0
 
-    def update(self):
+    def update(self) -> None:
         for p in self.learnable_params:
             p.update()
 
@@ -233,7 +260,7 @@ class Net(NetWeights, PycaffeAccessors):
                 info.append((layer_id, self.layer_names[layer_id], blob_id, spec))
         return info
 
-    def reshape(self):
+    def reshape(self) -> None:
         for i, layer in enumerate(self.layers):
             layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
 
@@ -260,7 +287,7 @@ class Net(NetWeights, PycaffeAccessors):
             log.info("    [Backward] Layer %s, param blob %d diff: %g", self.layer_names[i], j,
                      b.asum_diff() / max(b.count, 1))
 
-    def close(self):
+    def close(self) -> None:
         """Release what layers hold open (prefetch threads, database handles, output files)."""
         for layer in self.layers:
             close = getattr(layer, "close", None)

@@ -30,19 +30,22 @@ The update rule comes from the registry in updaters.py, chosen by ``SolverParame
 
 The pycaffe names are kept: ``net``, ``test_nets``, ``iter``, ``step(n)``,
 ``solve(resume_file=None)``, ``restore(path)``, ``snapshot()``,
-``add_callback(on_start, on_gradients_ready)``, ``param`` (a copy), ``share_weights(net)``.
+``add_callback(on_start, on_gradients_ready)``, ``param`` (live; ``base_lr`` settable),
+``lr``, ``share_weights(net)``.
 Displayed numbers also go to listeners (``add_listener(fn)``; ``fn(event, record)``) so
 tools and tests can read them without parsing the log.
 """
+from __future__ import annotations
+
 import logging
 import time
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .. import backend
 from ..errors import RegularizerError, SolverError
 from ..net import Net
-from ..proto import caffe_pb2
 from ..proto.files import message_text
 from ..regularizers import (RegularizeContext, WeightDecay, chain_state_dict,
                             create_regularizer, load_chain_state_dict, regularizers_penalty,
@@ -51,8 +54,14 @@ from ..regularizers.masks import zerout
 from ..regularizers.sparsity import net_sparsity, regularization_message, sparsity_messages
 from . import config, state
 from .lr_policies import check_lr_policy, get_learning_rate
+from .param import SolverParameterView
 from .signals import SignalHandler, SolverAction, check_action
 from .updaters import get_update_rule
+
+if TYPE_CHECKING:
+    import os
+
+    from ..proto import caffe_pb2
 
 log = logging.getLogger("caffepy")
 
@@ -69,9 +78,13 @@ class Solver:
     """
     type_name = None
     rule_class = None
+    net: Net                    # the train net
+    test_nets: List[Net]        # the test nets, in the order of the solver file
+    iter: int                   # Caffe's iter_: the number of updates done
 
-    def __init__(self, source, sigint_effect=SolverAction.STOP,
-                 sighup_effect=SolverAction.SNAPSHOT):
+    def __init__(self, source: Union[str, "os.PathLike[str]", "caffe_pb2.SolverParameter"],
+                 sigint_effect: str = SolverAction.STOP,
+                 sighup_effect: str = SolverAction.SNAPSHOT):
         if self.rule_class is None and self.type_name is None:
             raise SolverError("Solver is an abstract base; use get_solver(path) or one of "
                               "SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, "
@@ -191,7 +204,7 @@ class Solver:
         self._scratch = [dict() for _ in params]
 
     # -- Solve -------------------------------------------------------------------------
-    def solve(self, resume_file=None):
+    def solve(self, resume_file: Optional[str] = None) -> None:
         p = self._param
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
@@ -225,7 +238,7 @@ class Solver:
                 self._action_function = None
 
     # -- Step ----------------------------------------------------------------------------
-    def step(self, iters):
+    def step(self, iters: int) -> None:
         p = self._param
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
@@ -283,7 +296,7 @@ class Solver:
             self.losses[idx] = loss
 
     # -- ApplyUpdate ---------------------------------------------------------------------
-    def apply_update(self):
+    def apply_update(self) -> None:
         p = self._param
         rate = self.get_learning_rate()
         self.learning_rate = rate
@@ -312,7 +325,7 @@ class Solver:
             if hook is not None:
                 hook(self)
 
-    def get_learning_rate(self):
+    def get_learning_rate(self) -> float:
         """This iteration's rate under ``lr_policy`` (advances ``current_step``)."""
         rate, self.current_step = get_learning_rate(self._param, self.iter, self.current_step)
         return rate
@@ -404,13 +417,13 @@ class Solver:
                    loss=float(self.smoothed_loss))
 
     # -- TestAll / Test --------------------------------------------------------------------
-    def test_all(self):
+    def test_all(self) -> None:
         for i in range(len(self.test_nets)):
             if self.requested_early_exit:
                 break
             self.test(i)
 
-    def test(self, test_net_id=0):
+    def test(self, test_net_id: int = 0) -> None:
         p = self._param
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
         test_net = self.test_nets[test_net_id]
@@ -453,7 +466,7 @@ class Solver:
         for i in range(scores.size):
             bid = test_net.output_blob_indices[output_ids[i]]
             records.append((i, test_net.blob_names[bid], f32(scores[i] / f32(test_iter)),
-                            f32(test_net.blob_loss_weights[bid])))
+                            f32(test_net._blob_loss_weights[bid])))
         self._log_outputs("Test", records)
         self.mean_scores[test_net_id] = [mean for _, _, mean, _ in records]
         self._emit("test", iter=self.iter, net=test_net_id,
@@ -474,7 +487,7 @@ class Solver:
         for j, blob in enumerate(net.output_blobs):
             bid = net.output_blob_indices[j]
             name = net.blob_names[bid]
-            w = f32(net.blob_loss_weights[bid])
+            w = f32(net._blob_loss_weights[bid])
             for v in backend.to_numpy(blob.data).ravel():
                 outputs.append((len(outputs), name, f32(v), w))
         self._log_outputs("Train", outputs)
@@ -493,7 +506,7 @@ class Solver:
             outputs[k] = (i, name, float(v), float(w))
 
     # -- Snapshot / Restore (state.py) ---------------------------------------------------
-    def snapshot(self):
+    def snapshot(self) -> Tuple[str, str]:
         """Write the model, then the solver state; returns (model file, state file)."""
         model_filename, state_filename = state.write_snapshot(
             self.net, self._param, self.iter, self.current_step, self.history,
@@ -506,16 +519,19 @@ class Solver:
         return state.solver_state(self.iter, model_filename, self.current_step, self.history,
                                   chain_state_dict(self._regularizers))
 
-    def restore(self, state_file):
+    def restore(self, state_file: str) -> None:
         """Restore iter, current_step, history and the learned_net weights (binary or .h5)."""
         it, learned_net, current_step, history, reg_state = \
             state.read_solver_state(state_file)
+        # check the pair (a state without its model is half a snapshot) and the history
+        # before anything changes
+        if learned_net:
+            learned_net = state.check_learned_net(state_file, learned_net)
+        state.check_history(self.history, history, state_file, self.type_name)
         self.iter = int(it)
         if learned_net:
-            state.check_learned_net(state_file, learned_net)
             self.net.copy_trained_layers_from(learned_net)
         self.current_step = int(current_step)
-        state.check_history(self.history, history, state_file, self.type_name)
         log.info("%s: restoring history", type(self).__name__)
         xp = backend.xp()
         for h, arr in zip(self.history, history):
@@ -525,17 +541,26 @@ class Solver:
 
     # -- pycaffe-style API -----------------------------------------------------------------
     @property
-    def param(self):
-        """A copy of the SolverParameter (editing it changes nothing)."""
-        c = caffe_pb2.SolverParameter()
-        c.CopyFrom(self._param)
-        return c
+    def param(self) -> SolverParameterView:
+        """pycaffe's solver.param: the SolverParameter this solver runs with (live). Every
+        field reads the value in use; ``base_lr`` can be set and changes the rate from the
+        next update on; other fields are read-only (``solver.param.copy()`` gives an editable
+        ``caffe_pb2.SolverParameter``)."""
+        return SolverParameterView(self._param)
 
-    def share_weights(self, net):
+    @property
+    def lr(self) -> float:
+        """pycaffe's SGDSolver.lr: the learning rate the next update would use (this
+        iteration's rate under ``lr_policy``)."""
+        rate, _ = get_learning_rate(self._param, self.iter, self.current_step)
+        return rate
+
+    def share_weights(self, net: Net) -> None:
         """pycaffe: make ``net`` share the train net's trained layers."""
         net.share_trained_layers_with(self.net)
 
-    def add_callback(self, on_start, on_gradients_ready=None):
+    def add_callback(self, on_start: Any,
+                     on_gradients_ready: Optional[Callable[[], Any]] = None) -> None:
         """pycaffe's add_callback(on_start, on_gradients_ready); an object with
         ``on_start()`` / ``on_gradients_ready()`` methods (Caffe's Callback) works too."""
         if on_gradients_ready is None and not callable(on_start):
@@ -544,7 +569,7 @@ class Solver:
             on_gradients_ready = getattr(obj, "on_gradients_ready", None)
         self._callbacks.append((on_start, on_gradients_ready))
 
-    def add_listener(self, fn):
+    def add_listener(self, fn: Callable[[str, dict], Any]) -> Callable[[str, dict], Any]:
         """``fn(event, record)`` for every displayed number.  Events: "train" (iter, loss,
         outputs = [(index, name, value, loss_weight)]), "lr" (iter, lr), "test" (iter,
         net, loss or None, scores = [(index, name, value, loss_weight)]), "final_loss"
