@@ -11,13 +11,14 @@ in one transaction (one Caffe ``Commit``); ``write_db`` writes Datum records thr
 dataset tools (``caffepy.tools``) write through the same writers.
 """
 import os
+import struct
 import threading
 
 from ..proto import caffe_pb2
 from ..errors import DataError  # noqa: F401
 # The Datum codec lives in caffepy.data.datum; these names stay importable from here.
 from .datum import (array_to_datum, datum_to_array, decode_image, encoded_datum,  # noqa: F401
-                    parse_datum)
+                    key_str, parse_datum)
 
 
 def _default_error(msg, *args):
@@ -30,20 +31,53 @@ _OPEN_ENVS = {}                 # realpath -> [lmdb.Environment, number of LMDBD
 _ENV_LOCK = threading.Lock()
 
 
+def _data_file(source):
+    """The data file of an LMDB: ``source/data.mdb`` for a directory, else ``source``."""
+    return os.path.join(source, "data.mdb") if os.path.isdir(source) else source
+
+
 class LMDBDatabase:
-    """A read-only LMDB environment (opened with lock=False, like Caffe's MDB_RDONLY|MDB_NOTLS)."""
+    """A read-only LMDB.
+
+    caffepy reads LMDB data files itself (``_LMDBFile``): with ``os.pread``, never a memory
+    map, checking every page before it is used, so a truncated or damaged file is a
+    DataError naming the database (and the key after which reading failed), never the SIGBUS
+    or the failed assertion (SIGABRT) that the lmdb library gives on such files. A file in a
+    layout it does not read (another LMDB data version, a DUPSORT database) is opened with
+    the lmdb package (lock=False, like Caffe's MDB_RDONLY|MDB_NOTLS) after a size check, its
+    errors turned into DataErrors too.
+    """
 
     def __init__(self, source, error=_default_error):
-        try:
-            import lmdb
-        except ImportError:  # pragma: no cover - lmdb is a dependency
-            raise error("backend LMDB needs the 'lmdb' package (pip install lmdb)") from None
         if not os.path.exists(source):
             raise error("cannot open LMDB '%s': no such file or directory", source)
         self.source = source
+        self._error = error
         self._txn = None
         self.env = None
+        self._file = None
         self._path = os.path.realpath(source)
+        data = _data_file(source)
+        if not os.path.isfile(data):
+            raise error("cannot open LMDB '%s': no data file '%s'", source, data)
+        try:
+            self._file = _LMDBFile(data, self._fail)
+            return
+        except _Unsupported:
+            pass
+        except OSError as e:
+            raise error("cannot open LMDB '%s': %s", source, e.strerror or e) from None
+        self._open_env()
+
+    def _fail(self, msg):
+        return self._error("LMDB '%s': %s", self.source, msg)
+
+    def _open_env(self):
+        try:
+            import lmdb
+        except ImportError:  # pragma: no cover - lmdb is a dependency
+            raise self._error("backend LMDB needs the 'lmdb' package (pip install lmdb)") from None
+        source, error = self.source, self._error
         with _ENV_LOCK:
             entry = _OPEN_ENVS.get(self._path)
             if entry is None:
@@ -54,16 +88,26 @@ class LMDBDatabase:
                                     subdir=os.path.isdir(source), readahead=False, create=False)
                 except lmdb.Error as e:
                     raise error("cannot open LMDB '%s': %s", source, e) from None
+                try:
+                    _check_env(env, _data_file(source), self._fail)
+                except BaseException:
+                    env.close()
+                    raise
                 entry = _OPEN_ENVS[self._path] = [env, 0]
             entry[1] += 1
             self.env = entry[0]
 
     def cursor(self):
+        if self._file is not None:
+            return _FileCursor(self._file)
         if self._txn is None:
             self._txn = self.env.begin(write=False, buffers=False)
-        return _LMDBCursor(self._txn.cursor())
+        return _LMDBCursor(self._txn.cursor(), self)
 
     def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
@@ -84,25 +128,296 @@ class LMDBDatabase:
             pass
 
 
+def _check_env(env, data_file, fail):
+    """An environment opened by the lmdb package must describe a file that holds all its
+    pages (a memory map of a shorter file dies with SIGBUS when read past its end)."""
+    info, stat = env.info(), env.stat()
+    psize, last = stat["psize"], info["last_pgno"]
+    if psize < _MIN_PSIZE or psize > _MAX_PSIZE or psize & (psize - 1):
+        raise fail("damaged: a page size of %d bytes" % psize)
+    if stat["depth"] > _MAX_DEPTH:
+        raise fail("damaged: a tree depth of %d" % stat["depth"])
+    if stat["entries"] > (last + 1) * (psize // _NODE_SIZE):
+        raise fail("damaged: %d entries cannot fit in %d pages" % (stat["entries"], last + 1))
+    size = os.path.getsize(data_file)
+    if (last + 1) * psize > size:
+        raise fail("the file is truncated or damaged: its last page is %d with %d-byte pages, "
+                   "so it must hold at least %d bytes, but it holds %d"
+                   % (last, psize, (last + 1) * psize, size))
+
+
 class _LMDBCursor:
-    def __init__(self, cur):
+    """A cursor of the lmdb package; its errors become DataErrors naming the database and the
+    last key read, and the file's size is checked again before it returns to the first key."""
+
+    def __init__(self, cur, db):
         self._cur = cur
-        self._valid = cur.first()
+        self._db = db
+        self._key = None
+        self._valid = self._call(cur.first)
+
+    def _call(self, fn):
+        import lmdb
+        try:
+            return fn()
+        except lmdb.Error as e:
+            after = "" if self._key is None else " after key %s" % key_str(self._key)
+            raise self._db._fail("reading failed%s: %s" % (after, e)) from None
 
     def seek_to_first(self):
-        self._valid = self._cur.first()
+        db = self._db
+        _check_env(db.env, _data_file(db.source), db._fail)
+        self._valid = self._call(self._cur.first)
 
     def next(self):
-        self._valid = self._cur.next()
+        self._key = self.key()
+        self._valid = self._call(self._cur.next)
 
     def valid(self):
         return self._valid
 
     def key(self):
-        return self._cur.key()
+        return self._call(self._cur.key)
 
     def value(self):
-        return self._cur.value()
+        return self._call(self._cur.value)
+
+
+# -- LMDB data files, read by caffepy ----------------------------------------------------
+
+# The on-disk layout of an LMDB 0.9 data file (64-bit builds: 8-byte page numbers).
+_P_BRANCH, _P_LEAF, _P_OVERFLOW, _P_META, _P_LEAF2, _P_SUBP = 0x01, 0x02, 0x04, 0x08, 0x20, 0x40
+_P_TYPES = _P_BRANCH | _P_LEAF | _P_OVERFLOW | _P_META | _P_LEAF2 | _P_SUBP
+_F_BIGDATA, _F_SUBDATA, _F_DUPDATA = 0x01, 0x02, 0x04
+_PAGE_HEADER = struct.Struct("<QHHHH")      # pgno, pad, flags, lower, upper (16 bytes)
+_PAGE_HEADER_SIZE = 16
+_NODE = struct.Struct("<HHHH")              # lo, hi, flags, ksize (8 bytes, then key, data)
+_NODE_SIZE = 8
+_META = struct.Struct("<IIQQ" + "IHHQQQQQ" * 2 + "QQ")   # MDB_meta after the page header
+_MAGIC, _DATA_VERSION = 0xBEEFC0DE, 1
+_INVALID_PGNO = (1 << 64) - 1
+_MIN_PSIZE, _MAX_PSIZE = 512, 1 << 16
+_MAX_DEPTH = 64
+
+
+class _Unsupported(Exception):
+    """A valid LMDB file in a layout this reader does not read (left to the lmdb package)."""
+
+
+class _LMDBFile:
+    """Read-only access to an LMDB data file with ``os.pread`` (never a memory map, so a file
+    cut short gives an error, not SIGBUS), every page checked before it is used: its number,
+    its type, and every offset and length in it inside the page or the file. ``fail(msg)``
+    makes the error (it names the database)."""
+
+    def __init__(self, path, fail):
+        self.path = path
+        self._fail = fail
+        self.context = ""          # where the reading is, for the messages (set by a cursor)
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            self._read_meta()
+        except BaseException:
+            os.close(self.fd)
+            self.fd = None
+            raise
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def fail(self, msg):
+        return self._fail(msg + self.context)
+
+    def file_size(self):
+        return os.fstat(self.fd).st_size
+
+    def _meta_at(self, offset):
+        raw = os.pread(self.fd, _PAGE_HEADER_SIZE + _META.size, offset)
+        if len(raw) < _PAGE_HEADER_SIZE + _META.size:
+            return None
+        _, _, flags, _, _ = _PAGE_HEADER.unpack_from(raw, 0)
+        m = _META.unpack_from(raw, _PAGE_HEADER_SIZE)
+        if m[0] != _MAGIC or not flags & _P_META:
+            return None
+        return m
+
+    def _read_meta(self):
+        size = self.file_size()
+        m0 = self._meta_at(0)
+        if m0 is None:
+            raise self.fail("not an LMDB data file (no valid meta page at its start; the file "
+                            "holds %d bytes)" % size)
+        if m0[1] != _DATA_VERSION:
+            raise _Unsupported("LMDB data version %d" % m0[1])
+        psize = m0[4]
+        if psize < _MIN_PSIZE or psize > _MAX_PSIZE or psize & (psize - 1):
+            raise self.fail("the meta page gives a page size of %d bytes (need a power of two "
+                            "from %d to %d)" % (psize, _MIN_PSIZE, _MAX_PSIZE))
+        m1 = self._meta_at(psize)
+        metas = [m for m in (m0, m1) if m is not None and m[1] == _DATA_VERSION]
+        meta = max(metas, key=lambda m: m[-1])          # the newest commit (mm_txnid)
+        (_, _, _, _, _, _, _, _, _, _, _, _,
+         main_pad, main_flags, depth, branch, leaf, overflow, entries, root, last_pgno,
+         txnid) = meta
+        if main_flags & 0x04:                           # MDB_DUPSORT: not a Datum database
+            raise _Unsupported("a DUPSORT database")
+        self.psize = psize
+        self.last_pgno = last_pgno
+        self.depth = depth
+        self.entries = entries
+        self.root = root
+        need = (last_pgno + 1) * psize
+        if last_pgno < 1 or need > size:
+            raise self.fail("the file is truncated or damaged: its last page is %d with %d-byte "
+                            "pages, so it must hold at least %d bytes, but it holds %d"
+                            % (last_pgno, psize, need, size))
+        if root == _INVALID_PGNO:
+            if entries or depth:
+                raise self.fail("the meta page is damaged: no root page but %d entries, "
+                                "depth %d" % (entries, depth))
+            return
+        if not 2 <= root <= last_pgno:
+            raise self.fail("the meta page is damaged: root page %d outside pages 2..%d"
+                            % (root, last_pgno))
+        if not 1 <= depth <= _MAX_DEPTH:
+            raise self.fail("the meta page is damaged: tree depth %d" % depth)
+        if entries > last_pgno * (psize // _NODE_SIZE):
+            raise self.fail("the meta page is damaged: %d entries cannot fit in %d pages"
+                            % (entries, last_pgno + 1))
+
+    def page(self, pgno, leaf):
+        """Page ``pgno`` (bytes) after checking it is the branch or leaf page the tree says
+        it is; returns (page bytes, node offsets)."""
+        psize = self.psize
+        if not 2 <= pgno <= self.last_pgno:
+            raise self.fail("page %d is outside pages 2..%d" % (pgno, self.last_pgno))
+        raw = os.pread(self.fd, psize, pgno * psize)
+        if len(raw) < psize:
+            raise self.fail("the file ends inside page %d (it holds %d bytes now, %d needed)"
+                            % (pgno, self.file_size(), (pgno + 1) * psize))
+        number, _, flags, lower, upper = _PAGE_HEADER.unpack_from(raw, 0)
+        want = _P_LEAF if leaf else _P_BRANCH
+        if number != pgno or flags & _P_TYPES != want:
+            raise self.fail("page %d is damaged (it reads as page %d with flags 0x%x; a %s page "
+                            "was expected)" % (pgno, number, flags, "leaf" if leaf else "branch"))
+        if lower < _PAGE_HEADER_SIZE or lower & 1 or upper > psize or lower > upper:
+            raise self.fail("page %d is damaged (free space bounds %d..%d)" % (pgno, lower, upper))
+        n = (lower - _PAGE_HEADER_SIZE) >> 1
+        if n == 0 and not leaf:
+            raise self.fail("branch page %d is damaged (no entries)" % pgno)
+        offsets = struct.unpack_from("<%dH" % n, raw, _PAGE_HEADER_SIZE)
+        for off in offsets:
+            if off < upper or off + _NODE_SIZE > psize:
+                raise self.fail("page %d is damaged (an entry at offset %d, outside %d..%d)"
+                                % (pgno, off, upper, psize - _NODE_SIZE))
+        return raw, offsets
+
+    def child(self, raw, off, pgno):
+        """The page number a branch node points to."""
+        lo, hi, fl, _ = _NODE.unpack_from(raw, off)
+        return lo | hi << 16 | fl << 32
+
+    def node(self, raw, off, pgno):
+        """(key, value) of the leaf node at ``off`` of page ``pgno``."""
+        lo, hi, flags, ksize = _NODE.unpack_from(raw, off)
+        dsize = lo | hi << 16
+        kstart = off + _NODE_SIZE
+        dstart = kstart + ksize
+        if flags & (_F_SUBDATA | _F_DUPDATA):
+            raise self.fail("page %d holds a sub-database or duplicate values, which a Datum "
+                            "database does not have" % pgno)
+        if not flags & _F_BIGDATA:
+            if dstart + dsize > self.psize:
+                raise self.fail("page %d is damaged (an entry of %d + %d bytes at offset %d "
+                                "runs past the page)" % (pgno, ksize, dsize, off))
+            return raw[kstart:dstart], raw[dstart:dstart + dsize]
+        if dstart + 8 > self.psize:
+            raise self.fail("page %d is damaged (an entry at offset %d runs past the page)"
+                            % (pgno, off))
+        key = raw[kstart:dstart]
+        opg = struct.unpack_from("<Q", raw, dstart)[0]
+        if not 2 <= opg <= self.last_pgno:
+            raise self.fail("page %d is damaged (the value of key %s is on page %d, outside "
+                            "pages 2..%d)" % (pgno, key_str(key), opg, self.last_pgno))
+        head = os.pread(self.fd, _PAGE_HEADER_SIZE, opg * self.psize)
+        if len(head) < _PAGE_HEADER_SIZE:
+            raise self.fail("the file ends inside page %d" % opg)
+        number, _, oflags, _, _ = _PAGE_HEADER.unpack_from(head, 0)
+        npages = struct.unpack_from("<I", head, 12)[0]
+        if (number != opg or oflags & _P_TYPES != _P_OVERFLOW or npages < 1
+                or opg + npages - 1 > self.last_pgno
+                or dsize > npages * self.psize - _PAGE_HEADER_SIZE):
+            raise self.fail("page %d (the value of key %s, %d bytes) is damaged"
+                            % (opg, key_str(key), dsize))
+        value = os.pread(self.fd, dsize, opg * self.psize + _PAGE_HEADER_SIZE)
+        if len(value) < dsize:
+            raise self.fail("the file ends inside the value of key %s" % key_str(key))
+        return key, value
+
+
+class _FileCursor:
+    """Walks the B-tree of an ``_LMDBFile`` in key order: a stack of (page, offsets, index)
+    from the root to the current leaf."""
+
+    def __init__(self, f):
+        self._f = f
+        self.seek_to_first()
+
+    def _descend(self, pgno, level):
+        f = self._f
+        while True:
+            if level > f.depth or len(self._stack) >= _MAX_DEPTH:
+                raise f.fail("the tree is deeper than the meta page's depth %d" % f.depth)
+            leaf = level == f.depth
+            raw, offs = f.page(pgno, leaf)
+            self._stack.append([pgno, raw, offs, 0])
+            if leaf:
+                return
+            pgno = f.child(raw, offs[0], pgno)
+            level += 1
+
+    def _settle(self):
+        """Move up and right past exhausted pages until the top leaf entry exists (or the end)."""
+        f = self._f
+        stack = self._stack
+        while stack and stack[-1][3] >= len(stack[-1][2]):
+            stack.pop()
+            if not stack:
+                break
+            top = stack[-1]
+            top[3] += 1
+            if top[3] < len(top[2]):
+                self._descend(f.child(top[1], top[2][top[3]], top[0]), len(stack) + 1)
+        self._kv = None
+        if stack:
+            pgno, raw, offs, i = stack[-1]
+            self._kv = f.node(raw, offs[i], pgno)
+
+    def seek_to_first(self):
+        f = self._f
+        self._stack = []
+        self._kv = None
+        f.context = " (reading the first record)"
+        if f.root != _INVALID_PGNO:
+            self._descend(f.root, 1)
+            self._settle()
+
+    def next(self):
+        if self._stack:
+            self._f.context = " (reading the record after key %s)" % key_str(self._kv[0])
+            self._stack[-1][3] += 1
+            self._settle()
+
+    def valid(self):
+        return self._kv is not None
+
+    def key(self):
+        return self._kv[0]
+
+    def value(self):
+        return self._kv[1]
 
 
 class LevelDBDatabase:

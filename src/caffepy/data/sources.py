@@ -9,8 +9,9 @@ They hold no layer: errors are made by the ``error(msg, *args)`` callable they a
 """
 import numpy as np
 
-from .datum import parse_datum
+from .datum import datum_to_array, parse_datum
 from .image import read_image
+from ..errors import DataError
 
 
 def dims_str(shape):
@@ -36,10 +37,18 @@ def check_batch_shape(error, what, first_what, shape, first_shape, crop):
 def read_text(path, what, error):
     """The text of a list file; a file that cannot be read is ``error``'s "failed to open"."""
     try:
-        with open(path, "r") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise error("failed to open %s '%s': %s", what, path, e.strerror or e) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # a DataError whatever ``error`` makes, with the layer ``error`` names
+        err = error("%s '%s' is not UTF-8 text: byte 0x%02x at byte offset %d (line %d) "
+                    "cannot be decoded", what, path, raw[e.start], e.start,
+                    raw.count(b"\n", 0, e.start) + 1)
+        raise (err if isinstance(err, DataError) else DataError(str(err))) from None
 
 
 def _key(key):
@@ -58,6 +67,20 @@ def _fill_batch(batch, transformer, items, labels, first_shape):
 
 # -- Datum databases (Data) --------------------------------------------------------------
 
+def database_error(error, source):
+    """``error`` with the database ``source`` named (for the errors of its records)."""
+    def db_error(msg, *args):
+        return error("%s (database '%s')", msg % args if args else msg, source)
+    return db_error
+
+
+def decode_record(transformer, key, value, error):
+    """A database record's Datum and C×H×W item; ``error`` names the record's problems."""
+    datum = parse_datum(value, key, error)
+    return datum, datum_to_array(datum, transformer.force_color, transformer.force_gray, error,
+                                 key)
+
+
 class DatumSource:
     """Loads batches of Datums from a wrapping database cursor: decode, then transform.
 
@@ -70,7 +93,7 @@ class DatumSource:
         self.cursor = cursor
         self.batch_size = int(batch_size)
         self.transformer = transformer
-        self._error = error
+        self._error = database_error(error, getattr(db, "source", "?"))
 
     def load(self, batch):
         t, error = self.transformer, self._error
@@ -78,8 +101,7 @@ class DatumSource:
         first_key = first_shape = None
         for i in range(self.batch_size):
             key, value = self.cursor.read()
-            datum = parse_datum(value, key, error)
-            item = t.decode(datum, key)
+            datum, item = decode_record(t, key, value, error)
             if i == 0:
                 first_key, first_shape = key, item.shape
             else:

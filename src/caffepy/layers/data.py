@@ -18,15 +18,15 @@ import logging
 
 import numpy as np
 
-from .. import backend
-from ..data.datum import parse_datum
+from .. import backend, security
 from ..data.db import WrappingCursor, open_db
 from ..data.hdf5 import HDF5ListSource, load_h5py
 from ..data.prefetch import Batch, Prefetcher, attach
-from ..data.sources import (ArraySource, DatumSource, ImageListSource, dims_str,
-                            parse_image_list)
+from ..data.sources import (ArraySource, DatumSource, ImageListSource, database_error,
+                            decode_record, dims_str, parse_image_list)
 from ..data.transformer import DataTransformer
 from ..data.window import WindowSampler, parse_window_file
+from ..errors import DataError
 from ..fillers import FillerError, fill_array
 from ..layer import Layer, LayerError, register_layer
 from ..proto import caffe_pb2
@@ -40,13 +40,18 @@ def _write(blob, arr):
     blob.data[...] = xp.asarray(arr)
 
 
+class DataLayerError(LayerError, DataError):
+    """A data layer's source that cannot be read: a LayerError naming the layer and a
+    DataError naming the file, database or record."""
+
+
 def _error_factory(layer):
-    """A LayerError maker naming ``layer`` that holds no reference to it (so a source, which a
-    prefetch thread may use, does not keep the layer alive)."""
+    """A DataLayerError maker naming ``layer`` that holds no reference to it (so a source,
+    which a prefetch thread may use, does not keep the layer alive)."""
     prefix = "Layer '%s' (%s): " % (layer.name, layer.type)
 
     def error(msg, *args):
-        return LayerError(prefix + (msg % args if args else msg))
+        return DataLayerError(prefix + (msg % args if args else msg))
     return error
 
 
@@ -85,7 +90,12 @@ class InputLayer(_NoGradLayer):
                 t.reshape(tuple(int(d) for d in dims))
 
     def forward_impl(self, bottom, top):
-        pass
+        for i, t in enumerate(top):
+            if t.count == 0 and t.shape == ():        # never shaped (a () shape counts 1)
+                raise self.error("top '%s' has no shape: give input_param { shape { dim: ... "
+                                 "} } or reshape the blob (net.blobs['%s'].reshape(...)) "
+                                 "before forward", self.layer_param.top[i],
+                                 self.layer_param.top[i])
 
 
 # -- DummyData -------------------------------------------------------------------------
@@ -341,6 +351,9 @@ class HDF5OutputLayer(Layer):
         self.file_name = self.layer_param.hdf5_output_param.file_name
         if not self.file_name:
             raise self.error("hdf5_output_param.file_name must be set")
+        refused = security.check_output_path(self.file_name)   # docs/security.md
+        if refused:
+            raise self.error("hdf5_output_param.file_name %s", refused)
         try:
             self._file = h5py.File(self.file_name, "w")
         except OSError as e:
@@ -489,8 +502,8 @@ class DataLayer(_PrefetchingDataLayer):
             cursor = WrappingCursor(db, error)
             # data_param.rand_skip is DEPRECATED and unused by Caffe 1.0's DataLayer: reading
             # always starts at the first key (ImageData still honours its own rand_skip).
-            first = parse_datum(cursor.value(), cursor.key(), error)
-            item = self.transformer.decode(first, cursor.key())
+            _, item = decode_record(self.transformer, cursor.key(), cursor.value(),
+                                    database_error(error, p.source))
             shape = (self.batch_size,) + self.transformer.infer_shape(item.shape)
         except BaseException:
             db.close()
