@@ -237,8 +237,9 @@ def coord_map_from_to(top_from, top_to):
                 to_maps[bottom] = compose(to_maps[current], layer_map)
                 queue.append(bottom)
     raise UnconnectedTopsError("cannot map coordinates from %s to %s: no common input is "
-                               "reached through layers with coordinate maps (are they connected "
-                               "by spatial layers only?)" % (_describe(top_from), _describe(top_to)))
+                               "reached through layers with coordinate maps (are they "
+                               "connected by spatial layers only?)"
+                               % (_describe(top_from), _describe(top_to)))
 
 
 def crop(top_from, top_to):
