@@ -151,14 +151,16 @@ def test_cli_module_renders(tmp_path):
 
 LRM_NET = """
 name: "lrm"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         param { lr_mult: 1 } param { lr_mult: 2 }
         convolution_param { num_output: 4 kernel_size: 3 } }
 layer { name: "deconv" type: "Deconvolution" bottom: "conv" top: "deconv"
         param { lr_mult: 0.5 } convolution_param { num_output: 2 kernel_size: 2 stride: 2 } }
 layer { name: "frozen" type: "Convolution" bottom: "deconv" top: "frozen"
-        param { lr_mult: 0 } param { lr_mult: 0 } convolution_param { num_output: 2 kernel_size: 1 } }
+        param { lr_mult: 0 } param { lr_mult: 0 }
+        convolution_param { num_output: 2 kernel_size: 1 } }
 layer { name: "pool" type: "Pooling" bottom: "frozen" top: "pool"
         pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
 layer { name: "relu" type: "ReLU" bottom: "pool" top: "pool" }

@@ -585,6 +585,11 @@ def test_set_mean_one_channel_and_constant_and_other_channel_counts():
     t1 = cio.Transformer({"data": (1, 1, 2, 2)})
     t1.set_mean("data", big[0])
     np.testing.assert_allclose(t1.mean["data"], [[[2.5, 4.5], [10.5, 12.5]]], atol=1e-5)
+    # C x 1 x 1: channel means, broadcast as they are (not resized)
+    t.set_mean("data", np.array([1.0, 2.0, 3.0])[:, None, None])
+    assert t.mean["data"].shape == (3, 1, 1)
+    np.testing.assert_array_equal(t.preprocess("data", np.zeros((2, 2, 3), np.float32)),
+                                  -np.array([1.0, 2.0, 3.0])[:, None, None] * np.ones((3, 2, 2)))
     # a constant mean image (pycaffe would divide 0 by 0): the constant
     t.set_mean("data", np.full((3, 5, 7), 7.5))
     assert t.mean["data"].shape == (3, 2, 2) and np.all(t.mean["data"] == 7.5)

@@ -379,8 +379,9 @@ class Transformer:
         A mean image of another height × width than the input blob -- the usual 256×256
         ImageNet mean for a 227×227 input -- is resized to the input's size as pycaffe does:
         scaled to [0, 1] by its overall minimum and maximum, resized with :func:`resize_image`
-        (bilinear), and scaled back. A channel count that fits neither way raises
-        TransformerError naming both shapes.
+        (bilinear), and scaled back. A C×1×1 mean holds channel means and is broadcast, not
+        resized (pycaffe would blur it against its minimum at the borders). A channel count
+        that fits neither way raises TransformerError naming both shapes.
         """
         self.__check_input(in_)
         mean = np.asarray(mean)
@@ -408,7 +409,7 @@ class Transformer:
                 "(%d channel(s)) but the input is %s: the mean needs %s channels"
                 % (in_, tuple(mean.shape), ms[0], in_shape,
                    in_shape[0] if len(in_shape) == 3 else "C x H x W"))
-        if ms[1:] != in_shape[1:]:
+        if ms[1:] != in_shape[1:] and ms[1:] != (1, 1):
             mean = _resize_mean(mean.reshape(ms), in_shape[1:])
         self.mean[in_] = mean
 
