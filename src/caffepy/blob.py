@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence, Tuple, Union
 
 from . import backend
+from .size_limits import check_blob, shape_error
 from .errors import NetError
 
 MAX_BLOB_AXES = 32
@@ -45,11 +46,14 @@ class Blob:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
         shape = tuple(int(d) for d in shape)
+        # Shape errors are BlobSizeErrors (ValueErrors): the net builder names layer and blob.
         if len(shape) > MAX_BLOB_AXES:
-            raise ValueError("blob shape %s has more than %d axes" % (shape, MAX_BLOB_AXES))
+            raise shape_error("blob shape %s has more than %d axes" % (shape, MAX_BLOB_AXES),
+                              shape, self)
         for d in shape:
             if d < 0:
-                raise ValueError("blob dimensions must be non-negative, got %s" % (shape,))
+                raise shape_error("blob dimensions must be non-negative, got %s" % (shape,),
+                                  shape, self)
         count = 1
         for d in shape:
             count *= d
@@ -61,6 +65,7 @@ class Blob:
         # is big enough. (The size checks only guard what would be undefined behaviour in Caffe.)
         if (self._data_mem is None or count > self._capacity
                 or count > self._data_mem.array.size or count > self._diff_mem.array.size):
+            check_blob(shape, count, self)     # within memory and the limits, before allocating
             xp = backend.xp()
             self._capacity = count
             self._data_mem = _Memory(count, xp)

@@ -23,6 +23,7 @@ from .. import security
 from ..errors import NetError
 from ..proto import caffe_pb2
 from ..proto.files import message_text
+from ..size_limits import blob_limit
 from . import build
 from .accessors import PycaffeAccessors
 from .weights import NetWeights
@@ -48,7 +49,8 @@ class Net(NetWeights, PycaffeAccessors):
                  phase: Optional[int] = None, level: int = 0,
                  stages: Optional[Iterable[str]] = None,
                  weights: Union[None, str, "os.PathLike[str]", Iterable[str]] = None, *,
-                 allow_python_layers: Optional[bool] = None):
+                 allow_python_layers: Optional[bool] = None,
+                 max_blob_bytes: Union[None, int, str] = None):
         if isinstance(phase, (str, os.PathLike)):
             # legacy pycaffe: Net(network_file, pretrained_param_file, phase)
             if level not in (caffe_pb2.TRAIN, caffe_pb2.TEST) or stages is not None \
@@ -76,7 +78,9 @@ class Net(NetWeights, PycaffeAccessors):
             param.state.stage.extend(list(stages))
         self._source = network if isinstance(network, (str, os.PathLike)) else None
         # allow_python_layers=False (or CAFFEPY_SAFE=1) refuses Python layers: caffepy.security
-        with security.policy(allow_python_layers=allow_python_layers):
+        # max_blob_bytes: no blob of the net may need more (caffepy.size_limits)
+        with security.policy(allow_python_layers=allow_python_layers), \
+                blob_limit(max_blob_bytes):
             self._init(param)
         if weights is not None:
             if isinstance(weights, os.PathLike):
