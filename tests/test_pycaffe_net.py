@@ -576,5 +576,5 @@ def test_blob_gpu_pointer_needs_gpu_memory():
     if caffepy.backend.mode() == caffepy.backend.GPU:
         assert b._gpu_data_ptr == b.data.data.ptr
     else:
-        with pytest.raises(caffepy.backend.DeviceError, match="host memory"):
+        with pytest.raises(caffepy.DeviceError, match="host memory"):
             b._gpu_data_ptr

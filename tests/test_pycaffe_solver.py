@@ -298,7 +298,7 @@ def test_gpu_calls_without_cupy_name_the_gpu_extra():
     for call in (caffepy.set_mode_gpu, lambda: caffepy.set_device(0)):
         with pytest.raises(caffepy.CaffepyError, match=r"pip install 'caffepy\[gpu\]'") as e:
             call()
-        assert isinstance(e.value, backend.DeviceError) and isinstance(e.value, RuntimeError)
+        assert isinstance(e.value, caffepy.DeviceError) and isinstance(e.value, RuntimeError)
     assert backend.mode() == mode == backend.CPU
-    with pytest.raises(backend.DeviceError, match="integer >= 0"):
+    with pytest.raises(caffepy.DeviceError, match="integer >= 0"):
         caffepy.set_device(-1)

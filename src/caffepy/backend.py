@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .errors import CaffepyError
+from .errors import CaffepyError, DeviceError
 
 CPU, GPU = 0, 1
 _mode = CPU
@@ -46,11 +46,6 @@ def gpu_available():
 
 GPU_INSTALL_HELP = ("install the gpu extra, pip install 'caffepy[gpu]' (CuPy for CUDA 12, "
                     "cupy-cuda12x), on a machine with an NVIDIA GPU and its driver")
-
-
-class DeviceError(CaffepyError, RuntimeError):
-    """GPU mode or a GPU device that this machine cannot provide (no CuPy, no CUDA device,
-    no device of that id)."""
 
 
 def _cupy(what):

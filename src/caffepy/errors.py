@@ -58,10 +58,15 @@ class FlagError(CliError):
     """A flag that gflags would reject (unknown flag, bad value, missing argument)."""
 
 
+class DeviceError(CaffepyError, RuntimeError):
+    """GPU mode or a GPU device this machine cannot provide (no CuPy, no CUDA device, no
+    device of that id); the message says how to install the gpu extra."""
+
+
 class GradientCheckError(CaffepyError, AssertionError):
     """An analytic gradient that disagrees with the numerical one."""
 
 
 __all__ = ["CaffepyError", "ProtoError", "NetError", "LayerError", "FillerError", "SolverError",
            "RegularizerError", "DataError", "TransformerError", "ToolError", "CliError",
-           "FlagError", "GradientCheckError"]
+           "FlagError", "DeviceError", "GradientCheckError"]

@@ -8,7 +8,7 @@ Modules: ``solver`` (class Solver: the loop, top to bottom), ``updaters`` (the u
 a registry by ``type``), ``lr_policies`` (the learning-rate policies, a registry by
 ``lr_policy``), ``state`` (snapshot / restore, binary and HDF5), ``signals`` (SIGINT/SIGHUP),
 ``config`` (the solver prototxt and the nets it names), ``factory`` (``get_solver`` and the
-pycaffe classes).
+pycaffe classes), ``param`` (``solver.param``, pycaffe's live view of the SolverParameter).
 """
 from ..errors import SolverError
 from ..regularizers import Regularizer, register_regularizer
@@ -17,6 +17,7 @@ from .factory import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
                       RMSPropSolver, SGDSolver, get_solver, register_solver, solver_class,
                       solver_type_list)
 from .lr_policies import check_lr_policy, get_learning_rate, lr_policy_names, register_lr_policy
+from .param import SolverParameterView
 from .signals import SolverAction
 from .solver import Solver
 from .updaters import (AdaDeltaRule, AdaGradRule, AdamRule, NesterovRule, RMSPropRule, SGDRule,
@@ -28,4 +29,5 @@ __all__ = ["Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSol
            "Regularizer", "register_regularizer",
            "UpdateRule", "register_update_rule", "get_update_rule", "update_rule_names",
            "SGDRule", "NesterovRule", "AdaGradRule", "RMSPropRule", "AdaDeltaRule", "AdamRule",
-           "register_lr_policy", "lr_policy_names", "get_learning_rate", "check_lr_policy"]
+           "register_lr_policy", "lr_policy_names", "get_learning_rate", "check_lr_policy",
+           "SolverParameterView"]
