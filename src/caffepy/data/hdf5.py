@@ -1,10 +1,16 @@
 """HDF5 files as a data source (Caffe's HDF5Data reading).
 
 A text file lists .h5 files, one name per whitespace-separated token. Each file holds one
-dataset per top of the layer, named after the top, with the same number of rows (axis 0); a
-file is read whole, as float32. Rows are served in order, or, with ``shuffle``, the files in a
-random order and the rows of each file in a random order, drawn again at every pass (Caffe's
-permutations of files and rows, from caffepy's seeded random stream).
+dataset per top of the layer, named after the top, with the same number of rows (axis 0).
+Rows are served in order, or, with ``shuffle``, the files in a random order and the rows of
+each file in a random order, drawn again at every pass (Caffe's permutations of files and
+rows, from caffepy's seeded random stream).
+
+Caffe reads a whole file into memory; caffepy keeps the current file open and reads only the
+rows of each batch (converted to float32), so a file larger than memory, or a dataset whose
+header claims more rows than it holds, costs one batch of memory. Datasets are checked when a
+file is opened: present, numeric, at least one axis, the same number of rows, and the same
+row shape in every file.
 """
 import os
 
@@ -33,6 +39,8 @@ class HDF5ListSource:
         self.source = source
         self.names = list(names)
         self.shuffle = bool(shuffle)
+        self._file = None
+        self.datasets = []
         self.filenames = read_text(source, "source file", error).split()
         if not self.filenames:
             raise error("must have at least 1 HDF5 filename listed in '%s'", source)
@@ -42,7 +50,7 @@ class HDF5ListSource:
         self.current_file = 0
         self.row_shapes = None
         self._load(self.filenames[self.file_permutation[0]])
-        self.row_shapes = [arr.shape[1:] for arr in self.file_data]
+        self.row_shapes = [ds.shape[1:] for ds in self.datasets]
         self.current_row = 0
 
     def _load(self, filename):
@@ -55,38 +63,54 @@ class HDF5ListSource:
         except OSError as e:
             raise error("failed opening HDF5 file '%s' (listed in '%s'): %s",
                         filename, self.source, e) from None
-        arrays = []
-        with f:
-            for name in self.names:
-                if name not in f or not isinstance(f[name], h5py.Dataset):
-                    raise error("HDF5 file '%s' has no dataset '%s' (the dataset read into "
-                                "top '%s'; it has: %s)", filename, name, name,
-                                ", ".join(sorted(f.keys())) or "nothing")
-                ds = f[name]
-                if ds.dtype.kind not in "fiu":
-                    raise error("dataset '%s' in '%s' has unsupported type %s (need float or "
-                                "integer data)", name, filename, ds.dtype)
-                if ds.ndim < 1:
-                    raise error("dataset '%s' in '%s' must have at least 1 axis", name, filename)
-                arrays.append(np.asarray(ds[()], dtype=np.float32))
-        num = arrays[0].shape[0]
-        for name, arr in zip(self.names, arrays):
-            if arr.shape[0] != num:
+        try:
+            datasets = self._check(f, filename)
+        except BaseException:
+            f.close()
+            raise
+        self.close()
+        self._file = f
+        self.datasets = datasets
+        self.rows = datasets[0].shape[0]
+        self.current_filename = filename
+        self.data_permutation = np.arange(self.rows)
+        if self.shuffle:
+            self.data_permutation = backend.rng().permutation(self.rows)
+
+    def _check(self, f, filename):
+        """The datasets of the open file ``f``, checked (nothing is read yet)."""
+        h5py, error = self._h5py, self._error
+        datasets = []
+        for name in self.names:
+            try:
+                ds = f[name] if name in f else None
+            except (OSError, KeyError, ValueError) as e:
+                raise error("HDF5 file '%s': cannot open dataset '%s': %s", filename, name,
+                            e) from None
+            if not isinstance(ds, h5py.Dataset):
+                raise error("HDF5 file '%s' has no dataset '%s' (the dataset read into "
+                            "top '%s'; it has: %s)", filename, name, name,
+                            ", ".join(sorted(f.keys())) or "nothing")
+            if ds.dtype.kind not in "fiu":
+                raise error("dataset '%s' in '%s' has unsupported type %s (need float or "
+                            "integer data)", name, filename, ds.dtype)
+            if ds.ndim < 1:
+                raise error("dataset '%s' in '%s' must have at least 1 axis", name, filename)
+            datasets.append(ds)
+        num = datasets[0].shape[0]
+        for name, ds in zip(self.names, datasets):
+            if ds.shape[0] != num:
                 raise error("datasets in '%s' must have the same number of rows: '%s' has %d, "
-                            "'%s' has %d", filename, self.names[0], num, name, arr.shape[0])
+                            "'%s' has %d", filename, self.names[0], num, name, ds.shape[0])
         if num == 0:
             raise error("HDF5 file '%s' has no rows", filename)
         if self.row_shapes is not None:
-            for name, arr, shp in zip(self.names, arrays, self.row_shapes):
-                if arr.shape[1:] != shp:
+            for name, ds, shp in zip(self.names, datasets, self.row_shapes):
+                if ds.shape[1:] != shp:
                     raise error("dataset '%s' in '%s' has rows of shape %s, but the first file "
                                 "had %s: every file must have the same row shape", name,
-                                filename, dims_str(arr.shape[1:]), dims_str(shp))
-        self.file_data = arrays
-        self.current_filename = filename
-        self.data_permutation = np.arange(num)
-        if self.shuffle:
-            self.data_permutation = backend.rng().permutation(num)
+                                filename, dims_str(ds.shape[1:]), dims_str(shp))
+        return datasets
 
     def _next_file(self):
         """Caffe's Next() at the end of the current file's rows."""
@@ -101,6 +125,21 @@ class HDF5ListSource:
         if self.shuffle:
             backend.rng().shuffle(self.data_permutation)
 
+    def _rows(self, name, ds, cur, k):
+        """Rows ``cur``..``cur+k`` of the pass (of the permutation with shuffle), float32."""
+        try:
+            if not self.shuffle:
+                return np.asarray(ds[cur:cur + k], dtype=np.float32)
+            sel = self.data_permutation[cur:cur + k]
+            order = np.argsort(sel, kind="stable")
+            rows = np.asarray(ds[sel[order]], dtype=np.float32)   # h5py reads increasing rows
+            out = np.empty_like(rows)
+            out[order] = rows
+            return out
+        except (OSError, ValueError, TypeError, RuntimeError) as e:
+            raise self._error("HDF5 file '%s': cannot read rows %d..%d of dataset '%s': %s",
+                              self.current_filename, cur, cur + k - 1, name, e) from None
+
     def read_batch(self, outs):
         """Fill the arrays ``outs`` (one per dataset, NumPy or CuPy, rows on axis 0) with the
         next ``len(outs[0])`` rows."""
@@ -108,12 +147,21 @@ class HDF5ListSource:
         filled = 0
         while filled < b:
             cur = self.current_row
-            rows = self.file_data[0].shape[0]
-            k = min(b - filled, rows - cur)
-            sel = self.data_permutation[cur:cur + k] if self.shuffle else slice(cur, cur + k)
-            for out, arr in zip(outs, self.file_data):
-                out[filled:filled + k] = backend.array_module(out).asarray(arr[sel])
+            k = min(b - filled, self.rows - cur)
+            for out, name, ds in zip(outs, self.names, self.datasets):
+                out[filled:filled + k] = backend.array_module(out).asarray(
+                    self._rows(name, ds, cur, k))
             filled += k
             self.current_row += k
-            if self.current_row == rows:
+            if self.current_row == self.rows:
                 self._next_file()
+
+    def close(self):
+        """Close the current file (the next read opens it again only through _load)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:
+                pass
+            self._file = None
+            self.datasets = []

@@ -23,6 +23,7 @@ import io
 import numpy as np
 
 from ..errors import DataError
+from ..size_limits import check_bytes, max_image_pixels
 
 
 def _default_error(msg, *args):
@@ -73,8 +74,35 @@ def rgb_to_gray(rgb):
     return ((r * 4899 + g * 9617 + b * 1868 + 8192) >> 14).astype(np.uint8)
 
 
-def _open(Image, src, mode):
-    img = Image.open(src)
+class _TooLarge(Exception):
+    """An image refused from its header (the message says why); reported by the caller."""
+
+
+def _check_size(Image, img, error, where, resize_pixels):
+    """Refuse, from the header and before decoding, an image with more pixels than
+    max_image_pixels() (or than the resize target ``resize_pixels``, when that is larger) or
+    whose decoded float32 planes would not fit the blob limit."""
+    w, h = img.size
+    limit = max(max_image_pixels(), resize_pixels)
+    if w * h > limit:
+        raise error("%s is %d x %d pixels (width x height), more than the %d pixels caffepy "
+                    "decodes (set CAFFEPY_MAX_IMAGE_PIXELS to allow more)", where, w, h, limit)
+    bands = max(len(img.getbands()), 3)
+    check_bytes(w * h * bands * 4, "%s (%d x %d pixels, decoded as float32)" % (where, w, h),
+                lambda msg: error("%s", msg))
+
+
+def _open(Image, src, mode, error=_default_error, where="image", resize_pixels=0):
+    """Open ``src`` with Pillow, check its size from the header, then decode it.
+
+    Pillow's decompression-bomb check (Image.open refuses more than 2 × Image.MAX_IMAGE_PIXELS
+    pixels) is reported as ``error`` too."""
+    try:
+        img = Image.open(src)
+    except Image.DecompressionBombError as e:
+        raise _TooLarge(error("%s is refused by Pillow as a possible decompression bomb: %s",
+                              where, e)) from None
+    _check_size(Image, img, lambda *a: _TooLarge(error(*a)), where, resize_pixels)
     if mode == "gray" and img.format == "JPEG" and img.mode != "L":
         img.draft("L", img.size)            # libjpeg's own luma output, as OpenCV reads it
     img.load()
@@ -87,7 +115,9 @@ def decode_image(data, mode="native", error=_default_error, where="encoded image
         raise ValueError("mode must be one of %s" % sorted(_MODES))
     Image = _pil(error, "decoding %s" % where)
     try:
-        img = _open(Image, io.BytesIO(data), mode)
+        img = _open(Image, io.BytesIO(data), mode, error, where)
+    except _TooLarge as e:
+        raise e.args[0] from None
     except Exception as e:
         raise error("%s: cannot decode the image: %s", where, e) from None
     return _to_bgr_array(img, mode, error, where)
@@ -100,8 +130,11 @@ def read_image(path, is_color=True, new_height=0, new_width=0, error=_default_er
     where = where or "image '%s'" % path
     Image = _pil(error, "reading %s" % where)
     mode = "color" if is_color else "gray"
+    resize_pixels = new_height * new_width if new_height > 0 and new_width > 0 else 0
     try:
-        img = _open(Image, path, mode)
+        img = _open(Image, path, mode, error, where, resize_pixels)
+    except _TooLarge as e:
+        raise e.args[0] from None
     except FileNotFoundError:
         raise error("could not load %s: no such file", where) from None
     except Exception as e:

@@ -9,6 +9,7 @@ They hold no layer: errors are made by the ``error(msg, *args)`` callable they a
 """
 import numpy as np
 
+from ..size_limits import check_bytes
 from .datum import datum_to_array, parse_datum
 from .image import read_image
 from ..errors import DataError
@@ -55,11 +56,19 @@ def _key(key):
     return key.decode("utf-8", errors="replace") if isinstance(key, bytes) else key
 
 
-def _fill_batch(batch, transformer, items, labels, first_shape):
-    """Transform ``items`` into ``batch.data`` (shaped after the first item) and copy the
-    labels into ``batch.label``."""
+def _fill_batch(batch, transformer, items, labels, first_shape, error, first_what):
+    """Transform ``items`` into ``batch.data`` (shaped after the first item, ``first_what``)
+    and copy the labels into ``batch.label``. A new batch shape is checked against the size
+    limits (caffepy.size_limits) before it is allocated."""
     n = len(items)
-    batch.data = ensure(batch.data, (n,) + transformer.infer_shape(first_shape))
+    shape = (n,) + transformer.infer_shape(first_shape)
+    if batch.data is None or batch.data.shape != shape:
+        count = 1
+        for d in shape:
+            count *= d
+        check_bytes(count * 4, "a batch of shape %s (float32; its first item is %s)"
+                    % (dims_str(shape), first_what), lambda msg: error("%s", msg))
+    batch.data = ensure(batch.data, shape)
     transformer.transform_items(items, out=batch.data)
     batch.label = ensure(batch.label, (n,))
     batch.label[:] = labels
@@ -110,7 +119,7 @@ class DatumSource:
                                   t.crop_size)
             items.append(item)
             labels.append(datum.label)
-        _fill_batch(batch, t, items, labels, first_shape)
+        _fill_batch(batch, t, items, labels, first_shape, error, "record %r" % _key(first_key))
 
     def close(self):
         if self.db is not None:
@@ -191,7 +200,8 @@ class ImageListSource:
                 self.pos = 0
                 if self.rng is not None:
                     self.rng.shuffle(self.lines)
-        _fill_batch(batch, t, items, labels, first[2])
+        _fill_batch(batch, t, items, labels, first[2], self._error,
+                    "image '%s' (line %d)" % (self.root + first[0], first[1]))
 
     def close(self):
         pass

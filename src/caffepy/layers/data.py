@@ -28,6 +28,7 @@ from ..data.transformer import DataTransformer
 from ..data.window import WindowSampler, parse_window_file
 from ..errors import DataError
 from ..fillers import FillerError, fill_array
+from ..size_limits import bytes_str, check_bytes
 from ..layer import Layer, LayerError, register_layer
 from ..proto import caffe_pb2
 
@@ -85,8 +86,9 @@ class InputLayer(_NoGradLayer):
             if len(shapes):
                 dims = shapes[0 if len(shapes) == 1 else i].dim
                 if any(d < 0 for d in dims):
-                    raise self.error("input shape dimensions must be non-negative, got %s",
-                                     list(dims))
+                    raise self.error("input shape dimensions must be non-negative, got %s "
+                                     "(top '%s')", list(dims), self.layer_param.top[i]
+                                     if i < len(self.layer_param.top) else i)
                 t.reshape(tuple(int(d) for d in dims))
 
     def forward_impl(self, bottom, top):
@@ -434,6 +436,12 @@ class _PrefetchingDataLayer(_NoGradLayer):
 
     def _start_prefetch(self, source, data_shape, label_shape):
         n = int(self.layer_param.data_param.prefetch)
+        count = 1
+        for d in data_shape:
+            count *= d
+        check_bytes(n * count * 4, "data_param.prefetch %d batches of shape %s (float32, %s "
+                    "each)" % (n, dims_str(data_shape), bytes_str(count * 4)),
+                    lambda msg: self.error("%s", msg))
         batches = [Batch(np.empty(data_shape, np.float32),
                          None if label_shape is None else np.empty(label_shape, np.float32))
                    for _ in range(n)]
