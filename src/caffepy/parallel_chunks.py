@@ -25,6 +25,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as _np
+
 from . import backend
 
 log = logging.getLogger("caffepy")
@@ -169,6 +171,106 @@ def split(count, nparts):
         out.append((start, stop))
         start = stop
     return out
+
+
+# Element-wise work (a ReLU, a pooling pass over independent planes) is worth splitting only
+# when each part is long enough for the threads not to wait on each other's GIL.
+MIN_SPLIT_BYTES = 1 << 20
+# A matrix product is split into row blocks when it has at least this many multiply-adds;
+# the split depends on the shapes only (never on the thread count), so its results are the
+# same bits whether one thread runs the blocks or several.
+MIN_SPLIT_MACS = 1 << 22
+GEMM_ROW_BLOCKS = 2
+# An accumulating product (a weight gradient added to the param diff) works a block of rows of
+# at most this many bytes at a time.
+ACCUMULATE_BLOCK_BYTES = 4 << 20
+
+
+def parts_for(nbytes, count):
+    """How many parts to split ``count`` independent items (``nbytes`` in all) into now: the
+    thread count when the work is large enough to gain from it, else 1."""
+    n = parts()
+    if n == 1 or nbytes < MIN_SPLIT_BYTES:
+        return 1
+    return max(1, min(n, count))
+
+
+def elementwise(fn, arrays, nbytes=None):
+    """fn(*pieces) over contiguous pieces of equal-length flat arrays, side by side.
+
+    ``arrays`` are 1-D views of one length; each part gets the same [start, stop) range of
+    every array. Element-wise results do not depend on the split."""
+    count = arrays[0].shape[0]
+    if nbytes is None:
+        nbytes = sum(a.nbytes for a in arrays)
+    n = parts_for(nbytes, count)
+    if n == 1:
+        fn(*arrays)
+        return
+    ranges = split(count, n)
+    run(lambda p: fn(*(a[ranges[p][0]:ranges[p][1]] for a in arrays)), len(ranges))
+
+
+def gemm_row_blocks(m, n, k, max_block_bytes=None):
+    """[start, stop) row ranges of an (m × k)·(k × n) product, fixed by the shapes: two when
+    the product is large enough to share, and (``max_block_bytes``) enough that each block's
+    float32 rows of the result fit in that many bytes."""
+    blocks = GEMM_ROW_BLOCKS if m * n * k >= MIN_SPLIT_MACS and m >= 2 * GEMM_ROW_BLOCKS else 1
+    if max_block_bytes:
+        blocks = max(blocks, -(-4 * m * n // max_block_bytes))
+    return split(m, blocks)
+
+
+def matmul_rows(xp, a, b, out, accumulate=None):
+    """out = a·b (2-D), computed as row blocks of ``a`` and ``out`` (gemm_row_blocks) run side
+    by side on the pool. ``out`` must be C-contiguous (each block a contiguous slab).
+
+    ``accumulate=scratch`` adds the product to ``out`` instead (out += a·b, as a BLAS GEMM
+    with beta = 1 does): each block's product goes to ``scratch(worker, rows)``, a (rows × n)
+    float32 work array of the worker running it, then is added, so the work memory is a block
+    (ACCUMULATE_BLOCK_BYTES), not a whole product."""
+    m, k = a.shape
+    n = b.shape[1]
+    if xp is not _np:               # the device runs one product as it likes
+        blocks = [(0, m)]
+    else:
+        blocks = gemm_row_blocks(m, n, k, ACCUMULATE_BLOCK_BYTES if accumulate else None)
+    if accumulate is None:
+        if len(blocks) == 1:
+            xp.matmul(a, b, out=out)
+            return
+        run(lambda p: xp.matmul(a[blocks[p][0]:blocks[p][1]], b,
+                                out=out[blocks[p][0]:blocks[p][1]]), len(blocks))
+        return
+    rows = max(stop - start for start, stop in blocks)
+
+    def block(worker, i):
+        start, stop = blocks[i]
+        t = accumulate(worker, rows)[:stop - start]
+        xp.matmul(a[start:stop], b, out=t)
+        out[start:stop] += t
+    run_blocks(block, len(blocks))
+
+
+def elementwise_with_temp(fn, arrays, temp):
+    """fn(*pieces, work) over contiguous pieces of equal-length flat arrays, ``work`` a piece of
+    the 1-D buffer ``temp`` as long as the others: the arrays are split among the threads and
+    each thread's range is walked in blocks as long as its share of ``temp``, so a small work
+    buffer serves an array of any size. Element-wise results do not depend on the split."""
+    count = arrays[0].shape[0]
+    nparts = parts_for(sum(a.nbytes for a in arrays), count)
+    if temp.shape[0] < nparts:
+        nparts = 1
+    block = temp.shape[0] // nparts
+    ranges = split(count, nparts)
+
+    def part(p):
+        start, stop = ranges[p]
+        work = temp[p * block:(p + 1) * block]
+        for s in range(start, stop, block):
+            e = min(s + block, stop)
+            fn(*(x[s:e] for x in arrays), work[:e - s])
+    run(part, len(ranges))
 
 
 def _forget_after_fork():

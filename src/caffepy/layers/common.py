@@ -4,6 +4,7 @@ Embed, Tile, Filter, BatchReindex, Silence, Parameter, Crop.
 Each class reproduces the arithmetic (and the order of floating-point operations, where
 it matters) of the Caffe 1.0 layer of the same name.
 """
+from .. import parallel_chunks
 from ..blob import Blob
 from ..kernels.pooling import scatter_add
 from ..layer import Layer, register_layer
@@ -13,6 +14,9 @@ from .shapes import prod, shape_str
 
 
 # -- InnerProduct -------------------------------------------------------------------------
+
+_DW_SCRATCH = tuple("dw%d" % w for w in range(16))      # scratch names of the worker threads
+
 
 @register_layer("InnerProduct")
 class InnerProductLayer(Layer):
@@ -50,9 +54,15 @@ class InnerProductLayer(Layer):
         x = bottom[0].flat_data.reshape(self.M, self.K)
         y = top[0].flat_data.reshape(self.M, self.N)
         w = self.blobs[0].data
-        xp.matmul(x, w if self.transpose else w.T, out=y)
+        # row blocks of the batch side by side on the cores (caffepy.parallel_chunks)
+        parallel_chunks.matmul_rows(xp, x, w if self.transpose else w.T, y)
         if self.bias_term:
             y += self.blobs[1].data
+
+    def _dw_scratch(self, worker, rows):
+        cols = self.N if self.transpose else self.K
+        return self.scratch(_DW_SCRATCH[worker] if worker < len(_DW_SCRATCH) else
+                            "dw%d" % worker, (rows, cols))
 
     def backward_impl(self, top, propagate_down, bottom):
         xp = self.xp
@@ -60,13 +70,12 @@ class InnerProductLayer(Layer):
         x = bottom[0].flat_data.reshape(self.M, self.K)
         if self.param_propagate(0):
             wdiff = self.blobs[0].diff
-            # param diffs accumulate: the product goes to scratch, then +=
-            dw = self.scratch("dw", wdiff.shape)
+            # param diffs accumulate: the product goes to scratch, a block of rows at a time
+            # (caffepy.parallel_chunks), then +=
             if self.transpose:
-                xp.matmul(x.T, dy, out=dw)
+                parallel_chunks.matmul_rows(xp, x.T, dy, wdiff, self._dw_scratch)
             else:
-                xp.matmul(dy.T, x, out=dw)
-            wdiff += dw
+                parallel_chunks.matmul_rows(xp, dy.T, x, wdiff, self._dw_scratch)
         if self.bias_term and self.param_propagate(1):
             db = self.scratch("db", (self.N,))
             xp.sum(dy, axis=0, out=db)
@@ -74,7 +83,7 @@ class InnerProductLayer(Layer):
         if propagate_down[0]:
             w = self.blobs[0].data
             dx = bottom[0].flat_diff.reshape(self.M, self.K)
-            xp.matmul(dy, w.T if self.transpose else w, out=dx)
+            parallel_chunks.matmul_rows(xp, dy, w.T if self.transpose else w, dx)
 
 
 # -- Eltwise ------------------------------------------------------------------------------

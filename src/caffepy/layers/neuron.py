@@ -7,7 +7,7 @@ exactly as Caffe does, so in place they see the output (Caffe's numbers).
 """
 import numpy as np
 
-from .. import backend
+from .. import backend, parallel_chunks
 from ..layer import NeuronLayer, register_layer
 from ..proto import caffe_pb2
 
@@ -56,14 +56,18 @@ class ReLULayer(NeuronLayer):
         x, y = bottom[0].data, top[0].data
         s = self.negative_slope
         if s == 0:
-            xp.maximum(x, 0, out=y)
+            parallel_chunks.elementwise(lambda x, y: xp.maximum(x, 0, out=y),
+                                        (x.reshape(-1), y.reshape(-1)))
         else:
             # Caffe's max(x, 0) + slope * min(x, 0), branch-free (xp.where is slower)
             neg = self.scratch("neg", x.shape)
-            xp.minimum(x, 0, out=neg)
-            neg *= s
-            xp.maximum(x, 0, out=y)
-            y += neg
+
+            def leaky(x, y, neg):
+                xp.minimum(x, 0, out=neg)
+                neg *= s
+                xp.maximum(x, 0, out=y)
+                y += neg
+            parallel_chunks.elementwise(leaky, (x.reshape(-1), y.reshape(-1), neg.reshape(-1)))
 
     def backward_impl(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -72,17 +76,26 @@ class ReLULayer(NeuronLayer):
         x = bottom[0].data
         dy, dx = top[0].diff, bottom[0].diff
         s = self.negative_slope
-        pos = self.scratch("pos", x.shape, xp.bool_)
-        xp.greater(x, 0, out=pos)
+        pos = self.scratch("pos", x.shape, xp.bool_).reshape(-1)
         if s == 0:
-            xp.multiply(dy, pos, out=dx)
+            def relu_backward(x, dy, dx, pos):
+                xp.greater(x, 0, out=pos)
+                xp.multiply(dy, pos, out=dx)
+            parallel_chunks.elementwise(relu_backward, (x.reshape(-1), dy.reshape(-1),
+                                                        dx.reshape(-1), pos))
         else:
             # Caffe's dy * ((x > 0) + slope * (x <= 0)): the factor is exactly 1 or slope
             factor = self.scratch("factor", x.shape)
-            xp.less_equal(x, 0, out=factor)
-            factor *= s
-            factor += pos
-            xp.multiply(dy, factor, out=dx)
+
+            def leaky_backward(x, dy, dx, pos, factor):
+                xp.greater(x, 0, out=pos)
+                xp.less_equal(x, 0, out=factor)
+                factor *= s
+                factor += pos
+                xp.multiply(dy, factor, out=dx)
+            parallel_chunks.elementwise(leaky_backward, (x.reshape(-1), dy.reshape(-1),
+                                                         dx.reshape(-1), pos,
+                                                         factor.reshape(-1)))
 
 
 @register_layer("PReLU")

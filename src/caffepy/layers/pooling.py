@@ -5,7 +5,7 @@ rules and its output-size formulas. The window loops live in caffepy.kernels.poo
 """
 import numpy as np
 
-from .. import backend
+from .. import backend, parallel_chunks
 from ..kernels.pooling import Pool2D, pooled_size
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
@@ -130,26 +130,59 @@ class PoolingLayer(Layer):
                              self.kernel_w, self.stride_h, self.stride_w, self.pad_h, self.pad_w)
         for t in top:
             t.reshape(N, C, OH, OW)
-        key = (N, C, H, W, self.kernel_h, self.kernel_w, OH, OW)
+        self._shape = (N * C, H, W, OH, OW)
+        self._plan()
+
+    def _plan(self):
+        """One Pool2D per range of planes: the planes are independent, so the ranges run side
+        by side on the cores (caffepy.parallel_chunks) and give the same bits as one kernel.
+        STOCHASTIC pooling draws its random numbers for the whole top: one kernel."""
+        nc, H, W, OH, OW = self._shape
+        nparts = 1
+        if self.xp is np and self.method in (_MAX, _AVE):
+            nparts = parallel_chunks.parts_for(4 * nc * H * W, nc)
+        key = (nc, H, W, self.kernel_h, self.kernel_w, OH, OW, nparts, self.xp)
         if key != self._key:
             self._key = key
-            self.kern = Pool2D(self.xp, N * C, H, W, self.kernel_h, self.kernel_w,
-                               self.stride_h, self.stride_w, self.pad_h, self.pad_w, OH, OW)
-        self._shape = (N * C, H, W, OH, OW)
+            self._ranges = parallel_chunks.split(nc, nparts)
+            self.kerns = [Pool2D(self.xp, b - a, H, W, self.kernel_h, self.kernel_w,
+                                 self.stride_h, self.stride_w, self.pad_h, self.pad_w, OH, OW)
+                          for a, b in self._ranges]
+            self.kern = self.kerns[0]
 
     def forward_impl(self, bottom, top):
+        self._plan()
         nc, H, W, OH, OW = self._shape
         x = bottom[0].data.reshape(nc, H, W)
+        y = top[0].data.reshape(nc, OH, OW)
         mask = top[1].data.reshape(nc, OH, OW) if len(top) > 1 else None
-        _PoolRunner.forward(self, self.kern, self.method, x, top[0].data.reshape(nc, OH, OW),
-                            mask)
+        if len(self.kerns) == 1:
+            _PoolRunner.forward(self, self.kern, self.method, x, y, mask)
+            return
+        ranges, kerns, method = self._ranges, self.kerns, self.method
+
+        def part(p):
+            a, b = ranges[p]
+            _PoolRunner.forward(self, kerns[p], method, x[a:b], y[a:b],
+                                None if mask is None else mask[a:b])
+        parallel_chunks.run(part, len(kerns))
 
     def backward_impl(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        self._plan()
         nc, H, W, OH, OW = self._shape
-        _PoolRunner.backward(self.kern, self.method, top[0].diff.reshape(nc, OH, OW),
-                             bottom[0].diff.reshape(nc, H, W))
+        dy = top[0].diff.reshape(nc, OH, OW)
+        dx = bottom[0].diff.reshape(nc, H, W)
+        if len(self.kerns) == 1:
+            _PoolRunner.backward(self.kern, self.method, dy, dx)
+            return
+        ranges, kerns, method = self._ranges, self.kerns, self.method
+
+        def part(p):
+            a, b = ranges[p]
+            _PoolRunner.backward(kerns[p], method, dy[a:b], dx[a:b])
+        parallel_chunks.run(part, len(kerns))
 
 
 # -- SPP ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ adds ``local_decay · (w ⊙ D)`` (penalty ``local_decay/2 · Σ w·(w⊙D)``) a
 """
 import numpy as np
 
-from .. import backend
+from .. import backend, parallel_chunks
 from ..errors import ProtoError, RegularizerError, SolverError
 from ..proto import caffe_pb2
 from ..proto.blobproto import blobproto_shape_equals, blobproto_to_array
@@ -20,40 +20,47 @@ from .base import RegularizeContext, Regularizer, register_regularizer
 
 f32 = np.float32
 TYPES = ("L2", "L1")
+TEMP_BLOCK = 1 << 16      # elements of the CPU work buffer per thread
 
 
 def apply_weight_decay(regularization_type, local_decay, data, diff, temp=None, decay=None):
     """Caffe's Regularize for one param: flat float32 ``data``/``diff`` arrays, in place.
 
-    ``temp`` is an optional work buffer the size of ``data`` (Caffe's ``temp_``); with it no
-    array is allocated. ``decay`` is the optional flat array of per-weight multipliers D
-    (``decay_proto``). The numbers are the same with or without ``temp``.
+    ``temp`` is an optional 1-D work buffer (Caffe's ``temp_``), as long as ``data`` or
+    shorter: a shorter one is used a block at a time; with it no array is allocated. ``decay``
+    is the optional flat array of per-weight multipliers D (``decay_proto``). The numbers are
+    the same with or without ``temp``, whatever its length.
     """
     local_decay = f32(local_decay)
     if not local_decay:
         return
     xp = backend.array_module(diff)
-    if regularization_type == "L2":
-        if decay is None:
-            if temp is None:
-                diff += local_decay * data                    # caffe_axpy
-            else:
-                xp.multiply(data, local_decay, out=temp)
-                diff += temp
+    if temp is None:
+        if regularization_type == "L2" and decay is None:
+            diff += local_decay * data                        # caffe_axpy
             return
-        if temp is None:
-            temp = xp.empty_like(data)
-        xp.multiply(data, decay, out=temp)                    # caffe_mul(w, D)
-        xp.multiply(temp, local_decay, out=temp)
-        diff += temp
+        temp = xp.empty_like(data)
+    arrays = (data, diff) if decay is None else (data, diff, decay)
+    if regularization_type == "L2":
+        def l2(data, diff, *rest):
+            work = rest[-1]
+            if decay is None:
+                xp.multiply(data, local_decay, out=work)      # caffe_axpy's alpha·w
+            else:
+                xp.multiply(data, rest[0], out=work)          # caffe_mul(w, D)
+                xp.multiply(work, local_decay, out=work)
+            diff += work
+        # a small ``temp`` is walked block by block; large params run on all the cores
+        parallel_chunks.elementwise_with_temp(l2, arrays, temp)
     elif regularization_type == "L1":
-        if temp is None:
-            temp = xp.empty_like(data)
-        xp.sign(data, out=temp)                               # caffe_cpu_sign, sign(0)=0
-        if decay is not None:
-            xp.multiply(temp, decay, out=temp)
-        xp.multiply(temp, local_decay, out=temp)
-        diff += temp
+        def l1(data, diff, *rest):
+            work = rest[-1]
+            xp.sign(data, out=work)                           # caffe_cpu_sign, sign(0)=0
+            if decay is not None:
+                xp.multiply(work, rest[0], out=work)
+            xp.multiply(work, local_decay, out=work)
+            diff += work
+        parallel_chunks.elementwise_with_temp(l1, arrays, temp)
     else:
         raise SolverError("Unknown regularization type: '%s' (regularization_type must be "
                           "\"L2\" or \"L1\")" % regularization_type)
@@ -174,7 +181,11 @@ class WeightDecay(Regularizer):
         rtype = self.param_type(ctx)
         decay = self.decay_multipliers(param_id, blob, ctx)
         xp = backend.array_module(blob.data)
-        temp = self.scratch(param_id, "temp", (blob.count,), xp, blob.data.dtype)
+        # one work buffer of a few blocks for every param on the CPU (walked block by block),
+        # a whole param's on a device (one kernel per operation)
+        size = TEMP_BLOCK * parallel_chunks.parts() if xp is np else blob.count
+        temp = self.scratch(None if xp is np else param_id, "temp", (size,), xp,
+                            blob.data.dtype)
         apply_weight_decay(rtype, local_decay, blob.data.reshape(-1), blob.diff.reshape(-1),
                            temp, decay)
 

@@ -16,7 +16,7 @@ on an ``UpdateRule`` subclass makes ``type: "Name"`` in a solver prototxt train 
 """
 import numpy as np
 
-from .. import backend
+from .. import backend, parallel_chunks
 from ..errors import SolverError
 from ..kernels import compiled
 from ..registry import Registry
@@ -115,7 +115,9 @@ class SGDRule(UpdateRule):
         momentum = f32(self.param.momentum)
         if (self._fused is not None and type(diff) is np.ndarray
                 and diff.flags.c_contiguous and h.flags.c_contiguous):
-            self._fused.sgd_momentum(diff, h, f32(local_rate), momentum)
+            rate, sgd = f32(local_rate), self._fused.sgd_momentum
+            # the compiled pass releases the GIL: a large param's halves run side by side
+            parallel_chunks.elementwise(lambda diff, h: sgd(diff, h, rate, momentum), (diff, h))
             return
         xp = backend.array_module(diff)
         h *= momentum                              # cblas_sscal(momentum, h)
@@ -222,4 +224,3 @@ class AdamRule(UpdateRule):
         xp.multiply(diff, diff, out=temp)             # g^2
         _axpby(f32(f32(1) - beta2), temp, beta2, v)   # v
         _scaled_ratio(xp, m, v, eps_hat, f32(f32(local_rate) * correction), temp, diff)
-
