@@ -2,6 +2,7 @@
 LRN (local response normalisation)."""
 import numpy as np
 
+from .. import parallel_chunks
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 from .shapes import nchw, prod
@@ -514,6 +515,11 @@ class ArgMaxLayer(Layer):
 
 # -- LRN ------------------------------------------------------------------------------------
 
+# LRN works a chunk of images at a time (about this many bytes of input), so its work buffers
+# are a chunk's, not the batch's, and the chunks run on all the cores.
+LRN_CHUNK_BYTES = 1 << 20
+
+
 def _box_sum(xp, src, n, pad_buf, row_buf, out):
     """out = Σ over the n×n window centred on each pixel of src (N, C, H, W), zero-padded.
     Separable: a sum along W into row_buf, then along H into out."""
@@ -552,68 +558,100 @@ class LRNLayer(Layer):
         shape = nchw(self, b)
         if top[0] is not b:
             top[0].reshape(shape)
-        if shape != self._key:
-            self._key = shape
+        if (shape, self.xp) != self._key:
+            self._key = (shape, self.xp)
             xp = self.xp
             N, C, H, W = shape
-            n = self.size
-            if self.across:
-                self._pad = xp.zeros((N, C + n - 1, H, W), dtype=np.float32)
-            else:
-                self._pad = xp.zeros((N, C, H + n - 1, W + n - 1), dtype=np.float32)
-                self._row = xp.empty((N, C, H + n - 1, W), dtype=np.float32)
             self._scale = xp.empty(shape, dtype=np.float32)
             self._spow = xp.empty(shape, dtype=np.float32)
-            self._tmp = xp.empty(shape, dtype=np.float32)
+            # chunks of images that the threads take in turn, each with work buffers of a
+            # chunk (caffepy.parallel_chunks); on a device, one chunk
+            per_image = max(1, 4 * C * H * W)
+            m = max(1, LRN_CHUNK_BYTES // per_image) if xp is np else max(1, N)
+            self._chunks = parallel_chunks.split(N, -(-N // m)) if N else []
+            self._chunk = max((b - a for a, b in self._chunks), default=1)
+            self._work = {}
             self._xsave = None
 
-    def _window_sum(self, src, out):
-        """Σ of src over each element's LRN window (channels or n×n plane window)."""
-        xp = self.xp
+    def _work_buffers(self, worker):
+        """The worker's (padded, row, square) buffers for one chunk; the padding stays zero."""
+        w = self._work.get(worker)
+        if w is None:
+            xp = self.xp
+            N, C, H, W = self._key[0]
+            m, n = self._chunk, self.size
+            if self.across:
+                pad = xp.zeros((m, C + n - 1, H, W), dtype=np.float32)
+                row = None
+            else:
+                pad = xp.zeros((m, C, H + n - 1, W + n - 1), dtype=np.float32)
+                row = xp.empty((m, C, H + n - 1, W), dtype=np.float32)
+            w = self._work[worker] = (pad, row, xp.empty((m, C, H, W), dtype=np.float32))
+        return w
+
+    def _window_sum(self, src, out, pad, row):
+        """Σ of src over each element's LRN window (channels or n×n plane window); ``pad`` and
+        ``row`` are work buffers for src's images. ``out`` may be ``src``."""
         if self.across:
             C = src.shape[1]
-            pad = self._pad
             pad[:, self.pre_pad:self.pre_pad + C] = src
             out[...] = pad[:, 0:C]
             for i in range(1, self.size):
                 out += pad[:, i:i + C]
             return out
-        return _box_sum(xp, src, self.size, self._pad, self._row, out)
+        return _box_sum(self.xp, src, self.size, pad, row, out)
 
     def forward_impl(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
-        in_place = top[0] is bottom[0]
-        if in_place:
+        y = top[0].data
+        if top[0] is bottom[0]:         # backward needs the input: keep a copy
             if self._xsave is None:
                 self._xsave = xp.empty(x.shape, dtype=np.float32)
             self._xsave[...] = x
-        scale = self._scale
-        xp.multiply(x, x, out=self._tmp)
-        self._window_sum(self._tmp, scale)
-        if self.across:
-            scale *= np.float32(self.alpha / self.size)
-            scale += np.float32(self.k)
-        else:
-            # Caffe's chain: AVE pool (÷ n²) -> Power(scale α, shift 1, power −β)
-            scale *= np.float32(1.0 / (self.size * self.size))
-            scale *= np.float32(self.alpha)
-            scale += np.float32(1.0)
-        xp.power(scale, np.float32(-self.beta), out=self._spow)
-        xp.multiply(x, self._spow, out=top[0].data)
+        scale_all, spow_all, chunks = self._scale, self._spow, self._chunks
+        f32 = np.float32
+
+        def chunk_forward(worker, i):
+            a, b = chunks[i]
+            m = b - a
+            pad, row, sq = self._work_buffers(worker)
+            xs, scale = x[a:b], scale_all[a:b]
+            xp.multiply(xs, xs, out=sq[:m])
+            self._window_sum(sq[:m], scale, pad[:m], None if row is None else row[:m])
+            if self.across:
+                scale *= f32(self.alpha / self.size)
+                scale += f32(self.k)
+            else:
+                # Caffe's chain: AVE pool (÷ n²) -> Power(scale α, shift 1, power −β)
+                scale *= f32(1.0 / (self.size * self.size))
+                scale *= f32(self.alpha)
+                scale += f32(1.0)
+            xp.power(scale, f32(-self.beta), out=spow_all[a:b])
+            xp.multiply(xs, spow_all[a:b], out=y[a:b])   # in place: this chunk was read above
+        parallel_chunks.run_blocks(chunk_forward, len(chunks))
 
     def backward_impl(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         xp = self.xp
-        dy, y = top[0].diff, top[0].data
+        dy, y, dx = top[0].diff, top[0].data, bottom[0].diff
         x = self._xsave if top[0] is bottom[0] else bottom[0].data
         n2 = self.size if self.across else self.size * self.size
-        ratio = self._tmp
-        xp.multiply(dy, y, out=ratio)
-        ratio /= self._scale
-        acc = self._window_sum(ratio, ratio)     # the sum reads ratio before overwriting it
-        acc *= x
-        acc *= np.float32(2.0 * self.alpha * self.beta / n2)
-        xp.multiply(dy, self._spow, out=bottom[0].diff)
-        bottom[0].diff[...] -= acc
+        coeff = np.float32(2.0 * self.alpha * self.beta / n2)
+        scale_all, spow_all, chunks = self._scale, self._spow, self._chunks
+
+        def chunk_backward(worker, i):
+            a, b = chunks[i]
+            m = b - a
+            pad, row, ratio = self._work_buffers(worker)
+            ratio = ratio[:m]
+            xp.multiply(dy[a:b], y[a:b], out=ratio)
+            ratio /= scale_all[a:b]
+            # the sum reads ratio before overwriting it
+            acc = self._window_sum(ratio, ratio, pad[:m], None if row is None else row[:m])
+            acc *= x[a:b]
+            acc *= coeff
+            xp.multiply(dy[a:b], spow_all[a:b], out=dx[a:b])
+            dx[a:b] -= acc
+        parallel_chunks.run_blocks(chunk_backward, len(chunks))
