@@ -19,8 +19,10 @@ import collections
 import logging
 import os
 
+from .. import security
 from ..blob import Blob
-from ..errors import NetError
+from ..errors import CaffepyError, DataError, LayerError, NetError
+from ..layer import create_layer
 from ..proto import caffe_pb2
 
 log = logging.getLogger("caffepy")
@@ -170,6 +172,19 @@ def insert_splits(param):
     return out
 
 
+# -- what a net may hold ------------------------------------------------------------------
+
+def check_policy(param, source=None):
+    """Refuse, before any layer is built, what caffepy.security forbids: Python layers when
+    they are not allowed (the error names the layer and the module it would import)."""
+    if security.python_layers_allowed():
+        return
+    from ..layers.python_layer import refusal
+    for lp in param.layer:
+        if lp.type == "Python":
+            raise refusal(lp, " in '%s'" % source if source else "")
+
+
 # -- wiring one layer ----------------------------------------------------------------------
 
 class Wiring:
@@ -206,11 +221,22 @@ def append_bottom(net, lp, layer_id, bottom_id, wiring):
     return blob_id
 
 
+# Layers whose top has another shape than their bottom and is computed from all of it: run
+# in place, the top's reshape would overwrite the input they still read. Caffe builds such
+# nets and computes garbage; caffepy refuses them while building.
+NO_IN_PLACE = frozenset(("Convolution", "Deconvolution", "Pooling", "Im2col", "InnerProduct",
+                         "SPP"))
+
+
 def append_top(net, lp, layer_id, top_id, wiring=None):
     """Net::AppendTop: top ``top_id`` is bottom ``top_id`` when they share a name (in-place),
     else a new blob. Without ``wiring``, an anonymous top the layer asked for (AutoTopBlobs)."""
     name = lp.top[top_id] if top_id < len(lp.top) else AUTOMATIC_TOP
     if wiring is not None and top_id < len(lp.bottom) and lp.bottom[top_id] == name:
+        if lp.type in NO_IN_PLACE:
+            raise NetError("Layer '%s' (%s) does not allow in-place computation: top %d '%s' "
+                           "is its bottom %d; give the top its own name"
+                           % (lp.name, lp.type, top_id, name, top_id))
         log.info("%s -> %s (in-place)", lp.name, name)
         blob_id = wiring.blob_ids[name]
         net.top_vecs[layer_id].append(net._blobs[blob_id])
@@ -230,6 +256,83 @@ def append_top(net, lp, layer_id, top_id, wiring=None):
         net.top_vecs[layer_id].append(blob)
     if wiring is not None:
         wiring.available.add(name)
+
+
+class NetDataError(NetError, DataError):
+    """A data layer's unreadable source met while building a net: a NetError as every
+    construction error, and still the DataError naming the file."""
+
+
+def _net_error(e, msg):
+    return (NetDataError if isinstance(e, DataError) else NetError)(msg)
+
+
+def create_net_layer(lp):
+    """create_layer for Net::Init: a configuration error is a NetError naming the layer; an
+    error raised by a Python layer's own code passes unchanged (it keeps its cause)."""
+    try:
+        return create_layer(lp, lp.phase)
+    except NetError:
+        raise
+    except LayerError as e:
+        raise _net_error(e, str(e)) from None
+
+
+def setup_layer(net, layer_id, layer):
+    """Layer::SetUp inside Net::Init, its errors naming the layer and, where one is at fault,
+    the blob: a bottom left without a shape by an Input layer, a top whose shape a reshape
+    refused (more than 32 axes, a negative dimension, too many bytes: the error's ``blob``)."""
+    bottom, top = net.bottom_vecs[layer_id], net.top_vecs[layer_id]
+    try:
+        layer.setup(bottom, top)
+    except CaffepyError as e:
+        blob = getattr(e, "blob", None)
+        if isinstance(blob, Blob) and not getattr(e, "names_layer", False):
+            e.args = (_shape_message(net, layer_id, layer, blob, e),) + e.args[1:]
+            e.names_layer = True
+            raise
+        if isinstance(e, LayerError) and not isinstance(e, NetError):
+            raise _net_error(e, str(e) + _unshaped_input_hint(net, layer_id)) from None
+        raise
+    except (ValueError, OverflowError, MemoryError) as e:
+        blob = _reshaped_blob(e.__traceback__)
+        if blob is None:
+            raise
+        raise NetError(_shape_message(net, layer_id, layer, blob, e)) from None
+
+
+def _shape_message(net, layer_id, layer, blob, e):
+    names = [net.blob_names[i] for i, b in zip(net.top_id_vecs[layer_id], net.top_vecs[layer_id])
+             if b is blob]
+    names += [net.blob_names[i] for i, b in zip(net.bottom_id_vecs[layer_id],
+                                                net.bottom_vecs[layer_id]) if b is blob]
+    what = "blob '%s'" % names[0] if names else "a blob"
+    return "Layer '%s' (%s): cannot shape %s: %s" % (layer.name, layer.type, what, e)
+
+
+def _reshaped_blob(tb):
+    """The Blob whose ``reshape`` raised the exception with traceback ``tb`` (or None)."""
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "reshape" and isinstance(frame.f_locals.get("self"), Blob):
+            found = frame.f_locals["self"]
+        tb = tb.tb_next
+    return found
+
+
+def _unshaped_input_hint(net, layer_id):
+    """" (bottom 'x' has no shape: ...)" when a bottom of the layer was never shaped."""
+    for blob_id, b in zip(net.bottom_id_vecs[layer_id], net.bottom_vecs[layer_id]):
+        if b.shape == () and b.count == 0:
+            name = net.blob_names[blob_id]
+            producer = next((net.layers[i] for i in range(layer_id)
+                             if blob_id in net.top_id_vecs[i]), None)
+            if producer is not None and producer.type == "Input":
+                return (" (bottom '%s' has no shape: Input layer '%s' gives no "
+                        "input_param { shape { dim: ... } } for it)" % (name, producer.name))
+            return " (bottom '%s' has no shape)" % name
+    return ""
 
 
 def param_need_backward(net_lp, layer):

@@ -7,6 +7,7 @@ their rule, so ``SGDSolver(path)`` forces SGD whatever the file's ``type`` says,
 A rule registered later gets its class, ``<Name>Solver``, the first time it is asked for.
 ``register_solver`` still takes a whole Solver subclass for a type name.
 """
+from .. import security
 from ..errors import SolverError
 from . import config
 from .solver import Solver
@@ -56,8 +57,10 @@ AdaDeltaSolver = _rule_solver("AdaDelta")
 AdamSolver = _rule_solver("Adam")
 
 
-def get_solver(source, **kwargs):
+def get_solver(source, allow_python_layers=None, **kwargs):
     """The solver class named by the file's ``type`` (default "SGD"), built from a path or
-    a SolverParameter.  Keyword arguments go to the solver (sigint_effect, sighup_effect)."""
+    a SolverParameter.  Keyword arguments go to the solver (sigint_effect, sighup_effect).
+    ``allow_python_layers=False`` refuses Python layers in its nets (caffepy.security)."""
     param = config.solver_param(source)
-    return solver_class(param.type)(param, **kwargs)
+    with security.policy(allow_python_layers=allow_python_layers):
+        return solver_class(param.type)(param, **kwargs)

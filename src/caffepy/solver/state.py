@@ -180,10 +180,22 @@ def _read_state_hdf5(path):
 
 
 def check_learned_net(state_file, learned_net):
-    if not os.path.exists(learned_net):
-        raise SolverError("Cannot restore from '%s': its learned_net '%s' does not exist "
-                          "(the path is relative to the current directory %s)"
-                          % (state_file, learned_net, os.getcwd()))
+    """The model file of a snapshot pair: the state's ``learned_net`` as written (relative to
+    the current directory, as in Caffe), else the file of that name beside the state (a run
+    resumed from another directory). The model is written first and the state last, so a
+    state whose model is missing is half a pair: an error, never a silent restart. A state
+    naming no model (``learned_net`` None or empty) is returned as it is."""
+    if not learned_net or os.path.isfile(learned_net):
+        return learned_net
+    beside = os.path.join(os.path.dirname(os.fspath(state_file)), os.path.basename(learned_net))
+    if beside != learned_net and os.path.isfile(beside):
+        log.info("The learned_net '%s' of '%s' is not in the current directory; using '%s' "
+                 "beside the state", learned_net, state_file, beside)
+        return beside
+    raise SolverError("Cannot restore from '%s': its model file (learned_net) '%s' does not "
+                      "exist, relative to the current directory %s or beside the state; the "
+                      "snapshot pair is incomplete (resume from a .solverstate whose "
+                      ".caffemodel is present)" % (state_file, learned_net, os.getcwd()))
 
 
 def check_history(history, arrays, state_file, type_name):
