@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from .. import __version__, backend
+from .. import __version__, backend, security
 from .. import solver as solver_mod
 from ..errors import CliError
 from ..logging_setup import CLI_LOG as log
@@ -34,6 +34,13 @@ def get_phase(flags, default):
     if flags.phase == "TEST":
         return caffe_pb2.TEST
     raise CliError("phase must be \"TRAIN\" or \"TEST\" (got \"%s\")" % flags.phase)
+
+
+def python_layer_policy(flags):
+    """--no_python_layers: the nets a command builds refuse Python layers (docs/security.md);
+    without it, CAFFEPY_SAFE decides."""
+    return security.policy(
+        allow_python_layers=False if getattr(flags, "no_python_layers", False) else None)
 
 
 # -- signal handling ---------------------------------------------------------------------
@@ -109,8 +116,9 @@ def run_train(flags, solver_param=None, solver_overrides=None):
         solver_param.ClearField("weights")
         solver_param.weights.append(flags.weights)
 
-    solver = solver_mod.get_solver(solver_param, sigint_effect=sigint_effect,
-                                   sighup_effect=sighup_effect)
+    with python_layer_policy(flags):
+        solver = solver_mod.get_solver(solver_param, sigint_effect=sigint_effect,
+                                       sighup_effect=sighup_effect)
     if flags.snapshot:
         log.info("Resuming from %s", flags.snapshot)
         solver.restore(flags.snapshot)
@@ -154,7 +162,8 @@ def test(flags, args):
     _select_device_for_net(flags)
     if not os.path.isfile(flags.model):
         raise CliError("Model definition file '%s' does not exist" % flags.model)
-    net = Net(flags.model, caffe_pb2.TEST, level=flags.level, stages=stages)
+    with python_layer_policy(flags):
+        net = Net(flags.model, caffe_pb2.TEST, level=flags.level, stages=stages)
     for w in flags.weights.split(","):
         if w:
             net.copy_trained_layers_from(w)
@@ -224,7 +233,8 @@ def time_cmd(flags, args):
     _select_device_for_net(flags)
     if not os.path.isfile(flags.model):
         raise CliError("Model definition file '%s' does not exist" % flags.model)
-    net = Net(flags.model, phase, level=flags.level, stages=stages)
+    with python_layer_policy(flags):
+        net = Net(flags.model, phase, level=flags.level, stages=stages)
 
     log.info("Performing Forward")
     initial_loss = net.forward_prefilled()

@@ -61,6 +61,8 @@ FLAGS = [
          "Optional; the pretrained weights to initialize finetuning, separated by ','. Cannot "
          "be set simultaneously with snapshot."),
     Flag("iterations", int, 50, "The number of iterations to run."),
+    Flag("no_python_layers", bool, False,
+         "caffepy: refuse Python layers (they import and run any module; docs/security.md)."),
     Flag("sigint_effect", str, "stop",
          "Optional; action to take when a SIGINT signal is received: snapshot, stop or none."),
     Flag("sighup_effect", str, "snapshot",
