@@ -440,9 +440,13 @@ class LevelDBDatabase:
         except Exception as e:
             raise error("cannot open LevelDB '%s': %s", source, e) from None
         self.source = source
+        self._error = error
 
     def cursor(self):
-        return _LevelDBCursor(self.db)
+        return _LevelDBCursor(self.db, self)
+
+    def _fail(self, msg):
+        return self._error("LevelDB '%s': %s", self.source, msg)
 
     def close(self):
         if self.db is not None:
@@ -451,17 +455,35 @@ class LevelDBDatabase:
 
 
 class _LevelDBCursor:
-    def __init__(self, db):
+    """A plyvel iterator; its errors (a damaged table file, a checksum mismatch) become
+    DataErrors naming the database and the last key read."""
+
+    def __init__(self, db, owner=None):
         self._db = db
+        self._owner = owner
+        self._kv = None
         self.seek_to_first()
 
     def seek_to_first(self):
-        self._it = self._db.iterator()
+        self._kv = None
+        self._it = self._call(self._db.iterator)
         self._advance()
+
+    def _call(self, fn):
+        try:
+            return fn()
+        except StopIteration:
+            raise
+        except Exception as e:
+            if self._owner is None:
+                raise
+            after = " after key %s" % key_str(self._kv[0]) if self._kv else ""
+            raise self._owner._fail("reading failed%s: %s: %s"
+                                    % (after, type(e).__name__, e)) from None
 
     def _advance(self):
         try:
-            self._kv = next(self._it)
+            self._kv = self._call(lambda: next(self._it))
         except StopIteration:
             self._kv = None
 
