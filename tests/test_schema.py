@@ -7,8 +7,17 @@ import os
 from google.protobuf import descriptor
 
 from caffepy.proto import caffe_pb2
+from caffepy.proto.upgrade import is_repeated
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def _is_packed(field):
+    """FieldDescriptor.is_packed, or on protobuf releases without it, the packed option."""
+    try:
+        return field.is_packed
+    except AttributeError:
+        return field.GetOptions().packed
 TABLE = os.path.join(ROOT, "tools", "caffe-proto-fields.tsv")
 PROTO = os.path.join(ROOT, "src", "caffepy", "proto", "caffe.proto")
 
@@ -75,7 +84,7 @@ def test_caffe_pb2_numbers_and_types_match_the_table():
             f = msg.fields_by_name[row["field"]]
             assert f.number == int(row["number"]), (row["message"], row["field"])
             assert f.type == _TYPES.get(row["type"], f.type), (row["message"], row["field"])
-            assert f.is_repeated == (row["label"] == "repeated"), (row["message"], row["field"])
-            assert f.is_packed == (row["options"] == "packed"), (row["message"], row["field"])
+            assert is_repeated(f) == (row["label"] == "repeated"), (row["message"], row["field"])
+            assert _is_packed(f) == (row["options"] == "packed"), (row["message"], row["field"])
         checked += 1
     assert checked == len(rows)

@@ -132,9 +132,18 @@ def _fatal(source, msg):
     raise ProtoError("%s: %s" % (source, msg))
 
 
+def is_repeated(field):
+    """Whether a FieldDescriptor is a repeated field, on every supported protobuf: newer
+    releases deprecate ``label`` in favour of ``is_repeated``, which older ones lack."""
+    try:
+        return field.is_repeated
+    except AttributeError:
+        return field.label == field.LABEL_REPEATED
+
+
 def _set(msg, field, value):
     """set_X for optional fields, add_X for repeated ones (the schema decides)."""
-    if msg.DESCRIPTOR.fields_by_name[field].is_repeated:
+    if is_repeated(msg.DESCRIPTOR.fields_by_name[field]):
         getattr(msg, field).append(value)
     else:
         setattr(msg, field, value)

@@ -49,6 +49,19 @@ def connectivity_mode(mode):
     return mode
 
 
+def threshold_like(data, threshold):
+    """``threshold`` (a double, as the fork compares) as a scalar of ``data``'s dtype that gives
+    the same answers to ``|w| < t`` and ``|w| >= t``: for float32 weights the smallest float32
+    >= t.  Comparing with a float64 scalar would depend on NumPy's promotion rules (NumPy 1.x
+    compares float32 arrays with a float64 scalar in float32, NumPy 2 in float64)."""
+    if data.dtype != np.float32:
+        return np.float64(threshold)
+    t = np.float32(threshold)
+    if float(t) < float(threshold):
+        t = np.nextafter(t, np.float32(np.inf))
+    return t
+
+
 def zerout(data, threshold=ZEROUT_THRESHOLD, scratch=None):
     """In place: ``w = 0`` wherever ``-threshold < w < threshold`` (NaN stays NaN).
 
@@ -56,7 +69,7 @@ def zerout(data, threshold=ZEROUT_THRESHOLD, scratch=None):
     allocation-free call every iteration.
     """
     xp = backend.array_module(data)
-    thr = np.float64(threshold)
+    thr = threshold_like(data, threshold)
     if scratch is None:
         small = xp.abs(data) < thr
     else:
@@ -76,7 +89,7 @@ def connectivity_mask(data, mode, conv_group=1, threshold=ZEROUT_THRESHOLD):
     xp = backend.array_module(data)
     zerout(data, threshold)
     if mode == DISCONNECTED_ELTWISE:
-        return (xp.abs(data) >= np.float64(threshold)).astype(np.float32)
+        return (xp.abs(data) >= threshold_like(data, threshold)).astype(np.float32)
     shape = data.shape
     m = shape[0] if len(shape) else 1
     count = int(data.size)

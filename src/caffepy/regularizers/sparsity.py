@@ -32,7 +32,7 @@ import numpy as np
 from .. import backend
 from .base import learnable_param_info
 from .group_lasso import group_view, matrix_shape
-from .masks import ZEROUT_THRESHOLD
+from .masks import ZEROUT_THRESHOLD, threshold_like
 
 ELEMENT_HEADER = "    Element Sparsity %: "
 COLUMN_HEADER = "     Column Sparsity %: "
@@ -84,7 +84,7 @@ def param_sparsity(data, block_specs=(), threshold=ZEROUT_THRESHOLD, where=""):
     m, c = matrix_shape(data.shape)
     if count == 0:
         return ParamSparsity(0, 0, 0, [(x, y, 0) for x, y in map(_spec_dims, block_specs)])
-    element = 100.0 * int((xp.abs(data) < np.float64(threshold)).sum()) / count
+    element = 100.0 * int((xp.abs(data) < threshold_like(data, threshold)).sum()) / count
     nz = (data.reshape(m, c) != 0)
     column = 100.0 * int((~nz.any(axis=0)).sum()) / c
     row = 100.0 * int((~nz.any(axis=1)).sum()) / m
