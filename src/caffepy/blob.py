@@ -57,15 +57,17 @@ class Blob:
         count = 1
         for d in shape:
             count *= d
-        self._shape = shape
-        self._count = count
         # Caffe's Blob::Reshape: new (zeroed, unshared) memory only when count > capacity_.
         # capacity_ is the blob's own: sharing another blob's memory does not change it, so
         # a sharer growing past its own capacity gets fresh memory even if the shared buffer
         # is big enough. (The size checks only guard what would be undefined behaviour in Caffe.)
-        if (self._data_mem is None or count > self._capacity
-                or count > self._data_mem.array.size or count > self._diff_mem.array.size):
-            check_blob(shape, count, self)     # within memory and the limits, before allocating
+        grow = (self._data_mem is None or count > self._capacity
+                or count > self._data_mem.array.size or count > self._diff_mem.array.size)
+        if grow:
+            check_blob(shape, count, self)     # within memory and the limits; blob unchanged
+        self._shape = shape
+        self._count = count
+        if grow:
             xp = backend.xp()
             self._capacity = count
             self._data_mem = _Memory(count, xp)
