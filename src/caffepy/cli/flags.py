@@ -60,6 +60,9 @@ FLAGS = [
     Flag("weights", str, "",
          "Optional; the pretrained weights to initialize finetuning, separated by ','. Cannot "
          "be set simultaneously with snapshot."),
+    Flag("strict_weights", bool, False,
+         "caffepy: with -weights, a layer with params that gets no weights from any of the "
+         "files is an error (without it, each such layer is logged)."),
     Flag("iterations", int, 50, "The number of iterations to run."),
     Flag("no_python_layers", bool, False,
          "caffepy: refuse Python layers (they import and run any module; docs/security.md)."),
@@ -97,6 +100,8 @@ FLAGS = [
     Flag("out_model", str, "", "prune: the pruned net prototxt to write.", "prune"),
     Flag("out_weights", str, "", "prune: the pruned .caffemodel to write.", "prune"),
     Flag("threshold", str, "0", "prune: a weight counts as zero when |w| <= this.", "prune"),
+    # example (caffepy)
+    Flag("list", bool, False, "example: list the examples caffepy can copy.", "example"),
     # glog
     Flag("log_dir", str, "", "If specified, logfiles are written into this directory as well "
          "as to stderr.", "glog"),
@@ -110,7 +115,9 @@ FLAGS = [
     Flag("v", int, 0, "Show all VLOG(m) messages for m <= this (v > 0 shows debug records).",
          "glog"),
     # gflags
-    Flag("help", bool, False, "show help on all flags", "gflags"),
+    Flag("help", bool, False, "show help on all flags (after a command: that command's "
+         "flags)", "gflags"),
+    Flag("h", bool, False, "the same as -help", "gflags"),
     Flag("helpshort", bool, False, "show help on the caffe flags only", "gflags"),
     Flag("version", bool, False, "show version and build info and exit", "gflags"),
 ]
@@ -192,10 +199,17 @@ SECTION_TITLES = {
     "convert_mnist": "Flags of convert_mnist (examples/mnist/convert_mnist_data.cpp):",
     "convert_imageset": "Flags of convert_imageset (tools/convert_imageset.cpp):",
     "prune": "Flags of prune (caffepy):",
+    "example": "Flags of example (caffepy):",
     "glog": "Logging flags (glog):",
     "gflags": "Other flags (gflags):",
 }
 HELP_SECTIONS = tuple(s for s in SECTION_TITLES if s != "gflags")
+
+
+def flag_line(flag):
+    """One flag's line of ``--help``, in gflags' format."""
+    return "    -%s (%s) type: %s default: %s" % (flag.name, flag.help, flag.type_name(),
+                                                  flag.default_repr())
 
 
 def flags_help(sections=HELP_SECTIONS):
@@ -206,6 +220,10 @@ def flags_help(sections=HELP_SECTIONS):
         out.append("  " + SECTION_TITLES[sec])
         for f in FLAGS:
             if f.section == sec:
-                out.append("    -%s (%s) type: %s default: %s"
-                           % (f.name, f.help, f.type_name(), f.default_repr()))
+                out.append(flag_line(f))
     return "\n".join(out)
+
+
+def named_flags_help(title, names):
+    """A titled list of the flags ``names`` (in that order), in ``--help``'s format."""
+    return "\n".join(["", "  " + title] + [flag_line(FLAG_INDEX[n]) for n in names])
