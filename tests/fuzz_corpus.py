@@ -1,0 +1,1952 @@
+"""The fuzz corpus: generated (never stored) net and solver prototxts, weight files, solver
+states, data sources and Python layers, each declaring what caffepy must do with it.
+
+``cases()`` returns the same list of :class:`Case` on every call (every random choice comes
+from a ``random.Random`` seeded by the case's family and number). A case is
+
+* valid: its entry point (``caffepy.Net``, ``Net.copy_from``, ``Net(..., weights=)``,
+  ``Solver.restore``, ``get_solver`` + ``step``, ``caffepy train`` / ``caffepy test``) runs, and
+  every array it returns is non-empty and finite; most also check real values (the loaded
+  weights equal the saved ones, a data layer's top equals the stored records, ...); or
+* invalid: the entry point raises a ``caffepy.CaffepyError`` whose message holds every string
+  of ``names`` (the file, line, layer, blob or field at fault).
+
+``build(d)`` writes the case's files into the empty folder ``d``; ``run(d)`` calls caffepy on
+them. Cases marked ``subprocess`` (corrupt LMDB pages, huge sizes, the command line) run in a
+child process: ``python fuzz_corpus.py run CASE_ID DIR RESULT.json``; the test then checks
+that the child was not killed by a signal and that its peak RSS stayed below the limit.
+``slow`` cases are the long tail (more seeds of each family), run with ``pytest -m slow``.
+"""
+import json
+import math
+import os
+import random
+import sys
+import zlib
+
+SEED = 20261206
+MEMORY_LIMIT_MB = 200
+
+
+class Case:
+    __slots__ = ("id", "category", "valid", "build", "run", "names", "subprocess", "slow",
+                 "cli", "xfail")
+
+    def __init__(self, id, category, valid, build, run, names=(), subprocess=False,
+                 slow=False, cli=False):
+        self.id = id
+        self.category = category
+        self.valid = valid
+        self.build = build
+        self.run = run
+        self.names = tuple(names)
+        self.subprocess = subprocess or cli
+        self.slow = slow
+        self.cli = cli
+        self.xfail = None
+
+    def __repr__(self):
+        return "Case(%s)" % self.id
+
+
+def rng_for(family, i):
+    return random.Random(zlib.crc32(("%d/%s/%d" % (SEED, family, i)).encode()))
+
+
+def write(d, name, data):
+    path = os.path.join(d, name)
+    with open(path, "wb" if isinstance(data, (bytes, bytearray)) else "w") as f:
+        f.write(data)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# net text
+# ---------------------------------------------------------------------------------------
+
+def layer_text(name, type_, bottoms=(), tops=(), body=""):
+    """One layer, one field per line (so that a mutation knows its line number)."""
+    lines = ["layer {", '  name: "%s"' % name, '  type: "%s"' % type_]
+    lines += ['  bottom: "%s"' % b for b in bottoms]
+    lines += ['  top: "%s"' % t for t in tops]
+    if body:
+        lines += ["  " + ln for ln in body.strip("\n").split("\n")]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def dummy_data(n, c, h, w, label_value=1, name="data"):
+    shape = "".join("  dim: %d\n" % v for v in ((n, c, h, w) if h else (n, c)))
+    body = ("dummy_data_param {\n  shape {\n%s  }\n  shape {\n    dim: %d\n  }\n"
+            "  data_filler {\n    type: \"gaussian\"\n    std: 1\n  }\n"
+            "  data_filler {\n    type: \"constant\"\n    value: %d\n  }\n}"
+            % (shape.replace("  dim", "    dim"), n, label_value))
+    return layer_text(name, "DummyData", (), ("data", "label"), body)
+
+
+def ip_text(name, bottom, top, num_output, extra=""):
+    body = ("inner_product_param {\n  num_output: %d\n  weight_filler {\n    type: \"xavier\"\n"
+            "  }\n  bias_filler {\n    type: \"constant\"\n    value: 0.1\n  }\n%s}"
+            % (num_output, extra))
+    return layer_text(name, "InnerProduct", (bottom,), (top,), body)
+
+
+def loss_text(bottom, name="loss"):
+    return layer_text(name, "SoftmaxWithLoss", (bottom, "label"), ("loss",))
+
+
+def random_body(rng, c, h, w):
+    """A random chain of layers on a C x H x W input that always fits: (text, last top,
+    [(layer name, type, bottom, top)])."""
+    parts, info = [], []
+    cur = "data"
+    flat = h == 0
+    for i in range(rng.randint(1, 4)):
+        kinds = ["ReLU", "Sigmoid", "TanH", "AbsVal", "ELU", "Power", "Dropout", "InnerProduct"]
+        if not flat:
+            kinds += ["Convolution", "Convolution", "Pooling", "LRN", "BatchNorm", "Flatten"]
+        kind = rng.choice(kinds)
+        name = "%s%d" % (kind.lower(), i)
+        top = name
+        body = ""
+        if kind in ("ReLU", "Sigmoid", "TanH", "AbsVal", "ELU", "Dropout") and rng.random() < 0.5:
+            top = cur                              # in place
+        if kind == "Convolution":
+            k = rng.randint(1, min(h, w, 3))
+            pad = rng.randint(0, k - 1)
+            stride = rng.randint(1, 2)
+            no = rng.randint(1, 4)
+            body = ("convolution_param {\n  num_output: %d\n  kernel_size: %d\n  pad: %d\n"
+                    "  stride: %d\n  weight_filler {\n    type: \"gaussian\"\n    std: 0.1\n"
+                    "  }\n}" % (no, k, pad, stride))
+            h = (h + 2 * pad - k) // stride + 1
+            w = (w + 2 * pad - k) // stride + 1
+            c = no
+        elif kind == "Pooling":
+            if min(h, w) < 2:
+                kind, body = "ReLU", ""
+            else:
+                stride = rng.randint(1, 2)
+                pool = rng.choice(["MAX", "AVE"])
+                body = "pooling_param {\n  pool: %s\n  kernel_size: 2\n  stride: %d\n}" % (
+                    pool, stride)
+                h = int(math.ceil((h - 2) / float(stride))) + 1
+                w = int(math.ceil((w - 2) / float(stride))) + 1
+        elif kind == "LRN":
+            body = "lrn_param {\n  local_size: 3\n  alpha: 0.0001\n  beta: 0.75\n}"
+        elif kind == "BatchNorm":
+            body = "batch_norm_param {\n  eps: 0.001\n}"
+        elif kind == "Power":
+            body = "power_param {\n  power: 2\n  scale: 0.5\n  shift: 0.25\n}"
+        elif kind == "Dropout":
+            body = "dropout_param {\n  dropout_ratio: %.2f\n}" % rng.choice([0.1, 0.3, 0.5])
+        elif kind == "Flatten":
+            c, h, w, flat = c * h * w, 0, 0, True
+        elif kind == "InnerProduct":
+            no = rng.randint(2, 6)
+            parts.append(ip_text(name, cur, top, no))
+            info.append((name, kind, cur, top))
+            cur, c, h, w, flat = top, no, 0, 0, True
+            continue
+        parts.append(layer_text(name, kind, (cur,), (top,), body))
+        info.append((name, kind, cur, top))
+        cur = top
+    return "".join(parts), cur, info
+
+
+def random_net(rng, classes=None):
+    """A random valid TRAIN net: DummyData -> random chain -> InnerProduct -> SoftmaxWithLoss.
+    Returns (text, [(layer name, type, bottom, top)])."""
+    n, c = rng.randint(1, 3), rng.randint(1, 3)
+    h = w = rng.randint(4, 8)
+    if rng.random() < 0.2:
+        h = w = 0
+    classes = classes or rng.randint(2, 5)
+    body, last, info = random_body(rng, c, h, w)
+    text = 'name: "fuzz%d"\n' % rng.randint(0, 999)
+    text += dummy_data(n, c, h, w)
+    text += body + ip_text("score", last, "score", classes)
+    text += loss_text("score")
+    info = ([("data", "DummyData", None, "data")] + info
+            + [("score", "InnerProduct", last, "score"),
+               ("loss", "SoftmaxWithLoss", "score", "loss")])
+    return text, info
+
+
+BASE_NET = ('name: "base"\n' + dummy_data(2, 3, 0, 0)
+            + ip_text("ip1", "data", "ip1", 4) + layer_text("relu1", "ReLU", ("ip1",), ("ip1",))
+            + ip_text("ip2", "ip1", "ip2", 3) + loss_text("ip2"))
+
+
+def line_of(text, needle, start=0):
+    """1-based line number of the first ``needle`` at or after character ``start``."""
+    return text.count("\n", 0, text.index(needle, start)) + 1
+
+
+# ---------------------------------------------------------------------------------------
+# entry points (run in this process or in a child)
+# ---------------------------------------------------------------------------------------
+
+def _phase(phase):
+    import caffepy
+    return caffepy.TRAIN if phase == "TRAIN" else caffepy.TEST
+
+
+def run_net(path, phase="TRAIN", weights=None, backward=True):
+    """caffepy.Net(path, phase[, weights=]); forward (and backward); every output, param and
+    param diff."""
+    import caffepy
+    caffepy.set_random_seed(1701)
+    if weights is None:
+        net = caffepy.Net(path, _phase(phase))
+    else:
+        net = caffepy.Net(path, _phase(phase), weights=weights)
+    try:
+        return net_results(net, backward)
+    finally:
+        net.close()
+
+
+def net_results(net, backward=True):
+    import numpy as np
+    out = {k: np.array(v) for k, v in net.forward().items()}
+    if backward:
+        net.backward()
+    for name, blobs in net.params.items():
+        for j, b in enumerate(blobs):
+            out["%s/%d" % (name, j)] = np.array(b.data)
+            if backward:
+                out["%s/%d.diff" % (name, j)] = np.array(b.diff)
+    return out
+
+
+def check_loss(res, key="loss"):
+    """The softmax loss of a net: a non-negative scalar."""
+    v = float(res[key].ravel()[0])
+    if not v >= 0:
+        raise AssertionError("loss %r is not >= 0" % v)
+    return res
+
+
+def run_copy_from(net_path, weights, phase="TRAIN", expect=None, via="copy_from"):
+    """Build the net, load ``weights`` (copy_from or Net(..., weights=)), compare each param
+    named in ``expect`` ({"layer/j": array}) with the loaded one, bit for bit."""
+    import numpy as np
+    import caffepy
+    caffepy.set_random_seed(1701)
+    if via == "copy_from":
+        net = caffepy.Net(net_path, _phase(phase))
+        net.copy_from(weights)
+    else:
+        net = caffepy.Net(net_path, _phase(phase), weights=weights)
+    try:
+        for key, arr in (expect or {}).items():
+            layer, j = key.rsplit("/", 1)
+            got = np.asarray(net.params[layer][int(j)].data)
+            if got.shape != arr.shape or not np.array_equal(got, arr):
+                raise AssertionError("param %s after loading differs from the saved one" % key)
+        return net_results(net)
+    finally:
+        net.close()
+
+
+def saved_params(path):
+    """{"layer/j": array} of a .caffemodel or .caffemodel.h5 written by caffepy."""
+    import numpy as np
+    out = {}
+    if path.endswith(".h5"):
+        import h5py
+        with h5py.File(path, "r") as f:
+            for lname in f["data"]:
+                for j in f["data"][lname]:
+                    out["%s/%s" % (lname, j)] = np.asarray(f["data"][lname][j], np.float32)
+        return out
+    from caffepy.proto import caffe_pb2
+    p = caffe_pb2.NetParameter.FromString(open(path, "rb").read())
+    for lp in p.layer:
+        for j, b in enumerate(lp.blobs):
+            out["%s/%d" % (lp.name, j)] = np.asarray(b.data, np.float32).reshape(
+                tuple(b.shape.dim))
+    return out
+
+
+def make_weights(d, net_name="w.prototxt", text=BASE_NET, model="w.caffemodel", h5=False,
+                 seed=7):
+    """A net file and a weight file saved by caffepy from it (random fillers, seeded)."""
+    import caffepy
+    net_path = write(d, net_name, text)
+    caffepy.set_random_seed(seed)
+    net = caffepy.Net(net_path, caffepy.TRAIN)
+    path = os.path.join(d, model)
+    (net.save_hdf5 if h5 else net.save)(path)
+    net.close()
+    return net_path, path
+
+
+def run_solver(path, iters=2, restore=None, expect_iter=None, expect_history=None):
+    """get_solver(path) [+ restore] + step(iters): the smoothed loss, params and history."""
+    import numpy as np
+    import caffepy
+    from caffepy.solver import get_solver
+    caffepy.set_random_seed(1701)
+    s = get_solver(path)
+    try:
+        if restore is not None:
+            s.restore(restore)
+            if expect_iter is not None and s.iter != expect_iter:
+                raise AssertionError("restored iter %d, expected %d" % (s.iter, expect_iter))
+            for i, h in enumerate(expect_history or ()):
+                if not np.array_equal(np.asarray(s.history[i]), h):
+                    raise AssertionError("restored history blob %d differs" % i)
+        start = s.iter
+        s.step(iters)
+        if s.iter != start + iters:
+            raise AssertionError("iter %d after step(%d) from %d" % (s.iter, iters, start))
+        out = {"smoothed_loss": np.array([float(s.smoothed_loss)])}
+        for name, blobs in s.net.params.items():
+            for j, b in enumerate(blobs):
+                out["%s/%d" % (name, j)] = np.array(b.data)
+        for i, h in enumerate(s.history):
+            out["history/%d" % i] = np.array(h)
+        return out
+    finally:
+        s.net.close()
+        for t in getattr(s, "test_nets", []):
+            t.close()
+
+
+def solver_text(net_path, d, extra="", type_="SGD", policy='lr_policy: "fixed"\n'):
+    return ('net: "%s"\nbase_lr: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\n%s'
+            'max_iter: 100\ndisplay: 0\nsnapshot: 0\nsnapshot_prefix: "%s"\n'
+            'random_seed: 1\ntype: "%s"\n%s'
+            % (net_path, policy, os.path.join(d, "snap"), type_, extra))
+
+
+def make_snapshot(d, h5=False, type_="SGD", iters=2):
+    """Train BASE_NET ``iters`` steps and snapshot: (solver path, model file, state file,
+    [history arrays])."""
+    import numpy as np
+    import caffepy
+    from caffepy.solver import get_solver
+    net_path = write(d, "snapnet.prototxt", BASE_NET)
+    extra = "snapshot_format: HDF5\n" if h5 else ""
+    text = solver_text(net_path, d, extra, type_=type_)
+    if type_ in ("AdaGrad", "RMSProp"):
+        text = text.replace("momentum: 0.9\n", "")
+    sp = write(d, "solver.prototxt", text)
+    caffepy.set_random_seed(1701)
+    s = get_solver(sp)
+    s.step(iters)
+    model, state = s.snapshot()
+    hist = [np.array(h) for h in s.history]
+    s.net.close()
+    return sp, model, state, hist
+
+
+# ---------------------------------------------------------------------------------------
+# the families
+# ---------------------------------------------------------------------------------------
+
+CASES = []
+
+
+def add(family, i, category, valid, build, run, names=(), subprocess=False, slow=False,
+        cli=False):
+    CASES.append(Case("%s-%03d" % (family, i), category, valid, build, run, names, subprocess,
+                      slow, cli))
+
+
+def split(n_default, n_slow):
+    """(i, slow) for n_default default and n_slow slow seeds of a family."""
+    return [(i, i >= n_default) for i in range(n_default + n_slow)]
+
+
+# -- net prototxt: valid ----------------------------------------------------------------
+
+def fam_net_valid():
+    for i, slow in split(40, 40):
+        rng = rng_for("net-valid", i)
+        text, _ = random_net(rng)
+        phase = rng.choice(["TRAIN", "TEST"])
+
+        def build(d, text=text):
+            write(d, "net.prototxt", text)
+
+        def run(d, phase=phase):
+            return check_loss(run_net(os.path.join(d, "net.prototxt"), phase))
+        add("net-valid", i, "net", True, build, run, slow=slow)
+
+    # legacy V1 'layers' nets (upgraded on load), comments and odd whitespace
+    for i, slow in split(4, 4):
+        rng = rng_for("net-valid-v1", i)
+        no = rng.randint(2, 5)
+        text = ('name: "v1"  # a V1 net\nlayers {\n name: "data" type: DUMMY_DATA top: "data" '
+                'top: "label"\n dummy_data_param { shape { dim: 2 dim: %d } shape { dim: 2 }\n'
+                ' data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" '
+                'value: 1 } }\n}\nlayers {\n  name: "ip" type: INNER_PRODUCT\n  bottom: "data"'
+                ' top: "ip"\n inner_product_param { num_output: %d weight_filler { type: '
+                '"xavier" } }\n  blobs_lr: 1 blobs_lr: 2\n}\n\n\t# tab\nlayers { name: "loss" '
+                'type: SOFTMAX_LOSS bottom: "ip" bottom: "label" top: "loss" }\n'
+                % (rng.randint(1, 6), no))
+
+        def build(d, text=text):
+            write(d, "v1.prototxt", text)
+
+        def run(d):
+            return check_loss(run_net(os.path.join(d, "v1.prototxt")))
+        add("net-valid-v1", i, "net", True, build, run, slow=slow)
+
+
+# -- net prototxt: text-level mutations ----------------------------------------------------
+
+def _net_case(family, i, slow, text, names, fname="bad.prototxt", phase="TRAIN",
+              subprocess=False, category="net"):
+    def build(d, text=text):
+        write(d, fname, text)
+
+    def run(d):
+        return run_net(os.path.join(d, fname), phase)
+    add(family, i, category, False, build, run, names, subprocess=subprocess, slow=slow)
+
+
+def fam_net_text():
+    # unknown field names
+    for i, slow in split(8, 8):
+        rng = rng_for("net-unknown-field", i)
+        text, _ = random_net(rng)
+        lines = text.split("\n")
+        cands = [k for k, ln in enumerate(lines) if ":" in ln and "name:" not in ln]
+        k = rng.choice(cands)
+        field = lines[k].split(":")[0].strip()
+        bad = field[:-1] + rng.choice("xqz") + "_" + field[-1]
+        lines[k] = lines[k].replace(field, bad, 1)
+        _net_case("net-unknown-field", i, slow, "\n".join(lines),
+                  ("bad.prototxt:%d" % (k + 1), bad))
+
+    # wrong value types
+    wrong = [("num_output: %d", "num_output: \"many\""), ("num_output: %d", "num_output: 2.5"),
+             ("num_output: %d", "num_output: -3"), ("num_output: %d", "num_output: true"),
+             ("std: 1", "std: \"one\""), ("value: 0.1", "value: zero"),
+             ("top: \"ip1\"", "top: 5"), ("num_output: %d", "num_output: 99999999999"),
+             ("type: \"gaussian\"", "type: gaussian"), ("value: 1", "value: [1, 2")]
+    for i, slow in split(10, 0):
+        old, new = wrong[i]
+        text = BASE_NET
+        if "%d" in old:
+            old = "num_output: 4"
+        line = line_of(text, old)
+        text = text.replace(old, new, 1)
+        _net_case("net-wrong-type", i, slow, text, ("bad.prototxt:%d" % line,))
+
+    # unknown enum values
+    for i, slow in split(3, 0):
+        text = ('name: "e"\n' + dummy_data(2, 1, 4, 4)
+                + layer_text("pool", "Pooling", ("data",), ("pool",),
+                             "pooling_param {\n  pool: %s\n  kernel_size: 2\n}"
+                             % ["FOO", "MAXIMUM", "3"][i])
+                + ip_text("ip", "pool", "ip", 2) + loss_text("ip"))
+        _net_case("net-bad-enum", i, slow, text,
+                  ("bad.prototxt:%d" % line_of(text, "pool: "),))
+
+    # duplicate singular fields
+    for i, slow in split(4, 0):
+        old = ["num_output: 4", 'name: "ip2"', "std: 1", "value: 0.1"][i]
+        line = line_of(BASE_NET, old)
+        text = BASE_NET.replace(old, old + "\n" + old, 1)
+        field = old.split(":")[0]
+        _net_case("net-dup-field", i, slow, text, ("bad.prototxt:%d" % (line + 1), field))
+
+    # truncated text (cut inside a layer: the braces never close)
+    for i, slow in split(12, 12):
+        rng = rng_for("net-truncated", i)
+        text, _ = random_net(rng)
+        starts = [k for k in range(len(text)) if text.startswith("layer {", k)]
+        s = rng.choice(starts)
+        end = text.index("\n}\n", s)
+        cut = rng.randint(s + 1, end)
+        _net_case("net-truncated", i, slow, text[:cut], ("bad.prototxt",))
+
+    # bytes that are not UTF-8
+    for i, slow in split(8, 8):
+        rng = rng_for("net-non-utf8", i)
+        text, _ = random_net(rng)
+        raw = bytearray(text.encode())
+        pos = rng.randint(0, len(raw))
+        bad = rng.choice([b"\xff", b"\xfe\xff", b"\x80", b"\xc3\x28", b"\xe2\x82", b"\xed\xa0\x80"])
+        _net_case("net-non-utf8", i, slow, bytes(raw[:pos] + bad + raw[pos:]),
+                  ("bad.prototxt",))
+
+    # random bytes and random printable garbage
+    for i, slow in split(4, 4):
+        rng = rng_for("net-garbage", i)
+        if i % 2:
+            data = bytes(rng.randrange(256) for _ in range(rng.randint(1, 400)))
+        else:
+            data = "".join(rng.choice("abc{}:\"# \n0123.-_") for _ in range(rng.randint(5, 300)))
+            # make sure it does not parse by accident
+            data = "layer {\n" + data
+        _net_case("net-garbage", i, slow, data, ("bad.prototxt",))
+
+    # missing file
+    for i, slow in split(1, 0):
+        def build(d):
+            pass
+
+        def run(d):
+            return run_net(os.path.join(d, "absent_net.prototxt"))
+        add("net-missing-file", i, "net", False, build, run, ("absent_net.prototxt",))
+
+
+# -- net prototxt: graph and layer mistakes ------------------------------------------------
+
+def fam_net_graph():
+    # unknown layer types
+    for i, slow in split(8, 4):
+        rng = rng_for("net-unknown-type", i)
+        text, info = random_net(rng)
+        name, type_, _, _ = rng.choice(info[1:])
+        newtype = "Fz" + "".join(rng.choice("abcdefgh") for _ in range(5))
+        text = text.replace('name: "%s"\n  type: "%s"' % (name, type_),
+                            'name: "%s"\n  type: "%s"' % (name, newtype), 1)
+        _net_case("net-unknown-type", i, slow, text, (name, newtype))
+
+    # a bottom no earlier layer produces
+    for i, slow in split(8, 4):
+        rng = rng_for("net-bad-bottom", i)
+        text, info = random_net(rng)
+        name, _, bottom, _ = rng.choice(info[1:])
+        ghost = "ghost_%d" % rng.randint(0, 999)
+        marker = 'name: "%s"' % name
+        s = text.index(marker)
+        text = text[:s] + text[s:].replace('bottom: "%s"' % bottom, 'bottom: "%s"' % ghost, 1)
+        _net_case("net-bad-bottom", i, slow, text, (ghost, name))
+
+    # a cycle: a layer reads a blob that only a later layer produces
+    for i, slow in split(6, 4):
+        rng = rng_for("net-cycle", i)
+        text, info = random_net(rng)
+        # a non-in-place later top
+        later = [(k, t) for k, (n, _, b, t) in enumerate(info) if k >= 2 and t != b]
+        k, t = rng.choice(later)
+        j = rng.randint(1, k - 1)
+        name, _, bottom, _ = info[j]
+        s = text.index('name: "%s"' % name)
+        text = text[:s] + text[s:].replace('bottom: "%s"' % bottom, 'bottom: "%s"' % t, 1)
+        _net_case("net-cycle", i, slow, text, (t, name))
+
+    # a top produced by two layers (not in place)
+    for i, slow in split(6, 4):
+        rng = rng_for("net-dup-top", i)
+        text, info = random_net(rng)
+        produced = [t for (_, _, b, t) in info[:-2] if t != b and t not in ("data",)]
+        victim = rng.choice(produced + ["label"])
+        src = "data" if victim != "data" else "label"
+        dup = ip_text("dupe", src, victim, 3)
+        s = text.index('layer {\n  name: "score"')
+        text = text[:s] + dup + text[s:]
+        _net_case("net-dup-top", i, slow, text, (victim, "dupe"))
+
+    # top j names bottom k != j (in place only at the same index)
+    for i, slow in split(2, 0):
+        text = ('name: "c"\n' + dummy_data(2, 3, 0, 0)
+                + layer_text("cat", "Concat", ("data", "label" if i else "data"),
+                             ("label" if i else "data",)) + "")
+        names = ("label" if i else "data",)
+        _net_case("net-inplace-index", i, slow, text + ip_text("ip", "data", "ip", 2)
+                  + loss_text("ip"), names)
+
+    # layers that cannot run in place
+    inplace = [("InnerProduct", "inner_product_param {\n  num_output: 3\n}"),
+               ("Convolution", "convolution_param {\n  num_output: 2\n  kernel_size: 3\n}"),
+               ("Pooling", "pooling_param {\n  pool: MAX\n  kernel_size: 2\n  stride: 2\n}"),
+               ("Flatten", ""),
+               ("Reshape", "reshape_param {\n  shape {\n    dim: 0\n    dim: -1\n  }\n}")]
+    for i, slow in split(len(inplace), 0):
+        type_, body = inplace[i]
+        text = ('name: "ip"\n' + dummy_data(2, 2, 6, 6)
+                + layer_text("self", type_, ("data",), ("data",), body)
+                + ip_text("ip", "data", "ip", 2) + loss_text("ip"))
+        _net_case("net-inplace-bad", i, slow, text, ("self", "data"))
+
+    # missing required pieces
+    missing = [
+        ("conv without kernel_size", "conv", layer_text(
+            "conv", "Convolution", ("data",), ("conv",),
+            "convolution_param {\n  num_output: 2\n}")),
+        ("pooling without kernel_size", "pool", layer_text(
+            "pool", "Pooling", ("data",), ("conv",), "pooling_param {\n  pool: MAX\n}")),
+        ("layer without type", "typeless", '''layer {\n  name: "typeless"\n  bottom: "data"
+  top: "conv"\n}\n'''),
+        ("loss without label", "loss", None),
+        ("input without shape", "in", None),
+        ("dummy data without shape", "dd", None),
+        ("data without source", "db", None),
+        ("ip without num_output", "ipz", layer_text(
+            "ipz", "InnerProduct", ("data",), ("conv",))),
+        ("reshape without shape", "rs", layer_text("rs", "Reshape", ("data",), ("conv",))),
+        ("python without module", "py", layer_text(
+            "py", "Python", ("data",), ("conv",), "python_param {\n  layer: \"L\"\n}")),
+        ("image data without source", "imgs", None),
+        ("hdf5 data without source", "h5d", None),
+    ]
+    for i, slow in split(len(missing), 0):
+        what, lname, mid = missing[i]
+        if lname == "loss":
+            text = ('name: "m"\n' + dummy_data(2, 3, 0, 0) + ip_text("ip", "data", "ip", 2)
+                    + layer_text("loss", "SoftmaxWithLoss", ("ip",), ("loss",)))
+        elif lname == "in":
+            text = 'name: "m"\n' + layer_text("in", "Input", (), ("x",))
+        elif lname == "dd":
+            text = 'name: "m"\n' + layer_text("dd", "DummyData", (), ("x",))
+        elif lname == "db":
+            text = 'name: "m"\n' + layer_text("db", "Data", (), ("x", "y"),
+                                              "data_param {\n  batch_size: 2\n  backend: LMDB\n}")
+        elif lname == "imgs":
+            text = 'name: "m"\n' + layer_text("imgs", "ImageData", (), ("x", "y"),
+                                              "image_data_param {\n  batch_size: 2\n}")
+        elif lname == "h5d":
+            text = 'name: "m"\n' + layer_text("h5d", "HDF5Data", (), ("x", "y"),
+                                              "hdf5_data_param {\n  batch_size: 2\n}")
+        else:
+            text = ('name: "m"\n' + dummy_data(2, 2, 5, 5) + mid
+                    + ip_text("ip", "conv", "ip", 2) + loss_text("ip"))
+        _net_case("net-missing-piece", i, slow, text, (lname,))
+
+    # shapes that do not fit, out-of-range axes and counts: (text maker, names)
+    def net_with(mid, top, n=2, c=3, h=5, w=5):
+        return ('name: "s"\n' + dummy_data(n, c, h, w) + mid + ip_text("ip", top, "ip", 2)
+                + loss_text("ip"))
+    dd2 = layer_text("data2", "DummyData", (), ("other",),
+                     "dummy_data_param {\n  shape {\n    dim: 2\n    dim: 4\n    dim: 5\n"
+                     "    dim: 5\n  }\n}")
+    shapes = [
+        (net_with(dd2 + layer_text("elt", "Eltwise", ("data", "other"), ("elt",)), "elt"),
+         ("elt",)),
+        (net_with(layer_text("d3", "DummyData", (), ("other",),
+                             "dummy_data_param {\n  shape {\n    dim: 2\n    dim: 4\n"
+                             "    dim: 6\n    dim: 5\n  }\n}")
+                  + layer_text("cat", "Concat", ("data", "other"), ("cat",)), "cat"),
+         ("cat",)),
+        (net_with(layer_text("conv", "Convolution", ("data",), ("conv",),
+                             "convolution_param {\n  num_output: 2\n  kernel_size: 9\n}"),
+                  "conv"), ("conv",)),
+        (net_with(layer_text("pool", "Pooling", ("data",), ("pool",),
+                             "pooling_param {\n  kernel_size: 2\n  pad: 2\n}"), "pool"),
+         ("pool",)),
+        (net_with(layer_text("rs", "Reshape", ("data",), ("rs",),
+                             "reshape_param {\n  shape {\n    dim: -1\n    dim: -1\n  }\n}"),
+                  "rs"), ("rs",)),
+        (net_with(layer_text("rs", "Reshape", ("data",), ("rs",),
+                             "reshape_param {\n  shape {\n    dim: 7\n    dim: 11\n  }\n}"),
+                  "rs"), ("rs",)),
+        (net_with(layer_text("sl", "Slice", ("data",), ("a", "b"),
+                             "slice_param {\n  axis: 1\n  slice_point: 9\n}"), "a"), ("sl",)),
+        (net_with(layer_text("ipx", "InnerProduct", ("data",), ("ipx",),
+                             "inner_product_param {\n  num_output: 2\n  axis: 5\n}"), "ipx"),
+         ("ipx",)),
+        (net_with(layer_text("cat", "Concat", ("data", "data"), ("cat",),
+                             "concat_param {\n  axis: 7\n}"), "cat"), ("cat",)),
+        (net_with(layer_text("sm", "Softmax", ("data",), ("sm",),
+                             "softmax_param {\n  axis: -9\n}"), "sm"), ("sm",)),
+        (net_with(layer_text("fl", "Flatten", ("data",), ("fl",),
+                             "flatten_param {\n  axis: 3\n  end_axis: 1\n}"), "fl"), ("fl",)),
+        (net_with(layer_text("rl", "ReLU", ("data",), ("rl",), "loss_weight: 1\nloss_weight: 2"),
+                  "data"), ("rl",)),
+        (net_with(layer_text("rl", "ReLU", ("data",), ("rl",), "param {\n  lr_mult: 1\n}"),
+                  "rl"), ("rl",)),
+        (net_with(layer_text("rl", "ReLU", ("data",), ("rl",),
+                             "include {\n  phase: TRAIN\n}\nexclude {\n  phase: TEST\n}"), "rl"),
+         ("rl",)),
+        (net_with(layer_text("rl", "ReLU", ("data",), ("rl",),
+                             "propagate_down: true\npropagate_down: false"), "rl"), ("rl",)),
+        ('name: "sh"\n' + dummy_data(2, 6, 0, 0)
+         + ip_text("a", "data", "a", 3).replace(
+             "inner_product_param", 'param {\n  name: "shared"\n}\ninner_product_param', 1)
+         + ip_text("b", "a", "b", 2).replace(
+             "inner_product_param", 'param {\n  name: "shared"\n}\ninner_product_param', 1)
+         + loss_text("b"), ("shared",)),
+        (net_with(layer_text("conv", "Convolution", ("data",), ("conv",),
+                             "convolution_param {\n  num_output: 2\n  kernel_size: 3\n"
+                             "  weight_filler {\n    type: \"nofiller\"\n  }\n}"), "conv"),
+         ("nofiller",)),
+        (net_with(layer_text("crop", "Crop", ("data", "other"), ("crop",),
+                             "crop_param {\n  axis: 2\n  offset: 1\n}")
+                  .replace("layer {", dd2.replace("dim: 5", "dim: 9") + "layer {", 1), "crop"),
+         ("crop",)),
+        ('name: "lab"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("l3", "DummyData", (), ("lab3",),
+                      "dummy_data_param {\n  shape {\n    dim: 3\n  }\n}")
+         + ip_text("ip", "data", "ip", 2)
+         + layer_text("loss", "SoftmaxWithLoss", ("ip", "lab3"), ("loss",)), ("loss",)),
+        (net_with(layer_text("ip3", "InnerProduct", ("data", "data"), ("ip3",),
+                             "inner_product_param {\n  num_output: 2\n}"), "ip3"), ("ip3",)),
+        (net_with(layer_text("conv", "Convolution", ("data",), ("conv",),
+                             "convolution_param {\n  num_output: 3\n  kernel_size: 1\n"
+                             "  group: 2\n}"), "conv"), ("conv",)),
+        (net_with(layer_text("conv", "Convolution", ("data",), ("conv",),
+                             "convolution_param {\n  num_output: 3\n  kernel_size: 1\n"
+                             "  stride: 0\n}"), "conv"), ("conv",)),
+        (net_with(layer_text("pool", "Pooling", ("data",), ("pool",),
+                             "pooling_param {\n  kernel_size: 2\n  stride: 0\n}"), "pool"),
+         ("pool",)),
+        (net_with(layer_text("tile", "Tile", ("data",), ("tile",),
+                             "tile_param {\n  axis: 6\n  tiles: 2\n}"), "tile"), ("tile",)),
+    ]
+    for i, slow in split(len(shapes), 0):
+        text, names = shapes[i]
+        _net_case("net-shape", i, slow, text, names)
+
+    # negative sizes and axes
+    negs = [
+        ("in", 'name: "n"\n' + layer_text("in", "Input", (), ("data",),
+                                          "input_param {\n  shape {\n    dim: 2\n    dim: -3\n"
+                                          "  }\n}")),
+        ("dd", 'name: "n"\n' + layer_text("dd", "DummyData", (), ("data",),
+                                          "dummy_data_param {\n  shape {\n    dim: -1\n"
+                                          "    dim: 4\n  }\n}")),
+        ("rs", 'name: "n"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("rs", "Reshape", ("data",), ("rs",),
+                      "reshape_param {\n  shape {\n    dim: -2\n    dim: 3\n  }\n}")),
+        ("rs", 'name: "n"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("rs", "Reshape", ("data",), ("rs",),
+                      "reshape_param {\n  shape {\n    dim: 3\n  }\n  axis: -9\n}")),
+        ("arg", 'name: "n"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("arg", "ArgMax", ("data",), ("arg",), "argmax_param {\n  axis: -5\n}")),
+        ("red", 'name: "n"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("red", "Reduction", ("data",), ("red",), "reduction_param {\n  axis: 4\n}")),
+        ("sc", 'name: "n"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("sc", "Scale", ("data",), ("sc",), "scale_param {\n  axis: -8\n}")),
+        ("emb", 'name: "n"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("emb", "Embed", ("label",), ("emb",),
+                      "embed_param {\n  num_output: 2\n  input_dim: 0\n}")),
+    ]
+    for i, slow in split(len(negs), 0):
+        name, text = negs[i]
+        _net_case("net-negative", i, slow, text, (name,))
+
+    # huge sizes (in a child process: no allocation may happen)
+    huge = [
+        ("dd", 'name: "h"\n' + layer_text("dd", "DummyData", (), ("data",),
+                                          "dummy_data_param {\n  shape {\n    dim: 100000\n"
+                                          "    dim: 100000\n    dim: 100000\n  }\n}")),
+        ("in", 'name: "h"\n' + layer_text("in", "Input", (), ("data",),
+                                          "input_param {\n  shape {\n    dim: 1000000000000\n"
+                                          "    dim: 3\n  }\n}")),
+        ("big", 'name: "h"\n' + dummy_data(2, 3, 0, 0) + ip_text("big", "data", "big",
+                                                                 4000000000)),
+        ("conv", 'name: "h"\n' + dummy_data(1, 3, 8, 8)
+         + layer_text("conv", "Convolution", ("data",), ("conv",),
+                      "convolution_param {\n  num_output: 3000000000\n  kernel_size: 3\n}")),
+        ("tile", 'name: "h"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("tile", "Tile", ("data",), ("tile",),
+                      "tile_param {\n  axis: 1\n  tiles: 2000000000\n}")),
+        ("rs", 'name: "h"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("rs", "Reshape", ("data",), ("rs",),
+                      "reshape_param {\n  shape {\n    dim: 4294967296\n    dim: 0\n  }\n}")),
+        ("emb", 'name: "h"\n' + dummy_data(2, 3, 0, 0)
+         + layer_text("emb", "Embed", ("label",), ("emb",),
+                      "embed_param {\n  num_output: 100000\n  input_dim: 100000\n}")),
+        ("pad", 'name: "h"\n' + dummy_data(1, 1, 4, 4)
+         + layer_text("pad", "Convolution", ("data",), ("pad",),
+                      "convolution_param {\n  num_output: 1\n  kernel_size: 1\n"
+                      "  pad: 1000000\n}")),
+    ]
+    for i, slow in split(len(huge), 0):
+        name, text = huge[i]
+        _net_case("net-huge", i, i >= 4, text, (name,), subprocess=True)
+
+
+# -- solver prototxt ------------------------------------------------------------------------
+
+POLICIES = [
+    'lr_policy: "fixed"\n', 'lr_policy: "step"\ngamma: 0.5\nstepsize: 1\n',
+    'lr_policy: "exp"\ngamma: 0.9\n', 'lr_policy: "inv"\ngamma: 0.1\npower: 0.75\n',
+    'lr_policy: "multistep"\ngamma: 0.5\nstepvalue: 1\nstepvalue: 3\n',
+    'lr_policy: "poly"\npower: 2\n', 'lr_policy: "sigmoid"\ngamma: 0.1\nstepsize: 2\n',
+]
+TYPES = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"]
+
+
+def _solver_case(family, i, slow, valid, make_text, names=(), net_text=None, iters=2):
+    """make_text(net path, d) -> solver text."""
+    def build(d):
+        np_ = write(d, "snet.prototxt", net_text or BASE_NET)
+        write(d, "solver.prototxt", make_text(np_, d))
+
+    def run(d):
+        return check_loss(run_solver(os.path.join(d, "solver.prototxt"), iters),
+                          "smoothed_loss")
+    add(family, i, "solver", valid, build, run, names, slow=slow)
+
+
+def fam_solver():
+    for i, slow in split(20, 20):
+        rng = rng_for("solver-valid", i)
+        type_ = TYPES[i % len(TYPES)]
+        policy = rng.choice(POLICIES)
+        extra = ""
+        if rng.random() < 0.3:
+            extra += "iter_size: 2\n"
+        if rng.random() < 0.3:
+            extra += "clip_gradients: 0.5\n"
+        if rng.random() < 0.3:
+            extra += 'regularization_type: "L1"\n'
+        if rng.random() < 0.3:
+            extra += "average_loss: 3\n"
+        if type_ == "Adam":
+            extra += "momentum2: 0.999\ndelta: 1e-8\n"
+        if type_ == "RMSProp":
+            extra += "rms_decay: 0.9\n"
+        net_text, _ = random_net(rng)
+        mom = type_ not in ("AdaGrad", "RMSProp")
+
+        def make_text(np_, d, extra=extra, type_=type_, policy=policy, mom=mom):
+            t = solver_text(np_, d, extra, type_, policy)
+            return t if mom else t.replace("momentum: 0.9\n", "")
+        _solver_case("solver-valid", i, slow, True, make_text, net_text=net_text,
+                     iters=rng.randint(1, 3))
+
+    # with test nets (solver.test_nets run through test_all)
+    for i, slow in split(3, 0):
+        def make_text(np_, d, i=i):
+            return solver_text(np_, d, "test_iter: 2\ntest_interval: 1\ntest_initialization: %s\n"
+                               % ("true" if i else "false"))
+        _solver_case("solver-valid-test", i, slow, True, make_text)
+
+    invalid = [
+        (lambda n, d: solver_text(n, d, type_="Sgdx"), ("Sgdx",)),
+        (lambda n, d: solver_text(n, d, type_="Quantum"), ("Quantum",)),
+        (lambda n, d: solver_text(n, d, policy='lr_policy: "sawtooth"\n'), ("sawtooth",)),
+        (lambda n, d: solver_text(n, d).replace('net: "%s"\n' % n, ""), ("net",)),
+        (lambda n, d: solver_text(os.path.join(d, "no_such_net.prototxt"), d),
+         ("no_such_net.prototxt",)),
+        (lambda n, d: solver_text(n, d, 'train_net: "%s"\n' % n), ("train_net",)),
+        (lambda n, d: solver_text(n, d, "iter_size: 0\n"), ("iter_size",)),
+        (lambda n, d: solver_text(n, d, "average_loss: 0\n"), ("average_loss",)),
+        (lambda n, d: solver_text(n, d, 'regularization_type: "L3"\n'), ("L3",)),
+        (lambda n, d: solver_text(n, d).replace("base_lr: 0.01", "base_lr: \"fast\""),
+         ("solver.prototxt:2",)),
+        (lambda n, d: solver_text(n, d).replace("max_iter: 100", "max_iter: 1.5"),
+         ("solver.prototxt:6",)),
+        (lambda n, d: solver_text(n, d).replace("momentum: 0.9", "momentun: 0.9"),
+         ("solver.prototxt:3", "momentun")),
+        (lambda n, d: solver_text(n, d, "solver_type: WARP\n"), ("solver.prototxt:",)),
+        (lambda n, d: solver_text(n, d).replace("display: 0", "display: 0\ndisplay: 1"),
+         ("solver.prototxt:8", "display")),
+        (lambda n, d: solver_text(n, d, 'test_net: "%s"\n' % n), ("test_iter",)),
+        (lambda n, d: solver_text(n, d, 'test_iter: 1\ntest_interval: 1\ntest_net: "%s"\n'
+                                  % os.path.join(d, "gone_test.prototxt")),
+         ("gone_test.prototxt",)),
+        (lambda n, d: solver_text(n, d).replace(
+            'snapshot: 0\nsnapshot_prefix: "%s"' % os.path.join(d, "snap"),
+            'snapshot: 1\nsnapshot_prefix: "%s"' % os.path.join(d, "nodir", "sub", "snap")),
+         ("nodir",)),
+        (lambda n, d: solver_text(n, d, 'type: "Adam"\n'), ("solver.prototxt:", "type")),
+        (lambda n, d: solver_text(n, d, "weights: \"%s\"\n"
+                                  % os.path.join(d, "no_weights.caffemodel")),
+         ("no_weights.caffemodel",)),
+        (lambda n, d: solver_text(n, d, "snapshot_format: PNG\n"), ("solver.prototxt:",)),
+    ]
+    for i, slow in split(len(invalid), 0):
+        make_text, names = invalid[i]
+        _solver_case("solver-invalid", i, slow, False, make_text, names)
+
+    # a net file the solver names that is broken: its own file and line
+    for i, slow in split(3, 0):
+        broken = [BASE_NET.replace("num_output: 4", "num_outptu: 4"),
+                  BASE_NET.replace('bottom: "ip1"\n  top: "ip2"', 'bottom: "nope"\n  top: "ip2"'),
+                  BASE_NET[:200]][i]
+        names = [("snet.prototxt:%d" % line_of(BASE_NET, "num_output: 4"), "num_outptu"),
+                 ("nope", "ip2"), ("snet.prototxt",)][i]
+        _solver_case("solver-bad-net", i, slow, False, lambda n, d: solver_text(n, d), names,
+                     net_text=broken)
+
+    # truncated / non-UTF-8 solver files
+    for i, slow in split(6, 6):
+        def make_text(n, d, rng_seed=i):
+            r = rng_for("solver-corrupt-text", rng_seed)
+            t = solver_text(n, d).encode()
+            if rng_seed % 2:
+                pos = r.randint(0, len(t))
+                return (t[:pos] + b"\xff\xfe" + t[pos:])
+            # cut inside a quoted string: the quote never closes
+            q = [k for k in range(len(t)) if t[k:k + 1] == b'"']
+            s = r.choice(q[::2])
+            return t[:r.randint(s + 1, s + 3)]
+
+        def build(d, make_text=make_text):
+            np_ = write(d, "snet.prototxt", BASE_NET)
+            write(d, "solver.prototxt", make_text(np_, d))
+
+        def run(d):
+            return run_solver(os.path.join(d, "solver.prototxt"))
+        add("solver-corrupt", i, "solver", False, build, run, ("solver.prototxt",), slow=slow)
+
+    # missing solver file
+    def build(d):
+        pass
+
+    def run(d):
+        return run_solver(os.path.join(d, "gone_solver.prototxt"))
+    add("solver-missing-file", 0, "solver", False, build, run, ("gone_solver.prototxt",))
+
+
+# -- weights: binary .caffemodel -------------------------------------------------------------
+
+def _mutate_model(path, fn):
+    """Rewrite the .caffemodel at ``path`` through fn(NetParameter)."""
+    from caffepy.proto import caffe_pb2
+    p = caffe_pb2.NetParameter.FromString(open(path, "rb").read())
+    fn(p)
+    with open(path, "wb") as f:
+        f.write(p.SerializeToString())
+
+
+def _top_level_boundaries(data):
+    """Offsets of the top-level field boundaries of a serialized message."""
+    out, pos = [0], 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        wt = key & 7
+        if wt == 0:
+            _, pos = _varint(data, pos)
+        elif wt == 2:
+            n, pos = _varint(data, pos)
+            pos += n
+        elif wt == 5:
+            pos += 4
+        elif wt == 1:
+            pos += 8
+        out.append(pos)
+    return out
+
+
+def _varint(data, pos):
+    v = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, pos
+
+
+def corrupt_h5_signature(data, r):
+    """Overwrite one of the signatures of an HDF5 file's group structures (local heap, symbol
+    table node, B-tree node), which HDF5 checks when it reads them."""
+    spots = [k for sig in (b"HEAP", b"SNOD", b"TREE") for k in _find_all(data, sig)]
+    k = r.choice(sorted(spots))
+    data[k:k + 4] = bytes(r.randrange(65, 91) for _ in range(4))
+
+
+def _find_all(data, sub):
+    k = data.find(sub)
+    while k >= 0:
+        yield k
+        k = data.find(sub, k + 1)
+
+
+def _parses_as(data, message_name):
+    from caffepy.proto import caffe_pb2
+    try:
+        getattr(caffe_pb2, message_name).FromString(data)
+        return True
+    except Exception:
+        return False
+
+
+def fam_weights():
+    # intact, through both entry points, several seeds and nets
+    for i, slow in split(8, 8):
+        rng = rng_for("weights-valid", i)
+        text, _ = random_net(rng)
+        via = ["copy_from", "weights"][i % 2]
+        h5 = i % 4 >= 2
+
+        def build(d, text=text, h5=h5):
+            make_weights(d, text=text, model="w.caffemodel" + (".h5" if h5 else ""), h5=h5)
+
+        def run(d, via=via, h5=h5):
+            model = os.path.join(d, "w.caffemodel" + (".h5" if h5 else ""))
+            return check_loss(run_copy_from(os.path.join(d, "w.prototxt"), model,
+                                            expect=saved_params(model), via=via))
+        add("weights-valid", i, "weights", True, build, run, slow=slow)
+
+    # a file with layers the net lacks, and a net with layers the file lacks
+    def build_extra(d):
+        bigger = BASE_NET.replace(loss_text("ip2"), ip_text("ip3", "ip2", "ip3", 2)
+                                  + loss_text("ip3"))
+        make_weights(d, net_name="big.prototxt", text=bigger)
+        write(d, "w.prototxt", BASE_NET)
+
+    def run_extra(d):
+        model = os.path.join(d, "w.caffemodel")
+        exp = {k: v for k, v in saved_params(model).items() if not k.startswith("ip3")}
+        return check_loss(run_copy_from(os.path.join(d, "w.prototxt"), model, expect=exp))
+    add("weights-valid-extra", 0, "weights", True, build_extra, run_extra)
+
+    def build_fewer(d):
+        make_weights(d)
+        _mutate_model(os.path.join(d, "w.caffemodel"),
+                      lambda p: p.layer.remove([lp for lp in p.layer if lp.name == "ip2"][0]))
+
+    def run_fewer(d):
+        model = os.path.join(d, "w.caffemodel")
+        return check_loss(run_copy_from(os.path.join(d, "w.prototxt"), model,
+                                        expect=saved_params(model)))
+    add("weights-valid-fewer", 0, "weights", True, build_fewer, run_fewer)
+
+    # legacy 4-D blob dims and double_data
+    for i, slow in split(2, 0):
+        def build(d, i=i):
+            make_weights(d)
+
+            def fn(p):
+                for lp in p.layer:
+                    for b in lp.blobs:
+                        dims = list(b.shape.dim)
+                        if i == 0:
+                            b.ClearField("shape")
+                            dims = [1] * (4 - len(dims)) + dims
+                            b.num, b.channels, b.height, b.width = dims
+                        else:
+                            vals = list(b.data)
+                            b.ClearField("data")
+                            b.double_data.extend(vals)
+            _mutate_model(os.path.join(d, "w.caffemodel"), fn)
+
+        def run(d):
+            from caffepy.proto import caffe_pb2
+            import numpy as np
+            model = os.path.join(d, "w.caffemodel")
+            p = caffe_pb2.NetParameter.FromString(open(model, "rb").read())
+            import caffepy
+            net = caffepy.Net(os.path.join(d, "w.prototxt"), caffepy.TRAIN)
+            exp = {}
+            for lp in p.layer:
+                for j, b in enumerate(lp.blobs):
+                    vals = b.double_data if len(b.double_data) else b.data
+                    exp["%s/%d" % (lp.name, j)] = np.asarray(vals, np.float32).reshape(
+                        net.params[lp.name][j].data.shape)
+            net.close()
+            return check_loss(run_copy_from(os.path.join(d, "w.prototxt"), model, expect=exp))
+        add("weights-valid-legacy", i, "weights", True, build, run)
+
+    # truncated inside a layer (never at a top-level field boundary, which would parse)
+    for i, slow in split(8, 8):
+        via = ["copy_from", "weights"][i % 2]
+
+        def build(d, seed=i):
+            r = rng_for("weights-truncated-cut", seed)
+            _, model = make_weights(d, seed=seed)
+            data = open(model, "rb").read()
+            bounds = set(_top_level_boundaries(data))
+            while True:
+                cut = r.randint(1, len(data) - 1)
+                if cut not in bounds:
+                    break
+            write(d, "w.caffemodel", data[:cut])
+
+        def run(d, via=via):
+            return run_copy_from(os.path.join(d, "w.prototxt"),
+                                 os.path.join(d, "w.caffemodel"), via=via)
+        add("weights-truncated", i, "weights", False, build, run, ("w.caffemodel",), slow=slow)
+
+    # random bytes (chosen so that protobuf itself rejects them)
+    for i, slow in split(6, 6):
+        def build(d, seed=i):
+            r = rng_for("weights-random", seed)
+            write(d, "w.prototxt", BASE_NET)
+            while True:
+                data = bytes(r.randrange(256) for _ in range(r.randint(1, 3000)))
+                if not _parses_as(data, "NetParameter"):
+                    break
+            write(d, "w.caffemodel", data)
+
+        def run(d, via=["copy_from", "weights"][i % 2]):
+            return run_copy_from(os.path.join(d, "w.prototxt"),
+                                 os.path.join(d, "w.caffemodel"), via=via)
+        add("weights-random", i, "weights", False, build, run, ("w.caffemodel",), slow=slow)
+
+    # valid proto, wrong content
+    def drop_blob(layer, j):
+        def fn(p):
+            lp = [x for x in p.layer if x.name == layer][0]
+            del lp.blobs[j]
+        return fn
+
+    def add_blob(layer):
+        def fn(p):
+            lp = [x for x in p.layer if x.name == layer][0]
+            lp.blobs.add().CopyFrom(lp.blobs[-1])
+        return fn
+
+    def reshape_blob(layer, j, dims):
+        def fn(p):
+            b = [x for x in p.layer if x.name == layer][0].blobs[j]
+            b.shape.ClearField("dim")
+            b.shape.dim.extend(dims)
+        return fn
+
+    def cut_data(layer, j, keep):
+        def fn(p):
+            b = [x for x in p.layer if x.name == layer][0].blobs[j]
+            vals = list(b.data)[:keep]
+            b.ClearField("data")
+            b.data.extend(vals)
+        return fn
+
+    def more_data(layer, j):
+        def fn(p):
+            b = [x for x in p.layer if x.name == layer][0].blobs[j]
+            b.data.extend([0.5, 0.25])
+        return fn
+
+    def no_shape(layer, j):
+        def fn(p):
+            b = [x for x in p.layer if x.name == layer][0].blobs[j]
+            b.ClearField("shape")
+        return fn
+
+    content = [
+        (drop_blob("ip1", 1), ("ip1",)), (drop_blob("ip2", 0), ("ip2",)),
+        (add_blob("ip1"), ("ip1",)), (add_blob("ip2"), ("ip2",)),
+        (reshape_blob("ip1", 0, [4, 2]), ("ip1",)), (reshape_blob("ip2", 0, [3, 5]), ("ip2",)),
+        (reshape_blob("ip1", 1, [5]), ("ip1",)), (reshape_blob("ip1", 0, [3, 4]), ("ip1",)),
+        (reshape_blob("ip2", 1, [1, 3]), ("ip2",)),
+        (cut_data("ip1", 0, 5), ("ip1",)), (cut_data("ip2", 1, 0), ("ip2",)),
+        (more_data("ip1", 0), ("ip1",)), (no_shape("ip2", 0), ("ip2",)),
+        (lambda p: [p.layer[1].blobs[0].data.__setitem__(0, 1.0),
+                    p.layer[1].blobs[0].double_data.extend([1.0] * 2)], ("ip1",)),
+    ]
+    for i, slow in split(len(content), 0):
+        fn, names = content[i]
+        via = ["copy_from", "weights"][i % 2]
+
+        def build(d, fn=fn):
+            _, model = make_weights(d)
+            _mutate_model(model, fn)
+
+        def run(d, via=via):
+            return run_copy_from(os.path.join(d, "w.prototxt"),
+                                 os.path.join(d, "w.caffemodel"), via=via)
+        add("weights-content", i, "weights", False, build, run, names + ("w.caffemodel",))
+
+    # a prototxt, a folder, or nothing, where the weights should be
+    for i, slow in split(3, 0):
+        def build(d, i=i):
+            write(d, "w.prototxt", BASE_NET)
+            if i == 0:
+                write(d, "w.caffemodel", BASE_NET)
+            elif i == 1:
+                os.makedirs(os.path.join(d, "w.caffemodel"))
+
+        def run(d):
+            return run_copy_from(os.path.join(d, "w.prototxt"),
+                                 os.path.join(d, "w.caffemodel"))
+        add("weights-odd-file", i, "weights", False, build, run, ("w.caffemodel",))
+
+    # -- HDF5 --
+    def h5_mutation(fn):
+        def build(d):
+            _, model = make_weights(d, model="w.caffemodel.h5", h5=True)
+            import h5py
+            with h5py.File(model, "a") as f:
+                fn(f)
+        return build
+
+    def run_h5(d, via="copy_from"):
+        return run_copy_from(os.path.join(d, "w.prototxt"), os.path.join(d, "w.caffemodel.h5"),
+                             via=via)
+
+    import_np = __import__("numpy")
+
+    def replace(path, value):
+        def fn(f):
+            del f[path]
+            f[path] = value
+        return fn
+
+    def h5_dtype(path, dtype):
+        def fn(f):
+            arr = import_np.asarray(f[path])
+            del f[path]
+            f.create_dataset(path, data=arr.astype(dtype))
+        return fn
+
+    def h5_group_instead(path):
+        def fn(f):
+            del f[path]
+            f.create_group(path)
+        return fn
+
+    h5_invalid = [
+        (lambda f: f.__delitem__("data"), ("w.caffemodel.h5", "data")),
+        (lambda f: f.__delitem__("data/ip1/1"), ("w.caffemodel.h5", "ip1")),
+        (lambda f: f.__delitem__("data/ip2/0"), ("w.caffemodel.h5", "ip2")),
+        (replace("data/ip1/0", import_np.zeros((4, 2), "f4")), ("w.caffemodel.h5", "ip1")),
+        (replace("data/ip2/1", import_np.zeros((1, 3), "f4")), ("w.caffemodel.h5", "ip2")),
+        (replace("data/ip1/0", import_np.zeros((3, 4), "f4")), ("w.caffemodel.h5", "ip1")),
+        (lambda f: f.create_dataset("data/ip1/2", data=import_np.zeros(3, "f4")),
+         ("w.caffemodel.h5", "ip1")),
+        (replace("data/ip1/0", import_np.array([[b"ab"] * 3] * 4)), ("w.caffemodel.h5", "ip1")),
+        (h5_group_instead("data/ip2/0"), ("w.caffemodel.h5", "ip2")),
+        (replace("data/ip2", import_np.zeros(3, "f4")), ("w.caffemodel.h5", "ip2")),
+        (replace("data", import_np.zeros(3, "f4")), ("w.caffemodel.h5", "data")),
+        (replace("data/ip1/0", import_np.float32(1.0)), ("w.caffemodel.h5", "ip1")),
+    ]
+    for i, slow in split(len(h5_invalid), 0):
+        fn, names = h5_invalid[i]
+        add("weights-h5-invalid", i, "weights", False, h5_mutation(fn),
+            lambda d, v=["copy_from", "weights"][i % 2]: run_h5(d, v), names)
+
+    # valid HDF5 variants: a missing layer group, float64 and float16 datasets
+    h5_valid = [
+        (lambda f: f.__delitem__("data/ip2"), None),
+        (h5_dtype("data/ip1/0", "f8"), None), (h5_dtype("data/ip2/1", "f8"), None),
+        (lambda f: f.create_group("data/not_a_layer"), None),
+    ]
+    for i, slow in split(len(h5_valid), 0):
+        fn, _ = h5_valid[i]
+
+        def run(d):
+            model = os.path.join(d, "w.caffemodel.h5")
+            return check_loss(run_copy_from(os.path.join(d, "w.prototxt"), model,
+                                            expect=saved_params(model)))
+        add("weights-h5-valid", i, "weights", True, h5_mutation(fn), run)
+
+    # HDF5 files with a corrupt superblock, cut short, or with a group structure's signature
+    # overwritten (raw dataset bytes could change unnoticed: HDF5 keeps no checksums there)
+    for i, slow in split(3, 9):
+        def build(d, seed=i):
+            r = rng_for("weights-h5-corrupt", seed)
+            _, model = make_weights(d, model="w.caffemodel.h5", h5=True)
+            data = bytearray(open(model, "rb").read())
+            mode = seed % 3
+            if mode == 1:
+                data = data[:r.randint(8, len(data) - 1)]
+            elif mode == 2:
+                corrupt_h5_signature(data, r)
+            else:
+                n = r.randint(16, 96)
+                data[8:8 + n] = bytes(r.randrange(256) for _ in range(n))
+            write(d, "w.caffemodel.h5", bytes(data))
+
+        add("weights-h5-corrupt", i, "weights", False, build,
+            lambda d, v=["copy_from", "weights"][i % 2]: run_h5(d, v), ("w.caffemodel.h5",),
+            slow=slow, subprocess=True)
+
+
+# -- solver states --------------------------------------------------------------------------
+
+def fam_state():
+    for i, slow in split(6, 6):
+        h5 = i % 2 == 1
+        type_ = TYPES[i % len(TYPES)]
+
+        def build(d, h5=h5, type_=type_):
+            _, _, state, hist = make_snapshot(d, h5, type_)
+            import numpy as np
+            np.savez(os.path.join(d, "hist.npz"), *hist)
+
+        def run(d, h5=h5):
+            import numpy as np
+            state = os.path.join(d, "snap_iter_2.solverstate" + (".h5" if h5 else ""))
+            z = np.load(os.path.join(d, "hist.npz"))
+            hist = [z["arr_%d" % k] for k in range(len(z.files))]
+            return check_loss(run_solver(os.path.join(d, "solver.prototxt"), 1, restore=state,
+                                         expect_iter=2, expect_history=hist), "smoothed_loss")
+        add("state-valid", i, "state", True, build, run, slow=slow)
+
+    def state_case(family, i, h5, mutate, names, slow=False, subprocess=False, type_="SGD",
+                   state_name=None):
+        def build(d):
+            _, model, state, _ = make_snapshot(d, h5, type_)
+            mutate(d, model, state)
+
+        def run(d):
+            state = os.path.join(d, state_name or ("snap_iter_2.solverstate"
+                                                   + (".h5" if h5 else "")))
+            return run_solver(os.path.join(d, "solver.prototxt"), 1, restore=state)
+        add(family, i, "state", False, build, run, names, slow=slow, subprocess=subprocess)
+
+    def binary(fn):
+        def mutate(d, model, state):
+            from caffepy.proto import caffe_pb2
+            s = caffe_pb2.SolverState.FromString(open(state, "rb").read())
+            fn(s, d)
+            open(state, "wb").write(s.SerializeToString())
+        return mutate
+
+    def resize_hist(k, dims):
+        def fn(s, d):
+            h = s.history[k]
+            h.shape.ClearField("dim")
+            h.shape.dim.extend(dims)
+            n = 1
+            for v in dims:
+                n *= v
+            h.ClearField("data")
+            h.data.extend([0.0] * n)
+        return fn
+
+    def set_learned(name):
+        def fn(s, d):
+            s.learned_net = os.path.join(d, name) if name else ""
+        return fn
+
+    S = "snap_iter_2.solverstate"
+    bin_invalid = [
+        (binary(lambda s, d: s.history.__delitem__(0)), (S,)),
+        (binary(lambda s, d: s.history.__delitem__(slice(0, 4))), (S,)),
+        (binary(lambda s, d: s.history.add().CopyFrom(s.history[0])), (S,)),
+        (binary(resize_hist(0, [5, 2])), (S,)),
+        (binary(resize_hist(3, [7])), (S,)),
+        (binary(set_learned("gone.caffemodel")), ("gone.caffemodel",)),
+        (binary(lambda s, d: s.history[1].ClearField("data")), (S,)),
+    ]
+    for i, slow in split(len(bin_invalid), 0):
+        fn, names = bin_invalid[i]
+        state_case("state-binary-invalid", i, False, fn, names)
+
+    # a learned_net that is truncated, or of another net
+    def corrupt_model(d, model, state):
+        data = open(model, "rb").read()
+        cut = len(data) // 2
+        if not model.endswith(".h5"):
+            bounds = set(_top_level_boundaries(data))
+            while cut in bounds:
+                cut += 1
+        open(model, "wb").write(data[:cut])
+
+    def other_net(d, model, state):
+        import caffepy
+        text = BASE_NET.replace("num_output: 4", "num_output: 7")
+        p = write(d, "other.prototxt", text)
+        net = caffepy.Net(p, caffepy.TRAIN)
+        (net.save_hdf5 if model.endswith(".h5") else net.save)(model)
+        net.close()
+
+    for i, (h5, fn, names) in enumerate([
+            (False, corrupt_model, ("snap_iter_2.caffemodel",)),
+            (False, other_net, ("ip1", "snap_iter_2.caffemodel")),
+            (True, corrupt_model, ("snap_iter_2.caffemodel.h5",)),
+            (True, other_net, ("ip1", "snap_iter_2.caffemodel.h5"))]):
+        state_case("state-learned-net", i, h5, fn, names, subprocess=h5 and fn is corrupt_model)
+
+    # binary state files cut short or random
+    for i, slow in split(6, 6):
+        def mutate(d, model, state, seed=i):
+            r = rng_for("state-corrupt", seed)
+            data = open(state, "rb").read()
+            if seed % 2:
+                bounds = set(_top_level_boundaries(data))
+                while True:
+                    cut = r.randint(1, len(data) - 1)
+                    if cut not in bounds:
+                        break
+                data = data[:cut]
+            else:
+                while True:
+                    data = bytes(r.randrange(256) for _ in range(r.randint(1, 500)))
+                    if not _parses_as(data, "SolverState"):
+                        break
+            open(state, "wb").write(data)
+        state_case("state-binary-corrupt", i, False, mutate, (S,), slow=slow)
+
+    # HDF5 states
+    def h5(fn):
+        def mutate(d, model, state):
+            import h5py
+            with h5py.File(state, "a") as f:
+                fn(f, d)
+        return mutate
+
+    def h5_replace(path, value):
+        def fn(f, d):
+            del f[path]
+            f[path] = value
+        return fn
+
+    np_ = __import__("numpy")
+    S5 = "snap_iter_2.solverstate.h5"
+    h5_invalid = [
+        (h5(lambda f, d: f.__delitem__("history/0")), (S5,)),
+        (h5(lambda f, d: f.create_dataset("history/9", data=np_.zeros(3, "f4"))), (S5,)),
+        (h5(h5_replace("history/0", np_.zeros((4, 2), "f4"))), (S5,)),
+        (h5(h5_replace("history/1", np_.zeros(5, "f4"))), (S5,)),
+        (h5(lambda f, d: f.__delitem__("history")), (S5, "history")),
+        (h5(lambda f, d: f.__delitem__("iter")), (S5, "iter")),
+        (h5(h5_replace("iter", np_.array([b"two"]))), (S5, "iter")),
+        (h5(h5_replace("history/0", np_.array([[b"x"] * 2] * 3))), (S5,)),
+        (h5(h5_replace("learned_net", np_.bytes_(b"/nonexistent/gone.caffemodel.h5"))),
+         ("gone.caffemodel.h5",)),
+        (h5(lambda f, d: f.__delitem__("history/2") or f.create_group("history/2")), (S5,)),
+    ]
+    for i, slow in split(len(h5_invalid), 0):
+        fn, names = h5_invalid[i]
+        state_case("state-h5-invalid", i, True, fn, names)
+
+    for i, slow in split(3, 6):
+        def mutate(d, model, state, seed=i):
+            r = rng_for("state-h5-corrupt", seed)
+            data = bytearray(open(state, "rb").read())
+            mode = seed % 3
+            if mode == 1:
+                data = data[:r.randint(8, len(data) - 1)]
+            elif mode == 2:
+                corrupt_h5_signature(data, r)
+            else:
+                n = r.randint(16, 96)
+                data[8:8 + n] = bytes(r.randrange(256) for _ in range(n))
+            open(state, "wb").write(bytes(data))
+        state_case("state-h5-corrupt", i, True, mutate, (S5,), slow=slow, subprocess=True)
+
+    # a state file that is not there
+    def nothing(d, model, state):
+        os.remove(state)
+    state_case("state-missing", 0, False, nothing, (S,))
+    state_case("state-missing", 1, True, nothing, (S5,))
+
+
+# -- data: LMDB ------------------------------------------------------------------------------
+
+def make_lmdb(path, items, encoded=False):
+    """items: [(key, C x H x W uint8 array or raw bytes, label)]."""
+    from caffepy.data.db import write_lmdb
+    from caffepy.data.datum import array_to_datum, encoded_datum
+    recs = []
+    for key, arr, label in items:
+        if isinstance(arr, bytes):
+            recs.append((key, arr))
+        elif encoded:
+            recs.append((key, encoded_datum(png_bytes(arr), label)))
+        else:
+            recs.append((key, array_to_datum(arr, label)))
+    write_lmdb(path, recs, map_size=1 << 20)
+
+
+def png_bytes(arr):
+    import io
+    from PIL import Image
+    a = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_net(source, batch_size, extra="", type_="Data", param="data_param",
+             more="backend: LMDB\n", transform=""):
+    body = "%s {\n  source: \"%s\"\n  batch_size: %d\n  %s}\n%s" % (
+        param, source, batch_size, more, transform)
+    return ('name: "db"\n' + layer_text("data", type_, (), ("data", "label"), body + extra)
+            + ip_text("ip", "data", "ip", 3) + loss_text("ip"))
+
+
+def run_data_net(d, expect=None, phase="TRAIN", iters=1):
+    """Forward the data net ``iters`` times; the first batch's data and labels must equal
+    ``expect`` = (data, labels) when given."""
+    import numpy as np
+    import caffepy
+    caffepy.set_random_seed(1701)
+    net = caffepy.Net(os.path.join(d, "net.prototxt"), _phase(phase))
+    try:
+        res = {}
+        for it in range(iters):
+            res.update(net_results(net))
+            if it == 0:
+                res["data"] = np.array(net.blobs["data"].data)
+                res["label"] = np.array(net.blobs["label"].data)
+                if expect is not None:
+                    data, labels = expect
+                    if not np.array_equal(res["data"], data.astype(np.float32)):
+                        raise AssertionError("data layer top differs from the stored records")
+                    if not np.array_equal(res["label"], np.asarray(labels, np.float32)):
+                        raise AssertionError("labels differ from the stored ones")
+        return check_loss(res)
+    finally:
+        net.close()
+
+
+def images(rng, n, c, h, w):
+    import numpy as np
+    r = np.random.RandomState(rng.randint(0, 2 ** 31 - 1))
+    return [r.randint(0, 256, size=(c, h, w)).astype(np.uint8) for _ in range(n)]
+
+
+def fam_lmdb():
+    for i, slow in split(6, 6):
+        rng = rng_for("lmdb-valid", i)
+        n, c, h, w = rng.randint(2, 6), rng.choice([1, 3]), rng.randint(2, 6), rng.randint(2, 6)
+        bs = rng.randint(1, n)
+        encoded = i % 3 == 2
+        scale = rng.choice([1.0, 0.5, 0.00390625])
+
+        def build(d, n=n, c=c, h=h, w=w, bs=bs, seed=i, encoded=encoded, scale=scale):
+            imgs = images(rng_for("lmdb-img", seed), n, c, h, w)
+            make_lmdb(os.path.join(d, "db"), [("%08d" % k, im, k % 3)
+                                              for k, im in enumerate(imgs)], encoded)
+            write(d, "net.prototxt", data_net(os.path.join(d, "db"), bs,
+                                              transform="transform_param {\n  scale: %r\n}\n"
+                                              % scale))
+
+        def run(d, n=n, c=c, h=h, w=w, bs=bs, seed=i, scale=scale, encoded=encoded):
+            import numpy as np
+            imgs = images(rng_for("lmdb-img", seed), n, c, h, w)
+            data = np.stack(imgs[:bs]).astype(np.float32) * np.float32(scale)
+            if encoded and c == 3:
+                data = data[:, ::-1]        # a PNG holds RGB; decoded images are BGR
+            return run_data_net(d, (data, [k % 3 for k in range(bs)]), iters=2)
+        add("lmdb-valid", i, "data", True, build, run, slow=slow)
+
+    def lmdb_case(i, items, names, bs=2, transform="", subprocess=False, after=None,
+                  encoded=False, source="db", slow=False):
+        def build(d):
+            if items is not None:
+                make_lmdb(os.path.join(d, "db"), items(), encoded)
+            if after:
+                after(d)
+            write(d, "net.prototxt", data_net(os.path.join(d, source), bs, transform=transform))
+
+        def run(d):
+            return run_data_net(d, iters=2)
+        add("lmdb-invalid", i, "data", False, build, run, names, subprocess=subprocess,
+            slow=slow)
+
+    np_ = __import__("numpy")
+    u8 = lambda *s: np_.full(s, 7, np_.uint8)  # noqa: E731
+
+    def datum_bytes(**kw):
+        from caffepy.proto import caffe_pb2
+        return caffe_pb2.Datum(**kw).SerializeToString()
+
+    cases = [
+        (None, ("nowhere_db",), {"source": "nowhere_db"}),
+        (lambda: [("a", u8(1, 3, 3), 0), ("b", b"\xff\x00garbage\x99", 0)], ("b",), {}),
+        (lambda: [("a", u8(1, 3, 3), 0), ("b", datum_bytes(channels=1, height=3, width=3,
+                                                           data=b"\x01" * 5), 0)], ("b",), {}),
+        (lambda: [("a", u8(1, 3, 3), 0), ("b", u8(1, 4, 3), 0)], ("b",), {}),
+        (lambda: [("a", u8(1, 3, 3), 0), ("b", u8(3, 3, 3), 1)], ("b",), {}),
+        (lambda: [("a", datum_bytes(channels=1, height=2, width=2, encoded=True,
+                                    data=b"notapng"), 0)] * 1, ("a",), {}),
+        (lambda: [("a", u8(1, 3, 3), 0)], ("data",),
+         {"transform": "transform_param {\n  crop_size: 5\n}\n"}),
+        (lambda: [("a", u8(1, 3, 3), 0)], ("missing_mean.binaryproto",),
+         {"transform": "transform_param {\n  mean_file: \"missing_mean.binaryproto\"\n}\n"}),
+        (lambda: [("a", u8(1, 3, 3), 0)], ("data",),
+         {"transform": "transform_param {\n  mean_value: 1\n  mean_value: 2\n}\n"}),
+        (lambda: [("a", datum_bytes(channels=0, height=3, width=3), 0)], ("a",), {}),
+        (lambda: [("a", datum_bytes(channels=1, height=2, width=2,
+                                    float_data=[1.0, 2.0, 3.0]), 0)], ("a",), {}),
+        (lambda: [("a", u8(1, 3, 3), 0)], ("data",), {"bs": 0}),
+    ]
+    for i, (items, names, kw) in enumerate(cases):
+        if "source" in kw:
+            lmdb_case(i, items, names, source=kw["source"])
+        else:
+            lmdb_case(i, items, names, bs=kw.get("bs", 2), transform=kw.get("transform", ""))
+
+    # an empty database, a folder without data.mdb, a data.mdb that is not an LMDB
+    def empty_db(d):
+        make_lmdb(os.path.join(d, "db"), [])
+
+    def no_mdb(d):
+        os.makedirs(os.path.join(d, "db"))
+    k = len(cases)
+    add_empty = [(empty_db, ("db",)), (no_mdb, ("db",))]
+    for j, (after, names) in enumerate(add_empty):
+        lmdb_case(k + j, None, names, after=after, subprocess=True)
+
+    # corrupt files (in a child): cut short, both meta pages overwritten, every B-tree page
+    # overwritten with random bytes. Each leaves LMDB pages that cannot be trusted.
+    for i, slow in split(3, 9):
+        def after(d, seed=i):
+            r = rng_for("lmdb-corrupt", seed)
+            path = os.path.join(d, "db")
+            imgs = images(r, r.randint(4, 40), 1, r.randint(2, 9), 4)
+            make_lmdb(path, [("%04d" % k, im, 1) for k, im in enumerate(imgs)])
+            mdb = os.path.join(path, "data.mdb")
+            data = bytearray(open(mdb, "rb").read())
+            page = 4096
+            mode = seed % 3
+            if mode == 0:
+                data = data[:r.randint(0, len(data) - page)]
+            elif mode == 1:
+                data[:2 * page] = bytes(r.randrange(256) for _ in range(2 * page))
+            else:
+                data[2 * page:] = bytes(r.randrange(256) for _ in range(len(data) - 2 * page))
+            open(mdb, "wb").write(bytes(data))
+        lmdb_case(100 + i, None, ("db",), after=after, subprocess=True, slow=slow)
+
+
+# -- data: HDF5 and image lists --------------------------------------------------------------
+
+def fam_hdf5_data():
+    np_ = __import__("numpy")
+
+    def h5file(path, **datasets):
+        import h5py
+        with h5py.File(path, "w") as f:
+            for k, v in datasets.items():
+                f[k] = v
+
+    for i, slow in split(5, 5):
+        rng = rng_for("hdf5-valid", i)
+        nfiles = rng.randint(1, 3)
+        n, c = rng.randint(2, 5), rng.randint(1, 4)
+        bs = rng.randint(1, n)
+
+        def arrays(seed, k, n=n, c=c):
+            r = np_.random.RandomState(seed * 10 + k)
+            return (r.randn(n, c, 2, 2).astype("f4"), r.randint(0, 3, n).astype("f4"))
+
+        def build(d, nfiles=nfiles, bs=bs, seed=i):
+            names = []
+            for k in range(nfiles):
+                x, y = arrays(seed, k)
+                p = os.path.join(d, "part%d.h5" % k)
+                h5file(p, data=x, label=y)
+                names.append(p)
+            write(d, "list.txt", "\n".join(names) + "\n")
+            write(d, "net.prototxt", data_net(os.path.join(d, "list.txt"), bs, type_="HDF5Data",
+                                              param="hdf5_data_param", more=""))
+
+        def run(d, bs=bs, seed=i):
+            x, y = arrays(seed, 0)
+            return run_data_net(d, (x[:bs], y[:bs]), iters=3)
+        add("hdf5-valid", i, "data", True, build, run, slow=slow)
+
+    def case(i, make, names, bs=2):
+        def build(d):
+            lst = make(d)
+            write(d, "net.prototxt", data_net(os.path.join(d, lst), bs, type_="HDF5Data",
+                                              param="hdf5_data_param", more=""))
+
+        def run(d):
+            return run_data_net(d, iters=2)
+        add("hdf5-invalid", i, "data", False, build, run, names)
+
+    def one(d, name="bad.h5", **ds):
+        p = os.path.join(d, name)
+        h5file(p, **ds)
+        write(d, "list.txt", p + "\n")
+        return "list.txt"
+
+    x = np_.zeros((4, 2, 2, 2), "f4")
+    y = np_.zeros(4, "f4")
+    invalid = [
+        (lambda d: "gone_list.txt", ("gone_list.txt",)),
+        (lambda d: write(d, "list.txt", os.path.join(d, "gone.h5") + "\n") and "list.txt",
+         ("gone.h5",)),
+        (lambda d: write(d, "list.txt", "\n\n") and "list.txt", ("list.txt",)),
+        (lambda d: one(d, data=x), ("bad.h5", "label")),
+        (lambda d: one(d, label=y), ("bad.h5", "data")),
+        (lambda d: one(d, data=x, label=np_.zeros(3, "f4")), ("bad.h5",)),
+        (lambda d: one(d, data=np_.array([b"a", b"b"]), label=np_.zeros(2, "f4")),
+         ("bad.h5", "data")),
+        (lambda d: one(d, data=np_.float32(3), label=np_.float32(1)), ("bad.h5", "data")),
+        (lambda d: write(d, "bad.h5", b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+         and write(d, "list.txt", os.path.join(d, "bad.h5")) and "list.txt", ("bad.h5",)),
+        (lambda d: write(d, "bad.h5", b"just text, not hdf5")
+         and write(d, "list.txt", os.path.join(d, "bad.h5")) and "list.txt", ("bad.h5",)),
+        (lambda d: one(d, data=np_.zeros((0, 2, 2, 2), "f4"), label=np_.zeros(0, "f4")),
+         ("bad.h5",)),
+        (lambda d: one(d, data=x, label=y.reshape(2, 2)) if False else
+         one(d, data=x, label=np_.zeros((5, 1), "f4")), ("bad.h5",)),
+    ]
+    for i, (make, names) in enumerate(invalid):
+        case(i, make, names)
+
+
+def fam_image_data():
+    np_ = __import__("numpy")
+
+    def save_png(path, arr):
+        open(path, "wb").write(png_bytes(arr))
+
+    for i, slow in split(5, 5):
+        rng = rng_for("image-valid", i)
+        n, h, w = rng.randint(2, 5), rng.randint(2, 6), rng.randint(2, 6)
+        bs = rng.randint(1, n)
+        resize = i % 3 == 2
+
+        def build(d, n=n, h=h, w=w, bs=bs, seed=i, resize=resize):
+            imgs = images(rng_for("image-img", seed), n, 1, h, w)
+            lines = []
+            for k, im in enumerate(imgs):
+                save_png(os.path.join(d, "img %d.png" % k), im)   # a space in the name
+                lines.append("img %d.png %d" % (k, k % 2))
+            write(d, "list.txt", "\n".join(lines) + "\n")
+            more = 'root_folder: "%s/"\n  is_color: false\n' % d
+            if resize:
+                more += "  new_height: 3\n  new_width: 4\n"
+            write(d, "net.prototxt", data_net(os.path.join(d, "list.txt"), bs, type_="ImageData",
+                                              param="image_data_param", more=more))
+
+        def run(d, n=n, h=h, w=w, bs=bs, seed=i, resize=resize):
+            imgs = images(rng_for("image-img", seed), n, 1, h, w)
+            if resize:
+                return run_data_net(d, iters=2)
+            data = np_.stack(imgs[:bs]).astype("f4")
+            return run_data_net(d, (data, [k % 2 for k in range(bs)]), iters=2)
+        add("image-valid", i, "data", True, build, run, slow=slow)
+
+    def case(i, make, names, bs=2, more=""):
+        def build(d):
+            make(d)
+            write(d, "net.prototxt", data_net(
+                os.path.join(d, "list.txt"), bs, type_="ImageData", param="image_data_param",
+                more='root_folder: "%s/"\n  is_color: false\n%s' % (d, more)))
+
+        def run(d):
+            return run_data_net(d, iters=2)
+        add("image-invalid", i, "data", False, build, run, names)
+
+    def good(d, k, h=3, w=3):
+        save_png(os.path.join(d, "g%d.png" % k), np_.full((1, h, w), 9, np_.uint8))
+
+    invalid = [
+        (lambda d: None, ("list.txt",)),
+        (lambda d: write(d, "list.txt", "gone.png 1\n"), ("gone.png",)),
+        (lambda d: good(d, 0) or write(d, "list.txt", "g0.png 1\ng0.png one\n"), ("list.txt",)),
+        (lambda d: good(d, 0) or write(d, "list.txt", "g0.png\n"), ("list.txt",)),
+        (lambda d: (write(d, "junk.png", b"\x89PNG not really"),
+                    write(d, "list.txt", "junk.png 0\n")),
+         ("junk.png",)),
+        (lambda d: good(d, 0) or good(d, 1, 4, 5) or write(d, "list.txt", "g0.png 0\ng1.png 1\n"),
+         ("g1.png",)),
+        (lambda d: write(d, "list.txt", "\n   \n"), ("list.txt",)),
+        (lambda d: (write(d, "empty.png", b""), write(d, "list.txt", "empty.png 0\n")),
+         ("empty.png",)),
+        (lambda d: good(d, 0) or write(d, "list.txt", b"g0.png 0\n\xff\xfe.png 1\n"),
+         ("list.txt",)),
+    ]
+    for i, (make, names) in enumerate(invalid):
+        case(i, make, names)
+
+
+# -- Python layers ---------------------------------------------------------------------------
+
+PY_GOOD = '''
+import numpy as np
+import caffe
+
+
+class Scale(caffe.Layer):
+    def setup(self, bottom, top):
+        self.k = float(self.param_str or 2)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.k * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = self.k * top[0].diff
+'''
+
+
+def py_net(module, cls, param_str=""):
+    return ('name: "py"\n' + dummy_data(2, 3, 0, 0)
+            + layer_text("pyl", "Python", ("data",), ("pyout",),
+                         'python_param {\n  module: "%s"\n  layer: "%s"\n  param_str: "%s"\n}'
+                         % (module, cls, param_str))
+            + ip_text("ip", "pyout", "ip", 2) + loss_text("ip"))
+
+
+def run_py(d, module, check_scale=None):
+    import numpy as np
+    sys.path.insert(0, d)
+    try:
+        import caffepy
+        caffepy.set_random_seed(1701)
+        net = caffepy.Net(os.path.join(d, "net.prototxt"), caffepy.TRAIN)
+        try:
+            res = net_results(net)
+            res["pyout"] = np.array(net.blobs["pyout"].data)
+            if check_scale is not None:
+                want = np.float32(check_scale) * np.asarray(net.blobs["data"].data)
+                if not np.array_equal(res["pyout"], want):
+                    raise AssertionError("Python layer output is not %g x its input"
+                                         % check_scale)
+            return check_loss(res)
+        finally:
+            net.close()
+    finally:
+        sys.path.remove(d)
+        sys.modules.pop(module, None)
+
+
+def fam_python():
+    for i, slow in split(3, 0):
+        module = "fzpy_ok%d" % i
+        k = ["", "3", "0.5"][i]
+
+        def build(d, module=module, k=k):
+            write(d, module + ".py", PY_GOOD)
+            write(d, "net.prototxt", py_net(module, "Scale", k))
+        add("python-valid", i, "python", True, build,
+            lambda d, module=module, k=k: run_py(d, module, float(k or 2)))
+
+    raising = [
+        ("setup", "ValueError('bad param_str')", ("pyl", "bad param_str")),
+        ("setup", "KeyError('nokey')", ("pyl", "nokey")),
+        ("forward", "ZeroDivisionError('div by zero in forward')", ("pyl", "div by zero")),
+        ("forward", "RuntimeError('forward failed')", ("pyl", "forward failed")),
+        ("reshape", "IndexError('reshape out of range')", ("pyl", "reshape out of range")),
+        ("backward", "TypeError('backward type')", ("pyl", "backward type")),
+        ("__init__", "AttributeError('no init')", ("pyl", "no init")),
+        ("setup", "AssertionError('assert in setup')", ("pyl", "assert in setup")),
+        ("forward", "MemoryError('too big')", ("pyl", "too big")),
+        ("setup", "SystemError('sys')", ("pyl", "sys")),
+    ]
+    for i, (method, exc, names) in enumerate(raising):
+        module = "fzpy_raise%d" % i
+        # the raising method comes last in the class body, so it replaces the good one
+        src = PY_GOOD + "\n    def %s(self, *a, **k):\n        raise %s\n" % (method, exc)
+
+        def build(d, module=module, src=src, method=method):
+            write(d, module + ".py", src)
+            text = py_net(module, "Scale")
+            if method == "backward":       # the layer's input needs no gradient otherwise
+                text = "force_backward: true\n" + text
+            write(d, "net.prototxt", text)
+        add("python-raises", i, "python", False, build,
+            lambda d, module=module: run_py(d, module), names)
+
+    broken = [
+        ("fzpy_gone", None, "Scale", ("pyl", "fzpy_gone")),
+        ("fzpy_nocls", PY_GOOD, "Missing", ("pyl", "Missing")),
+        ("fzpy_syntax", "def broken(:\n", "Scale", ("pyl", "fzpy_syntax")),
+        ("fzpy_importerr", "import fzpy_not_installed_anywhere\n", "Scale",
+         ("pyl", "fzpy_not_installed_anywhere")),
+        ("fzpy_raise_on_import", "raise RuntimeError('import time failure')\n", "Scale",
+         ("pyl", "import time failure")),
+        ("fzpy_notclass", "Scale = 42\n", "Scale", ("pyl", "Scale")),
+        ("fzpy_noforward", "class Scale(object):\n    def __init__(self, p):\n        pass\n"
+         "    def setup(self, b, t):\n        pass\n    def reshape(self, b, t):\n"
+         "        t[0].reshape(*b[0].data.shape)\n", "Scale", ("pyl", "forward")),
+        ("fzpy_badtop", PY_GOOD.replace("top[0].reshape(*bottom[0].data.shape)",
+                                        "top[0].reshape(7, 7)"), "Scale", ("loss",)),
+    ]
+    for i, (module, src, cls, names) in enumerate(broken):
+        def build(d, module=module, src=src, cls=cls):
+            if src is not None:
+                write(d, module + ".py", src)
+            write(d, "net.prototxt", py_net(module, cls))
+        add("python-broken", i, "python", False, build,
+            lambda d, module=module: run_py(d, module), names)
+
+
+# -- the command line (child processes) --------------------------------------------------------
+
+def fam_cli():
+    def train_build(d, mutate=None, h5=False):
+        _, model, state, _ = make_snapshot(d, h5)
+        sp = os.path.join(d, "solver.prototxt")
+        text = open(sp).read().replace("max_iter: 100", "max_iter: 3").replace(
+            "display: 0", "display: 1")
+        open(sp, "w").write(text)
+        if mutate:
+            mutate(d, model, state)
+
+    def truncate(path):
+        data = open(path, "rb").read()
+        bounds = set() if path.endswith(".h5") else set(_top_level_boundaries(data))
+        cut = len(data) // 3
+        while cut in bounds:
+            cut += 1
+        open(path, "wb").write(data[:cut])
+
+    def cli_case(i, valid, build, argv, names=(), slow=False):
+        def run(d):
+            return {"argv": [a.replace("{d}", d) for a in argv]}
+        add("cli", i, "cli", valid, build, run, names, cli=True, slow=slow)
+
+    cli_case(0, True, train_build, ["train", "-solver", "{d}/solver.prototxt"])
+    cli_case(1, True, train_build, ["test", "-model", "{d}/snapnet.prototxt", "-weights",
+                                    "{d}/snap_iter_2.caffemodel", "-iterations", "2"])
+    cli_case(2, True, train_build, ["train", "-solver", "{d}/solver.prototxt", "-snapshot",
+                                    "{d}/snap_iter_2.solverstate"])
+    cli_case(3, False, train_build, ["train", "-solver", "{d}/nope_solver.prototxt"],
+             ("nope_solver.prototxt",))
+    cli_case(4, False, lambda d: train_build(d, lambda d, m, s: truncate(m)),
+             ["test", "-model", "{d}/snapnet.prototxt", "-weights",
+              "{d}/snap_iter_2.caffemodel", "-iterations", "1"], ("snap_iter_2.caffemodel",))
+    cli_case(5, False, lambda d: train_build(d, lambda d, m, s: truncate(s)),
+             ["train", "-solver", "{d}/solver.prototxt", "-snapshot",
+              "{d}/snap_iter_2.solverstate"], ("snap_iter_2.solverstate",))
+    cli_case(6, False, lambda d: train_build(d, lambda d, m, s: truncate(m)),
+             ["train", "-solver", "{d}/solver.prototxt", "-weights",
+              "{d}/snap_iter_2.caffemodel"], ("snap_iter_2.caffemodel",))
+    cli_case(7, False, lambda d: train_build(d, lambda d, m, s: write(
+        d, "snapnet.prototxt", BASE_NET.replace('type: "ReLU"', 'type: "ReLUX"'))),
+        ["train", "-solver", "{d}/solver.prototxt"], ("relu1", "ReLUX"))
+    cli_case(8, False, train_build, ["test", "-model", "{d}/gone_model.prototxt", "-weights",
+                                     "{d}/snap_iter_2.caffemodel"], ("gone_model.prototxt",))
+    cli_case(9, False, lambda d: train_build(d, lambda d, m, s: truncate(m), h5=True),
+             ["train", "-solver", "{d}/solver.prototxt", "-snapshot",
+              "{d}/snap_iter_2.solverstate.h5"], ("snap_iter_2.caffemodel.h5",), slow=True)
+    cli_case(10, True, lambda d: train_build(d, h5=True),
+             ["train", "-solver", "{d}/solver.prototxt", "-snapshot",
+              "{d}/snap_iter_2.solverstate.h5"], slow=True)
+    cli_case(11, False, lambda d: train_build(d, lambda d, m, s: write(
+        d, "snapnet.prototxt", BASE_NET.replace("num_output: 4", "num_output: 5"))),
+        ["test", "-model", "{d}/snapnet.prototxt", "-weights", "{d}/snap_iter_2.caffemodel",
+         "-iterations", "1"], ("ip1", "snap_iter_2.caffemodel"), slow=True)
+
+
+# ---------------------------------------------------------------------------------------
+
+FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_solver, fam_weights, fam_state,
+            fam_lmdb, fam_hdf5_data, fam_image_data, fam_python, fam_cli]
+
+
+def cases():
+    if not CASES:
+        for fam in FAMILIES:
+            fam()
+        ids = [c.id for c in CASES]
+        dup = {i for i in ids if ids.count(i) > 1}
+        assert not dup, "duplicate case ids: %s" % sorted(dup)
+    return list(CASES)
+
+
+def case_by_id(case_id):
+    for c in cases():
+        if c.id == case_id:
+            return c
+    raise KeyError(case_id)
+
+
+# -- the child side of subprocess cases ------------------------------------------------------
+
+def child_main(case_id, d, result_path):
+    """Run one case's entry point and write what happened as JSON."""
+    case = case_by_id(case_id)
+    try:
+        res = case.run(d)
+    except BaseException as e:  # the parent judges; a child must always report
+        from caffepy import CaffepyError
+        out = {"status": "error", "type": type(e).__name__, "message": str(e),
+               "caffepy": isinstance(e, CaffepyError)}
+    else:
+        import numpy as np
+        bad = [k for k, v in res.items() if np.asarray(v).size == 0
+               or not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
+        out = {"status": "ok", "not_finite": bad, "keys": sorted(res)}
+    with open(result_path, "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "run":
+        child_main(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) == 2 and sys.argv[1] == "list":
+        for c in cases():
+            print(c.id, c.category, "valid" if c.valid else "invalid",
+                  "slow" if c.slow else "", "subprocess" if c.subprocess else "")
+    else:
+        sys.exit("usage: fuzz_corpus.py run CASE_ID DIR RESULT.json | list")
