@@ -305,3 +305,19 @@ def test_module_runs_without_runpy_warning():
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == ""
     assert "--display_lrm" in r.stdout and "input_net_proto_file" in r.stdout
+
+
+def test_cli_missing_pydot_prints_one_line(tmp_path):
+    import subprocess
+    src = tmp_path / "net.prototxt"
+    src.write_text(NET)
+    code = ("import sys; sys.modules['pydot'] = None\n"
+            "from caffepy.draw import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "n.png")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "draw: error: caffepy.draw needs pydot: pip install pydot (or pip install "
+        "'caffepy[draw]'); rendering images also needs Graphviz's 'dot' (e.g. apt-get "
+        "install graphviz)"]
