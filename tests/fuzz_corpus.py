@@ -756,6 +756,180 @@ def fam_net_graph():
         _net_case("net-huge", i, i >= 4, text, (name,), subprocess=True)
 
 
+# -- net prototxt: layer parameters Caffe checks (and a few it accepts) ----------------------
+
+def _net_on(mid, top, label=1, dims=(2, 3, 5, 5)):
+    return ('name: "l"\n' + dummy_data(*dims, label_value=label) + mid
+            + ip_text("ip", top, "ip", 2) + loss_text("ip"))
+
+
+def _head(label, classes, tail):
+    return ('name: "l"\n' + dummy_data(2, 3, 0, 0, label)
+            + ip_text("ip", "data", "ip", classes) + tail)
+
+
+def _filler(type_, extra=""):
+    return _net_on(layer_text("conv", "Convolution", ("data",), ("conv",),
+                              "convolution_param {\n  num_output: 2\n  kernel_size: 3\n"
+                              "  weight_filler {\n    type: \"%s\"\n%s  }\n}" % (type_, extra)),
+                   "conv")
+
+
+def _dd(name, top, *dims):
+    return layer_text(name, "DummyData", (), (top,), "dummy_data_param {\n  shape {\n%s  }\n}"
+                      % "".join("    dim: %d\n" % v for v in dims))
+
+
+LAYER_CONFIG = [
+    ("loss", _head(7, 3, loss_text("ip"))),
+    ("loss", _head(-2, 3, loss_text("ip"))),
+    ("acc", _head(9, 3, layer_text("acc", "Accuracy", ("ip", "label"), ("acc",)))),
+    ("acc", _head(1, 3, layer_text("acc", "Accuracy", ("ip", "label"), ("acc",),
+                                   "accuracy_param {\n  top_k: 5\n}"))),
+    ("ml", _head(9, 3, layer_text("sm", "Softmax", ("ip",), ("sm",))
+                 + layer_text("ml", "MultinomialLogisticLoss", ("sm", "label"), ("l",)))),
+    ("hl", _head(9, 3, layer_text("hl", "HingeLoss", ("ip", "label"), ("l",)))),
+    ("nope_infogain.binaryproto", _head(1, 3, layer_text(
+        "ig", "InfogainLoss", ("ip", "label"), ("l",),
+        'infogain_loss_param {\n  source: "nope_infogain.binaryproto"\n}'))),
+    ("sce", _head(1, 3, layer_text("sce", "SigmoidCrossEntropyLoss", ("ip", "label"), ("l",)))),
+    ("eu", _head(1, 3, layer_text("eu", "EuclideanLoss", ("ip", "label"), ("l",)))),
+    ("elt", _net_on(layer_text("elt", "Eltwise", ("data", "data"), ("elt",),
+                               "eltwise_param {\n  coeff: 1\n  coeff: 2\n  coeff: 3\n}"), "elt")),
+    ("elt", _net_on(layer_text("elt", "Eltwise", ("data", "data"), ("elt",),
+                               "eltwise_param {\n  operation: PROD\n  coeff: 1\n  coeff: 2\n}"),
+                    "elt")),
+    ("sl", _net_on(layer_text("sl", "Slice", ("data",), ("a", "b", "c"),
+                              "slice_param {\n  slice_point: 1\n}"), "a")),
+    ("sl", _net_on(layer_text("sl", "Slice", ("data",), ("a", "b", "c"),
+                              "slice_param {\n  slice_point: 2\n  slice_point: 1\n}"), "a")),
+    ("conv", _net_on(layer_text("conv", "Convolution", ("data",), ("conv",),
+                                "convolution_param {\n  num_output: 2\n  kernel_size: 3\n"
+                                "  kernel_h: 2\n  kernel_w: 2\n}"), "conv")),
+    ("conv", _net_on(layer_text("conv", "Convolution", ("data",), ("conv",),
+                                "convolution_param {\n  num_output: 2\n  kernel_size: 3\n"
+                                "  dilation: 0\n}"), "conv")),
+    ("dc", _net_on(layer_text("dc", "Deconvolution", ("data",), ("dc",),
+                              "convolution_param {\n  num_output: 2\n}"), "dc")),
+    ("pool", _net_on(layer_text("pool", "Pooling", ("data",), ("pool",),
+                                "pooling_param {\n  global_pooling: true\n  kernel_size: 2\n}"),
+                     "pool")),
+    ("pool", _net_on(layer_text("pool", "Pooling", ("data",), ("pool",),
+                                "pooling_param {\n  pool: STOCHASTIC\n  kernel_size: 2\n}"),
+                     "pool")),
+    ("lrn", _net_on(layer_text("lrn", "LRN", ("data",), ("lrn",),
+                               "lrn_param {\n  local_size: 4\n}"), "lrn")),
+    ("tile", _net_on(layer_text("tile", "Tile", ("data",), ("tile",),
+                                "tile_param {\n  tiles: 0\n}"), "tile")),
+    ("crop", _net_on(_dd("d2", "o", 2, 3, 3, 3) + layer_text(
+        "crop", "Crop", ("data", "o"), ("crop",),
+        "crop_param {\n  axis: 2\n  offset: 1\n  offset: 1\n  offset: 1\n}"), "crop")),
+    ("am", _net_on(layer_text("am", "ArgMax", ("data",), ("am",),
+                              "argmax_param {\n  top_k: 500\n  axis: 1\n}"), "am")),
+    ("lg", _net_on(layer_text("lg", "Log", ("data",), ("lg",), "log_param {\n  base: -3\n}"),
+                   "lg")),
+    ("spp", _net_on(layer_text("spp", "SPP", ("data",), ("spp",),
+                               "spp_param {\n  pyramid_height: 0\n}"), "spp")),
+    ("in", 'name: "l"\n' + layer_text("in", "Input", (), ("a", "b", "c"),
+                                      "input_param {\n  shape {\n    dim: 2\n  }\n"
+                                      "  shape {\n    dim: 3\n  }\n}")),
+    ("dd", 'name: "l"\n' + layer_text("dd", "DummyData", (), ("a", "b", "c"),
+                                      "dummy_data_param {\n  shape {\n    dim: 2\n  }\n"
+                                      "  shape {\n    dim: 3\n  }\n}")),
+    ("br", 'name: "l"\n' + dummy_data(2, 3, 0, 0, 7)
+     + layer_text("br", "BatchReindex", ("data", "label"), ("br",))),
+    ("emb", 'name: "l"\n' + dummy_data(2, 3, 0, 0, 7)
+     + layer_text("emb", "Embed", ("label",), ("emb",),
+                  "embed_param {\n  num_output: 2\n  input_dim: 3\n}")),
+    ("pr", 'name: "l"\n' + dummy_data(2, 3, 0, 0)
+     + layer_text("pr", "PReLU", ("label",), ("pr",))),
+    ("sc", _net_on(_dd("d2", "o", 7) + layer_text("sc", "Scale", ("data", "o"), ("sc",)), "sc")),
+    ("bi", _net_on(layer_text("bi", "Bias", ("data",), ("bi",), "bias_param {\n  axis: 9\n}"),
+                   "bi")),
+    ("fi", _net_on(_dd("d2", "o", 5) + layer_text("fi", "Filter", ("data", "o"), ("fi",)), "fi")),
+    ("lstm", 'name: "l"\n' + dummy_data(2, 3, 0, 0) + layer_text(
+        "lstm", "LSTM", ("data",), ("lstm",), "recurrent_param {\n  num_output: 2\n}")),
+    ("rnn", 'name: "l"\n' + dummy_data(2, 3, 0, 0) + _dd("d2", "cont", 3, 2) + layer_text(
+        "rnn", "RNN", ("data", "cont"), ("rnn",), "recurrent_param {\n  num_output: 2\n}")),
+    ("md", 'name: "l"\n' + layer_text("md", "MemoryData", (), ("a", "b"),
+                                      "memory_data_param {\n  batch_size: 0\n  channels: 1\n"
+                                      "  height: 1\n  width: 1\n}")),
+    ("ho", _net_on(layer_text("ho", "HDF5Output", ("data", "label"), ()), "data")),
+    ("rd", _net_on(layer_text("rd", "Reduction", ("data",), ("rd",),
+                              "reduction_param {\n  axis: -7\n}"), "rd")),
+    ("pa", 'name: "l"\n' + layer_text("pa", "Parameter", (), ("p",),
+                                      "parameter_param {\n  shape {\n    dim: -4\n  }\n}")),
+    ("ic", _net_on(layer_text("ic", "Im2col", ("data",), ("ic",),
+                              "convolution_param {\n  kernel_size: 9\n}"), "ic")),
+    ("sm", _net_on(layer_text("sm", "Softmax", ("data",), ("sm", "sm2")), "sm")),
+    ("dr", _net_on(layer_text("dr", "Dropout", ("data", "label"), ("dr",)), "dr")),
+    ("cat", _net_on(layer_text("cat", "Concat", (), ("cat",)), "data")),
+    ("si", _net_on(layer_text("si", "Silence", ("data",), ("x",)), "data")),
+    ("cl", _net_on(layer_text("cl", "Clip", ("data",), ("cl",),
+                              "clip_param {\n  min: 2\n  max: -2\n}"), "cl")),
+    ("conv", _filler("uniform", "    min: 2\n    max: 1\n")),
+    ("conv", _filler("bilinear").replace("kernel_size: 3", "kernel_h: 2\n  kernel_w: 3")),
+    ("conv", _filler("xavier", "    sparse: 3\n")),
+    ("conv", _filler("unheard_of")),
+    ("ct", _head(1, 3, _dd("d2", "other", 2, 5) + layer_text(
+        "ct", "ContrastiveLoss", ("ip", "other", "label"), ("l",)))),
+    ("wd", 'name: "l"\n' + layer_text("wd", "WindowData", (), ("a", "b"),
+                                      'window_data_param {\n  source: "nowin.txt"\n'
+                                      '  batch_size: 1\n}\ntransform_param {\n'
+                                      '  crop_size: 4\n}')),
+    ("bn", _net_on(layer_text("bn", "BatchNorm", ("data",), ("bn",),
+                              "batch_norm_param {\n  moving_average_fraction: 0.9\n}\n"
+                              "param {\n  lr_mult: 0\n}\nparam {\n  lr_mult: 0\n}\n"
+                              "param {\n  lr_mult: 0\n}\nparam {\n  lr_mult: 0\n}"), "bn")),
+]
+
+LAYER_VALID = [
+    _head(1, 3, _dd("d2", "other", 2, 3) + layer_text(
+        "ct", "ContrastiveLoss", ("ip", "other", "label"), ("l",))),
+    'name: "l"\n' + dummy_data(2, 3, 0, 0) + _dd("d2", "cont", 2, 3) + layer_text(
+        "rnn", "RNN", ("data", "cont"), ("rnn",),
+        "recurrent_param {\n  num_output: 2\n  weight_filler {\n    type: \"gaussian\"\n"
+        "    std: 0.1\n  }\n}"),
+    _net_on(layer_text("th", "Threshold", ("data",), ("th",)), "th"),
+    _net_on(layer_text("bn", "BatchNorm", ("data",), ("bn",),
+                       "batch_norm_param {\n  use_global_stats: true\n}"), "bn"),
+    'name: "l"\n' + layer_text("pa", "Parameter", (), ("p",),
+                               "parameter_param {\n  shape {\n    dim: 4\n  }\n}"),
+    _filler("gaussian", "    std: 0.1\n    sparse: 2\n"),
+    _filler("positive_unitball"), _filler("msra"), _filler("bilinear"),
+    _filler("xavier", "    variance_norm: AVERAGE\n"),
+    _net_on(layer_text("sm", "Softmax", ("data",), ("data",)), "data"),
+    _net_on(layer_text("dr", "Dropout", ("data",), ("data",),
+                       "dropout_param {\n  dropout_ratio: 0\n}"), "data"),
+    _net_on(layer_text("pool", "Pooling", ("data",), ("pool",),
+                       "pooling_param {\n  pool: AVE\n  kernel_size: 3\n  stride: 2\n"
+                       "  pad: 1\n}"), "pool"),
+    _net_on(layer_text("pool", "Pooling", ("data",), ("pool",),
+                       "pooling_param {\n  global_pooling: true\n}"), "pool"),
+    _head(-1, 3, layer_text("loss", "SoftmaxWithLoss", ("ip", "label"), ("loss",),
+                            "loss_param {\n  ignore_label: -1\n}")),
+    _net_on(layer_text("conv", "Convolution", ("data",), ("conv",),
+                       "convolution_param {\n  num_output: 3\n  kernel_size: 2\n  group: 3\n"
+                       "  dilation: 2\n  weight_filler {\n    type: \"xavier\"\n  }\n}"), "conv"),
+    _net_on(layer_text("dc", "Deconvolution", ("data",), ("dc",),
+                       "convolution_param {\n  num_output: 3\n  kernel_size: 4\n  stride: 2\n"
+                       "  group: 3\n  weight_filler {\n    type: \"bilinear\"\n  }\n}"), "dc"),
+]
+
+
+def fam_layer_config():
+    for i, slow in split(len(LAYER_CONFIG), 0):
+        name, text = LAYER_CONFIG[i]
+        _net_case("net-layer-config", i, slow, text, (name,))
+    for i, slow in split(len(LAYER_VALID), 0):
+        def build(d, text=LAYER_VALID[i]):
+            write(d, "net.prototxt", text)
+
+        def run(d):
+            return run_net(os.path.join(d, "net.prototxt"))
+        add("net-layer-valid", i, "net", True, build, run)
+
+
 # -- solver prototxt ------------------------------------------------------------------------
 
 POLICIES = [
@@ -1900,8 +2074,8 @@ def fam_cli():
 
 # ---------------------------------------------------------------------------------------
 
-FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_solver, fam_weights, fam_state,
-            fam_lmdb, fam_hdf5_data, fam_image_data, fam_python, fam_cli]
+FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_layer_config, fam_solver,
+            fam_weights, fam_state, fam_lmdb, fam_hdf5_data, fam_image_data, fam_python, fam_cli]
 
 
 def cases():

@@ -94,6 +94,9 @@ def constant_filler(param, shape, rng):
 def uniform_filler(param, shape, rng):
     """Uniform in [min, max] (default [0, 1])."""
     _no_sparse(param)
+    if not param.min <= param.max:      # Caffe's caffe_rng_uniform: CHECK_LE(a, b)
+        raise FillerError("uniform filler needs min <= max (min %g, max %g)"
+                          % (param.min, param.max))
     return rng.uniform(param.min, param.max, size=shape).astype(np.float32)
 
 
