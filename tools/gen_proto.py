@@ -103,7 +103,7 @@ def main():
     with open(proto_path, "w") as f:
         f.write(text)
     subprocess.check_call([sys.executable, "-m", "grpc_tools.protoc", "-I" + OUT_DIR,
-                           "--python_out=" + OUT_DIR, proto_path])
+                           "--python_out=" + OUT_DIR, "--pyi_out=" + OUT_DIR, proto_path])
     # The version gate protoc writes would tie users to the exact protobuf release
     # this was generated with; the builder API it relies on exists since 3.20.
     pb2 = os.path.join(OUT_DIR, "caffe_pb2.py")
@@ -113,7 +113,7 @@ def main():
     code = re.sub(r"_runtime_version\.ValidateProtobufRuntimeVersion\([^)]*\)\n", "", code)
     with open(pb2, "w") as f:
         f.write(code)
-    print("wrote", proto_path, "and caffe_pb2.py")
+    print("wrote", proto_path, "and caffe_pb2.py (with its type stub caffe_pb2.pyi)")
 
 
 if __name__ == "__main__":

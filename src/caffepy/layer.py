@@ -17,7 +17,11 @@ as Caffe's Layer::SetUp/Forward/Backward do: ``setup`` = check blob counts ->
 into that top's diff); ``forward`` = ``reshape`` -> ``forward_impl`` -> returns
 Σ dot(top.data, top.diff) over the tops with a loss weight.
 """
+from __future__ import annotations
+
 import logging
+from typing import (TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Type,
+                    TypeVar, Union, overload)
 
 import numpy as np
 
@@ -26,14 +30,23 @@ from .blob import Blob
 from .errors import LayerError  # noqa: F401
 from .registry import Registry
 
+if TYPE_CHECKING:    # for the annotations only: nothing here is imported at run time
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .proto import caffe_pb2
+
 _f32 = np.float32
 log = logging.getLogger("caffepy")
+
+#: A layer's bottom or top blobs, in order (a list in a Net).
+BlobVec = Sequence[Blob]
+LayerClass = TypeVar("LayerClass", bound="Type[Layer]")
 
 
 class BlobList(list):
     """A layer's learnable blobs; ``add_blob(*shape)`` as in pycaffe's Python layers."""
 
-    def add_blob(self, *shape):
+    def add_blob(self, *shape: int) -> Blob:
         b = Blob(*shape)
         self.append(b)
         return b
@@ -43,20 +56,26 @@ _LAYERS = Registry("unknown layer type '%s' (known types: %s)", LayerError,
                    name_attr="type_name")
 
 
-def register_layer(type_name, cls=None):
+@overload
+def register_layer(type_name: str) -> Callable[[LayerClass], LayerClass]: ...
+@overload
+def register_layer(type_name: str, cls: LayerClass) -> LayerClass: ...
+
+
+def register_layer(type_name: str, cls: Optional[LayerClass] = None) -> Any:
     """Register a Layer class under a Caffe type name (usable as a decorator)."""
     return _LAYERS.register(type_name, cls)
 
 
-def layer_type_list():
+def layer_type_list() -> List[str]:
     return _LAYERS.names()
 
 
-def get_layer_class(type_name):
+def get_layer_class(type_name: str) -> Type[Layer]:
     return _LAYERS.get(type_name)
 
 
-def create_layer(layer_param, phase=None):
+def create_layer(layer_param: caffe_pb2.LayerParameter, phase: Optional[int] = None) -> Layer:
     # LayerRegistry::CreateLayer logs this (lower-case "layer") before building the layer.
     log.info("Creating layer %s", layer_param.name)
     cls = _LAYERS.lookup(layer_param.type, "Layer '%s': unknown layer type '%%s' (known "
@@ -64,7 +83,9 @@ def create_layer(layer_param, phase=None):
     return cls(layer_param, phase)
 
 
-def build_layer(layer_param, bottom_arrays=(), ntop=None, phase=None):
+def build_layer(layer_param: Union[caffe_pb2.LayerParameter, str],
+                bottom_arrays: Sequence[ArrayLike] = (), ntop: Optional[int] = None,
+                phase: Optional[int] = None) -> Tuple[Layer, List[Blob], List[Blob]]:
     """A layer outside any net, for tests and experiments: build it from a LayerParameter (or
     its prototxt text), put each array of ``bottom_arrays`` in a fresh bottom Blob, and set it
     up. ``ntop`` defaults to the number of tops the param names (at least 1).
@@ -72,17 +93,17 @@ def build_layer(layer_param, bottom_arrays=(), ntop=None, phase=None):
     import numpy as np
     from .proto import caffe_pb2
     from .proto import parse_text
-    if isinstance(layer_param, str):
-        layer_param = parse_text(layer_param, caffe_pb2.LayerParameter())
+    param = (parse_text(layer_param, caffe_pb2.LayerParameter())
+             if isinstance(layer_param, str) else layer_param)
     bottom = []
     for a in bottom_arrays:
         a = np.asarray(a, dtype=np.float32)
         b = Blob(a.shape)
         b.data[...] = backend.xp().asarray(a)
         bottom.append(b)
-    ntop = max(len(layer_param.top), 1) if ntop is None else ntop
+    ntop = max(len(param.top), 1) if ntop is None else ntop
     top = [Blob() for _ in range(ntop)]
-    layer = create_layer(layer_param, phase)
+    layer = create_layer(param, phase)
     layer.setup(bottom, top)
     return layer, bottom, top
 
@@ -99,17 +120,18 @@ class Layer:
     auto_top_blobs = False
     # LossLayer subclasses get loss_weight 1 on top 0 when none is given.
     is_loss = False
-    type_name = None
+    type_name: Optional[str] = None
 
-    def __init__(self, layer_param, phase=None):
+    def __init__(self, layer_param: caffe_pb2.LayerParameter,
+                 phase: Optional[int] = None) -> None:
         from .proto import caffe_pb2
         self.layer_param = layer_param
         if phase is None:
             phase = layer_param.phase if layer_param.HasField("phase") else caffe_pb2.TRAIN
-        self.phase = phase
-        self.blobs = BlobList()
-        self.param_propagate_down = []
-        self.loss_weights = []
+        self.phase: int = phase
+        self.blobs: BlobList = BlobList()
+        self.param_propagate_down: List[bool] = []
+        self.loss_weights: List[float] = []
         # Blobs stored in the prototxt/caffemodel are loaded as the layer's initial params.
         if len(layer_param.blobs):
             from .proto import blobproto_to_array
@@ -123,40 +145,41 @@ class Layer:
                 self.blobs.append(b)
 
     # -- hooks a layer implements -----------------------------------------------
-    def layer_setup(self, bottom, top):
+    def layer_setup(self, bottom: BlobVec, top: BlobVec) -> None:
         """One-time setup: read params, create and fill ``self.blobs``."""
 
-    def reshape(self, bottom, top):
+    def reshape(self, bottom: BlobVec, top: BlobVec) -> None:
         raise NotImplementedError("Layer '%s' (%s) does not implement reshape"
                                   % (self.name, self.type))
 
-    def forward_impl(self, bottom, top):
+    def forward_impl(self, bottom: BlobVec, top: BlobVec) -> None:
         raise NotImplementedError
 
-    def backward_impl(self, top, propagate_down, bottom):
+    def backward_impl(self, top: BlobVec, propagate_down: Sequence[bool],
+                      bottom: BlobVec) -> None:
         """Compute bottom diffs (overwrite) and param diffs (accumulate with +=)."""
         if any(propagate_down):
             raise LayerError("Layer '%s' (%s) has no backward pass (Caffe: NOT_IMPLEMENTED); "
                              "it cannot propagate a gradient to its bottoms"
                              % (self.name, self.type))
 
-    def allow_force_backward(self, bottom_index):
+    def allow_force_backward(self, bottom_index: int) -> bool:
         return True
 
     # -- conveniences ---------------------------------------------------------
     @property
-    def name(self):
+    def name(self) -> str:
         return self.layer_param.name
 
     @property
-    def type(self):
+    def type(self) -> str:
         return self.layer_param.type
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         return backend.xp()
 
-    def scratch(self, name, shape, dtype=None):
+    def scratch(self, name: str, shape: Sequence[int], dtype: Optional[DTypeLike] = None) -> Any:
         """A named scratch array (float32 unless told), kept across iterations and
         reallocated only when its shape, dtype or array module changes; its contents are
         undefined. Made where first needed, so inference-only nets do not pay for
@@ -170,7 +193,7 @@ class Layer:
             a = buffers[name] = xp.empty(shape, dtype=dtype)
         return a
 
-    def canonical_axis(self, blob, axis, what="axis"):
+    def canonical_axis(self, blob: Blob, axis: int, what: str = "axis") -> int:
         """Caffe's Blob::CanonicalAxisIndex (negative axes count from the end), with an error
         naming the layer. A 0-D blob accepts axis 0."""
         n = blob.num_axes
@@ -181,7 +204,7 @@ class Layer:
                              "lie in [%d, %d]", what, axis, n, blob.shape, -n, n - 1)
         return axis + n if axis < 0 else axis
 
-    def check_param_shape(self, j, expected, what):
+    def check_param_shape(self, j: int, expected: Sequence[int], what: str) -> None:
         """Check the shape of a preloaded param blob (from a prototxt or an old caffemodel).
         Legacy 4-D shapes with leading 1s and the right trailing dims are accepted and reshaped."""
         b = self.blobs[j]
@@ -195,7 +218,8 @@ class Layer:
                          "(blobs[%d], preloaded from the prototxt or a caffemodel)",
                          what, expected, b.shape, j)
 
-    def fill_param(self, filler_param, blob, what):
+    def fill_param(self, filler_param: caffe_pb2.FillerParameter, blob: Blob,
+                   what: str) -> None:
         """Fill a param blob from a FillerParameter; a bad filler is reported with the layer."""
         from .fillers import FillerError, fill
         try:
@@ -203,10 +227,10 @@ class Layer:
         except FillerError as e:
             raise self.error("%s: %s", what, e) from None
 
-    def error(self, msg, *args):
+    def error(self, msg: str, *args: Any) -> LayerError:
         return LayerError("Layer '%s' (%s): %s" % (self.name, self.type, msg % args if args else msg))
 
-    def check(self, cond, msg, *args):
+    def check(self, cond: Any, msg: str, *args: Any) -> None:
         if not cond:
             raise self.error(msg, *args)
 
@@ -214,11 +238,11 @@ class Layer:
     # The list is the layer's: ``setup`` sizes it to the param blobs (True for each, as every
     # Caffe LayerSetUp does), the Net then sets each entry (lr_mult != 0, force_backward)
     # through set_param_propagate_down, and backward_impl reads it through param_propagate.
-    def param_propagate(self, i):
+    def param_propagate(self, i: int) -> bool:
         """Whether backward accumulates a gradient into param blob ``i``."""
         return i < len(self.param_propagate_down) and self.param_propagate_down[i]
 
-    def set_param_propagate_down(self, i, value):
+    def set_param_propagate_down(self, i: int, value: bool) -> None:
         self.param_propagate_down[i] = bool(value)
 
     def _size_param_propagate_down(self):
@@ -227,7 +251,7 @@ class Layer:
         self.param_propagate_down.extend([True] * (n - len(self.param_propagate_down)))
 
     # -- framework ------------------------------------------------------------
-    def check_blob_counts(self, bottom, top):
+    def check_blob_counts(self, bottom: BlobVec, top: BlobVec) -> None:
         def chk(n, exact, lo, hi, what):
             if exact >= 0 and n != exact:
                 raise self.error("takes %d %s blob(s) as input, got %d", exact, what, n)
@@ -242,7 +266,7 @@ class Layer:
             raise self.error("needs as many tops as bottoms (%d bottoms, %d tops)",
                              len(bottom), len(top))
 
-    def setup(self, bottom, top):
+    def setup(self, bottom: BlobVec, top: BlobVec) -> None:
         self.check_blob_counts(bottom, top)
         if self.is_loss and len(self.layer_param.loss_weight) == 0:
             self.layer_param.loss_weight.append(1.0)
@@ -252,7 +276,7 @@ class Layer:
         self.reshape(bottom, top)
         self.set_loss_weights(top)
 
-    def set_loss_weights(self, top):
+    def set_loss_weights(self, top: BlobVec) -> None:
         lw = self.layer_param.loss_weight
         if len(lw):
             if len(lw) != len(top):
@@ -265,10 +289,10 @@ class Layer:
         else:
             self.loss_weights = [0.0] * len(top)
 
-    def loss(self, top_index):
+    def loss(self, top_index: int) -> float:
         return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
 
-    def forward(self, bottom, top):
+    def forward(self, bottom: BlobVec, top: BlobVec) -> float:
         self.reshape(bottom, top)
         self.forward_impl(bottom, top)
         # Layer::Forward: Dtype loss += caffe_cpu_dot(...) -- a float32 sum over the tops.
@@ -278,10 +302,10 @@ class Layer:
                 loss = float(_f32(loss + float(self.xp.vdot(t.flat_data, t.flat_diff))))
         return loss
 
-    def backward(self, top, propagate_down, bottom):
+    def backward(self, top: BlobVec, propagate_down: Sequence[bool], bottom: BlobVec) -> None:
         self.backward_impl(top, propagate_down, bottom)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<%s layer '%s'>" % (self.type, self.name)
 
 
@@ -297,10 +321,10 @@ class LossLayer(Layer):
     min_top_blobs = 1
     max_top_blobs = 1
 
-    def allow_force_backward(self, bottom_index):
+    def allow_force_backward(self, bottom_index: int) -> bool:
         return bottom_index != 1
 
-    def reshape(self, bottom, top):
+    def reshape(self, bottom: BlobVec, top: BlobVec) -> None:
         if bottom[0].shape[:1] != bottom[1].shape[:1]:
             raise self.error("the data and label should have the same first dimension "
                              "(bottom '%s' %s vs %s)", "0", bottom[0].shape, bottom[1].shape)
@@ -312,6 +336,6 @@ class NeuronLayer(Layer):
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
 
-    def reshape(self, bottom, top):
+    def reshape(self, bottom: BlobVec, top: BlobVec) -> None:
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)

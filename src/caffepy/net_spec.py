@@ -28,7 +28,10 @@ Unnamed tops (and layers without tops) get ``{Type}{k}`` with k counted per type
 ``to_proto`` lists the layers in dependency order (depth first from the named tops, in
 the order they were assigned), as pycaffe does.
 """
+from __future__ import annotations
+
 from collections import Counter, OrderedDict
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 from google.protobuf.message import Message
 
@@ -38,7 +41,7 @@ __all__ = ["layers", "params", "NetSpec", "to_proto", "Top", "Function", "param_
            "assign_proto", "Layers", "Parameters"]
 
 
-def param_name_dict():
+def param_name_dict() -> Dict[str, str]:
     """Map layer type names to the prefix of their parameter field: for every
     ``<x>_param`` field of LayerParameter whose message type is ``<Type>Parameter``,
     ``<Type>`` -> ``<x>`` (e.g. "Convolution" -> "convolution", "TanH" -> "tanh")."""
@@ -53,11 +56,11 @@ def param_name_dict():
     return names
 
 
-def to_proto(*tops):
+def to_proto(*tops: Top) -> caffe_pb2.NetParameter:
     """A NetParameter holding all the layers needed to compute ``tops``
     (intermediate blobs and layers are auto-named)."""
-    layers_ = OrderedDict()
-    autonames = Counter()
+    layers_: Dict[Function, caffe_pb2.LayerParameter] = OrderedDict()
+    autonames: Counter[str] = Counter()
     for top in tops:
         top.fn._to_proto(layers_, {}, autonames)
     net = caffe_pb2.NetParameter()
@@ -69,7 +72,7 @@ def _field_error(proto, name):
     return AttributeError("%s has no field named '%s'" % (proto.DESCRIPTOR.name, name))
 
 
-def assign_proto(proto, name, val):
+def assign_proto(proto: Message, name: str, val: Any) -> None:
     """Assign a Python value to field ``name`` of a protobuf message, recursively.
 
     Lists become repeated fields (of sub-messages when the items are dicts), dicts become
@@ -102,18 +105,18 @@ def assign_proto(proto, name, val):
 class Top:
     """A Top is one output blob of a layer (one of possibly several)."""
 
-    def __init__(self, fn, n):
+    def __init__(self, fn: Function, n: int) -> None:
         self.fn = fn
         self.n = n
 
-    def to_proto(self):
+    def to_proto(self) -> caffe_pb2.NetParameter:
         """A NetParameter holding all the layers needed to compute this top."""
         return to_proto(self)
 
     def _to_proto(self, layers_, names, autonames):
         return self.fn._to_proto(layers_, names, autonames)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<Top %d of %s>" % (self.n, self.fn.type_name)
 
 
@@ -121,7 +124,7 @@ class Function:
     """A Function is a layer: its type, its parameters and its inputs (Tops of other
     layers)."""
 
-    def __init__(self, type_name, inputs, params):
+    def __init__(self, type_name: str, inputs: Tuple[Top, ...], params: Dict[str, Any]) -> None:
         self.type_name = type_name
         for index, input_ in enumerate(inputs):
             if not isinstance(input_, Top):
@@ -136,9 +139,9 @@ class Function:
         self.in_place = self.params.get("in_place", False)
         if "in_place" in self.params:
             del self.params["in_place"]
-        self.tops = tuple(Top(self, n) for n in range(self.ntop))
+        self.tops: Tuple[Top, ...] = tuple(Top(self, n) for n in range(self.ntop))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<Function %s>" % self.type_name
 
     def _get_name(self, names, autonames):
@@ -216,13 +219,15 @@ class NetSpec:
     """A NetSpec holds Tops assigned as attributes (or items); ``to_proto()`` makes a
     NetParameter with all the layers needed to produce them, named by the attributes."""
 
-    def __init__(self):
+    tops: Dict[str, Top]
+
+    def __init__(self) -> None:
         super().__setattr__("tops", OrderedDict())
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Top) -> None:
         self.tops[name] = value
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Top:
         if name == "tops":          # during unpickling/copying, before __init__ ran
             raise AttributeError(name)
         try:
@@ -230,31 +235,31 @@ class NetSpec:
         except KeyError:
             raise _MissingTop("NetSpec has no top named '%s'" % name) from None
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: str, value: Top) -> None:
         self.__setattr__(key, value)
 
-    def __getitem__(self, item):
+    def __getitem__(self, item: str) -> Top:
         return self.__getattr__(item)
 
-    def __delitem__(self, name):
+    def __delitem__(self, name: str) -> None:
         del self.tops[name]
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self.tops
 
-    def keys(self):
+    def keys(self) -> List[str]:
         return list(self.tops.keys())
 
-    def vals(self):
+    def vals(self) -> List[Top]:
         return list(self.tops.values())
 
-    def update(self, name, value):
-        self.tops[name].update(value)
+    def update(self, name: str, value: Any) -> None:
+        self.tops[name].update(value)  # type: ignore[attr-defined]  # pycaffe's, as it is
 
-    def to_proto(self):
-        names = {v: k for k, v in self.tops.items()}
-        autonames = Counter()
-        layers_ = OrderedDict()
+    def to_proto(self) -> caffe_pb2.NetParameter:
+        names: Dict[Any, str] = {v: k for k, v in self.tops.items()}
+        autonames: Counter[str] = Counter()
+        layers_: Dict[Function, caffe_pb2.LayerParameter] = OrderedDict()
         for name, top in self.tops.items():
             top._to_proto(layers_, names, autonames)
         net = caffe_pb2.NetParameter()
@@ -266,11 +271,11 @@ class Layers:
     """A pseudo-module whose attributes make layers: ``Layers().Convolution(bottom,
     kernel_size=3)`` is a Top for a 3x3 convolution of ``bottom``."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Callable[..., Union[Top, Tuple[Top, ...], Function]]:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
 
-        def layer_fn(*args, **kwargs):
+        def layer_fn(*args: Top, **kwargs: Any) -> Union[Top, Tuple[Top, ...], Function]:
             fn = Function(name, args, kwargs)
             if fn.ntop == 0:
                 return fn
@@ -287,12 +292,12 @@ class Parameters:
     """A pseudo-module of the constants used in layer parameters:
     ``Parameters().Pooling.MAX`` is ``caffe_pb2.PoolingParameter.MAX``."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
 
         class Param:
-            def __getattr__(self, param_name):
+            def __getattr__(self, param_name: str) -> Any:
                 return getattr(getattr(caffe_pb2, name + "Parameter"), param_name)
 
             def __repr__(self):

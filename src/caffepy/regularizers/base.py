@@ -34,15 +34,30 @@ The protocol (what a solver calls, see docs/custom-regularizer.md):
 
 ``ctx`` (a ``RegularizeContext``) says where the call is: see its docstring.
 """
+from __future__ import annotations
+
 import ast
 import re
 import weakref
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence,
+                    Tuple, Type, TypeVar, Union, overload)
 
 import numpy as np
 
 from .. import backend
 from ..errors import RegularizerError
 from ..registry import Registry
+
+if TYPE_CHECKING:    # for the annotations only: nothing here is imported at run time
+    from numpy.typing import DTypeLike
+
+    from ..blob import Blob
+    from ..layer import Layer
+    from ..net import Net
+    from ..proto import caffe_pb2
+    from ..solver import Solver
+
+RegularizerClass = TypeVar("RegularizerClass", bound="Type[Regularizer]")
 
 # a class that names itself (``name = "..."``) keeps that name when registered
 _REGULARIZERS = Registry("Unknown regularizer '%s' (registered: %s)", RegularizerError,
@@ -51,21 +66,27 @@ _REGULARIZERS = Registry("Unknown regularizer '%s' (registered: %s)", Regularize
                                                                               Regularizer.name))
 
 
-def register_regularizer(name, cls=None):
+@overload
+def register_regularizer(name: str) -> Callable[[RegularizerClass], RegularizerClass]: ...
+@overload
+def register_regularizer(name: str, cls: RegularizerClass) -> RegularizerClass: ...
+
+
+def register_regularizer(name: str, cls: Optional[RegularizerClass] = None) -> Any:
     """Register a Regularizer class under ``name`` (usable as a decorator); the name is the
     ``type`` of a ``regularizer { ... }`` block in the solver prototxt."""
     return _REGULARIZERS.register(name, cls)
 
 
-def regularizer_names():
+def regularizer_names() -> List[str]:
     return _REGULARIZERS.names()
 
 
-def get_regularizer_class(name):
+def get_regularizer_class(name: str) -> Type[Regularizer]:
     return _REGULARIZERS.get(name)
 
 
-def create_regularizer(name, *args, **kwargs):
+def create_regularizer(name: str, *args: Any, **kwargs: Any) -> Regularizer:
     """Instantiate the regularizer registered as ``name``."""
     return _REGULARIZERS.lookup(name)(*args, **kwargs)
 
@@ -170,8 +191,27 @@ class RegularizeContext:
     __slots__ = ("solver", "net", "param_id", "layer", "layer_name", "layer_type", "blob_index",
                  "param_index", "param_spec", "conv_group", "history", "rate", "lr_mult",
                  "decay_mult", "local_rate", "local_decay", "iter", "param", "xp")
+    solver: Optional[Solver]
+    net: Optional[Net]
+    param_id: Optional[int]
+    layer: Optional[Layer]
+    layer_name: Optional[str]
+    layer_type: Optional[str]
+    blob_index: Optional[int]
+    param_index: Optional[int]
+    param_spec: Optional[caffe_pb2.ParamSpec]
+    conv_group: int
+    history: Sequence[Any]
+    rate: Optional[float]
+    lr_mult: Optional[float]
+    decay_mult: Optional[float]
+    local_rate: Optional[float]
+    local_decay: Optional[float]
+    iter: Optional[int]
+    param: Any
+    xp: Any
 
-    def __init__(self, **kw):
+    def __init__(self, **kw: Any) -> None:
         unknown = set(kw) - set(self.__slots__)
         if unknown:
             raise TypeError("RegularizeContext has no field(s) %s" % ", ".join(sorted(unknown)))
@@ -192,7 +232,7 @@ class RegularizeContext:
         if self.xp is None:
             self.xp = np
 
-    def update(self, **kw):
+    def update(self, **kw: Any) -> RegularizeContext:
         """Set fields in place (a solver keeps one context per param and refreshes ``rate``,
         ``iter``, ``local_rate`` ... each iteration). Returns self."""
         for k, v in kw.items():
@@ -206,7 +246,7 @@ class RegularizeContext:
         return self
 
     @classmethod
-    def for_param(cls, net, param_id, **kw):
+    def for_param(cls, net: Net, param_id: int, **kw: Any) -> RegularizeContext:
         """A context for learnable param ``param_id`` of ``net``: the layer facts come from
         ``learnable_param_info(net)``, ``decay_mult``/``lr_mult`` from the net; ``kw`` sets
         the rest (solver, rate, iter, param, history, local_decay ...)."""
@@ -251,7 +291,7 @@ def layer_conv_group(layer_param):
     return 1
 
 
-_INFO_CACHE = weakref.WeakKeyDictionary()
+_INFO_CACHE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def learnable_param_info(net):
@@ -288,18 +328,20 @@ class Regularizer:
     (indices into a layer's blobs; None = every blob, except for classes with
     ``group_kind = True``, where None means the weights only, ``(0,)``).
     """
-    name = "Regularizer"
-    group_kind = False
-    layers = None
-    blob_indices = None
-    coeff = 0.0
+    name: str = "Regularizer"
+    group_kind: bool = False
+    layers: Optional[Tuple[str, ...]] = None
+    blob_indices: Optional[Tuple[int, ...]] = None
+    coeff: float = 0.0
 
-    def __init__(self, coeff=0.0, layers=None, blob_indices=None):
+    def __init__(self, coeff: float = 0.0, layers: Union[str, Iterable[str], None] = None,
+                 blob_indices: Union[int, Sequence[int], None] = None) -> None:
         self.coeff = float(coeff)
         self.select(layers, blob_indices)
 
     # -- selection -----------------------------------------------------------------------
-    def select(self, layers=None, blob_indices=None):
+    def select(self, layers: Union[str, Iterable[str], None] = None,
+               blob_indices: Union[int, Sequence[int], None] = None) -> Regularizer:
         """Restrict to ``layers`` (names) and ``blob_indices``; None keeps the default."""
         if isinstance(layers, str):
             layers = [layers]
@@ -310,13 +352,13 @@ class Regularizer:
                              if blob_indices is not None and len(blob_indices) else None)
         return self
 
-    def effective_blob_indices(self):
+    def effective_blob_indices(self) -> Optional[Tuple[int, ...]]:
         bi = getattr(self, "blob_indices", None)
         if bi is None and getattr(self, "group_kind", False):
             return (0,)
         return bi
 
-    def selects(self, ctx):
+    def selects(self, ctx: RegularizeContext) -> bool:
         """Whether this regularizer applies to the param ``ctx`` describes."""
         layers = getattr(self, "layers", None)
         if layers and ctx.layer_name not in layers:
@@ -324,7 +366,7 @@ class Regularizer:
         bi = self.effective_blob_indices()
         return bi is None or ctx.blob_index in bi
 
-    def selected_params(self, net):
+    def selected_params(self, net: Net) -> List[ParamInfo]:
         """The ParamInfo of every learnable param of ``net`` this regularizer selects."""
         out = []
         for info in learnable_param_info(net):
@@ -336,7 +378,7 @@ class Regularizer:
         return out
 
     # -- the protocol --------------------------------------------------------------------
-    def setup(self, net):
+    def setup(self, net: Net) -> None:
         """Called once with the train net before training: check that the selected layers
         exist and hold the selected blobs (RegularizerError otherwise). Subclasses that
         override it call ``super().setup(net)``."""
@@ -361,23 +403,23 @@ class Regularizer:
                             "regularizer '%s': layer '%s' has %d param blob(s), no blob_index %d"
                             % (self.name, name, with_params[name], i))
 
-    def regularize(self, param_id, blob, ctx):
+    def regularize(self, param_id: int, blob: Blob, ctx: RegularizeContext) -> None:
         """Add this penalty's gradient for learnable param ``param_id`` to ``blob.diff``."""
         raise NotImplementedError
 
-    def penalty(self, param_id, blob, ctx):
+    def penalty(self, param_id: int, blob: Blob, ctx: RegularizeContext) -> float:
         """The penalty's value on ``blob.data`` (the weights before the update), as a float.
         The default, 0.0, is for regularizers without a closed-form penalty."""
         return 0.0
 
-    def after_update(self, solver):
+    def after_update(self, solver: Solver) -> None:
         """Optional hook, once per iteration after ``net.update()``."""
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """{name: numpy array} of the state to save with a snapshot ({} = stateless)."""
         return {}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
         """Restore what ``state_dict`` returned."""
         if state:
             raise RegularizerError("regularizer '%s' keeps no state, but was given %s"
@@ -385,13 +427,13 @@ class Regularizer:
 
     # -- construction from the solver prototxt ---------------------------------------------
     @classmethod
-    def from_config(cls, **params):
+    def from_config(cls, **params: Any) -> Regularizer:
         """Build from the keyword arguments of a ``regularizer { }`` block (``coeff`` when the
         block sets it, plus the ``param_str`` keys). Override to map names."""
         return cls(**params)
 
     @classmethod
-    def from_proto(cls, rp):
+    def from_proto(cls, rp: caffe_pb2.RegularizerParameter) -> Regularizer:
         """Build from a ``RegularizerParameter`` (``regularizer { type coeff param_str layer
         blob_index }`` in the solver prototxt). On ``Regularizer`` itself the class is the one
         registered as ``rp.type``; on a subclass, that subclass."""
@@ -420,7 +462,8 @@ class Regularizer:
         return r
 
     # -- scratch memory ------------------------------------------------------------------
-    def scratch(self, param_id, name, shape, xp, dtype=np.float32):
+    def scratch(self, param_id: int, name: str, shape: Sequence[int], xp: Any,
+                dtype: DTypeLike = np.float32) -> Any:
         """A work buffer kept per (param_id, name), reallocated only when the shape, dtype or
         array module changes (no per-iteration allocation)."""
         bufs = self.__dict__.get("_scratch_buffers")
@@ -433,7 +476,7 @@ class Regularizer:
             buf = bufs[key] = xp.empty(shape, dtype=dtype)
         return buf
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<%s regularizer>" % self.name
 
 
@@ -444,21 +487,23 @@ def _selected(r, ctx):
     return sel is None or sel(ctx)
 
 
-def setup_regularizers(regularizers, net):
+def setup_regularizers(regularizers: Iterable[Regularizer], net: Net) -> None:
     for r in regularizers:
         hook = getattr(r, "setup", None)
         if hook is not None:
             hook(net)
 
 
-def run_regularizers(regularizers, param_id, blob, ctx):
+def run_regularizers(regularizers: Iterable[Regularizer], param_id: int, blob: Blob,
+                     ctx: RegularizeContext) -> None:
     """Each selected regularizer of the chain adds its gradient, in order."""
     for r in regularizers:
         if _selected(r, ctx):
             r.regularize(param_id, blob, ctx)
 
 
-def regularizers_penalty(regularizers, param_id, blob, ctx):
+def regularizers_penalty(regularizers: Iterable[Regularizer], param_id: int, blob: Blob,
+                         ctx: RegularizeContext) -> float:
     """Σ of the selected regularizers' penalties on this param (a float)."""
     total = 0.0
     for r in regularizers:
@@ -469,7 +514,7 @@ def regularizers_penalty(regularizers, param_id, blob, ctx):
     return total
 
 
-def chain_state_dict(regularizers):
+def chain_state_dict(regularizers: Iterable[Regularizer]) -> Dict[str, np.ndarray]:
     """One flat {"<position>/<name>/<key>": array} for a chain (for a snapshot)."""
     out = {}
     for i, r in enumerate(regularizers):
@@ -479,9 +524,10 @@ def chain_state_dict(regularizers):
     return out
 
 
-def load_chain_state_dict(regularizers, state):
+def load_chain_state_dict(regularizers: Sequence[Regularizer],
+                          state: Dict[str, np.ndarray]) -> None:
     """Hand each regularizer of the chain its part of ``chain_state_dict``'s output."""
-    parts = [{} for _ in regularizers]
+    parts: List[Dict[str, np.ndarray]] = [{} for _ in regularizers]
     for full, v in state.items():
         try:
             pos, name, key = full.split("/", 2)
