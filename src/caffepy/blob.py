@@ -7,7 +7,7 @@ lives in this one class.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 from . import backend
 from .size_limits import check_blob, shape_error
@@ -96,13 +96,13 @@ class Blob:
     def num_axes(self) -> int:
         return len(self._shape)
 
-    def canonical_axis(self, axis):
+    def canonical_axis(self, axis: int) -> int:
         n = len(self._shape)
         if not -n <= axis < max(n, 1):
             raise IndexError("axis %d out of range for %d-D blob with shape %s" % (axis, n, self._shape))
         return axis + n if axis < 0 else axis
 
-    def count_range(self, start, end=None):
+    def count_range(self, start: int, end: Optional[int] = None) -> int:
         end = len(self._shape) if end is None else end
         c = 1
         for d in self._shape[start:end]:
@@ -183,30 +183,30 @@ class Blob:
         return ptr
 
     @property
-    def flat_data(self):
+    def flat_data(self) -> Any:
         return self._data_mem.array[:self._count]
 
     @property
-    def flat_diff(self):
+    def flat_diff(self) -> Any:
         return self._diff_mem.array[:self._count]
 
-    def share_data(self, other):
+    def share_data(self, other: "Blob") -> None:
         """Use ``other``'s data memory (the counts must be equal)."""
         if other.count != self._count:
             raise ValueError("share_data: count %d != %d" % (other.count, self._count))
         self._data_mem = other._data_mem
         self._make_views()
 
-    def share_diff(self, other):
+    def share_diff(self, other: "Blob") -> None:
         if other.count != self._count:
             raise ValueError("share_diff: count %d != %d" % (other.count, self._count))
         self._diff_mem = other._diff_mem
         self._make_views()
 
-    def shares_data_with(self, other):
+    def shares_data_with(self, other: "Blob") -> bool:
         return self._data_mem is other._data_mem
 
-    def update(self):
+    def update(self) -> None:
         """data -= diff (Caffe's Blob::Update); with a connectivity mask, the diff is
         multiplied by the mask first, so masked weights never move."""
         diff = self.flat_diff
@@ -215,27 +215,27 @@ class Blob:
         d = self.flat_data
         d -= diff
 
-    def asum_data(self):
+    def asum_data(self) -> float:
         return float(abs(self.flat_data).sum())
 
-    def asum_diff(self):
+    def asum_diff(self) -> float:
         return float(abs(self.flat_diff).sum())
 
-    def sumsq_data(self):
+    def sumsq_data(self) -> float:
         d = self.flat_data
         return float((d * d).sum())
 
-    def sumsq_diff(self):
+    def sumsq_diff(self) -> float:
         d = self.flat_diff
         return float((d * d).sum())
 
-    def scale_diff(self, factor):
+    def scale_diff(self, factor: float) -> None:
         d = self.flat_diff
         d *= factor
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Blob(%s)" % (", ".join(str(d) for d in self._shape))
 
-    def shape_string(self):
+    def shape_string(self) -> str:
         # Blob::shape_string: each dim followed by a space, then "(count)"; a scalar is "(1)".
         return "".join("%d " % d for d in self._shape) + "(%d)" % self._count
