@@ -458,3 +458,43 @@ def test_hdf5_shuffled_rows_follow_the_seeded_permutation(tmp_path):
     rng.shuffle(perm)
     assert got == first + perm.tolist()
     np.testing.assert_array_equal(net.blobs["data"].data, data[perm[4:]])
+
+
+def test_the_lmdb_package_path_reads_the_records_and_wraps_its_errors(tmp_path, monkeypatch):
+    import lmdb
+    from caffepy.data import db as dbmod
+
+    def unsupported(*args):
+        raise dbmod._Unsupported("test")
+    monkeypatch.setattr(dbmod, "_LMDBFile", unsupported)
+    path = write_db(tmp_path / "pkg")
+    ref, _ = _lmdb_package_records(path)
+    db = open_db(path, "lmdb")
+    try:
+        assert db._file is None and db.env is not None
+        cur = WrappingCursor(db)
+        got = [cur.read() for _ in range(N_RECORDS + 1)]
+        assert got == [(bytes(k), bytes(v)) for k, v in ref] + [(bytes(ref[0][0]),
+                                                                  bytes(ref[0][1]))]
+        inner = cur._cursor
+
+        class Broken:
+            def __init__(self, real):
+                self.real = real
+
+            def next(self):
+                raise lmdb.CorruptedError("mdb_cursor_get: MDB_CORRUPTED: Located page was "
+                                          "wrong type")
+
+            def key(self):
+                return self.real.key()
+
+            def value(self):
+                return self.real.value()
+        inner._cur = Broken(inner._cur)
+        with pytest.raises(DataError, match=r"LMDB '%s': reading failed after key '00000001': "
+                                            r"mdb_cursor_get: MDB_CORRUPTED: Located page was "
+                                            r"wrong type" % path):
+            cur.read()
+    finally:
+        db.close()

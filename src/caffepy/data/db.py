@@ -77,6 +77,7 @@ class LMDBDatabase:
             import lmdb
         except ImportError:  # pragma: no cover - lmdb is a dependency
             raise self._error("backend LMDB needs the 'lmdb' package (pip install lmdb)") from None
+        self._lmdb = lmdb
         source, error = self.source, self._error
         with _ENV_LOCK:
             entry = _OPEN_ENVS.get(self._path)
@@ -102,7 +103,7 @@ class LMDBDatabase:
             return _FileCursor(self._file)
         if self._txn is None:
             self._txn = self.env.begin(write=False, buffers=False)
-        return _LMDBCursor(self._txn.cursor(), self)
+        return _LMDBCursor(self._txn.cursor(), self, self._lmdb.Error)
 
     def close(self):
         if self._file is not None:
@@ -150,17 +151,17 @@ class _LMDBCursor:
     """A cursor of the lmdb package; its errors become DataErrors naming the database and the
     last key read, and the file's size is checked again before it returns to the first key."""
 
-    def __init__(self, cur, db):
+    def __init__(self, cur, db, lmdb_error):
         self._cur = cur
         self._db = db
+        self._lmdb_error = lmdb_error
         self._key = None
         self._valid = self._call(cur.first)
 
     def _call(self, fn):
-        import lmdb
         try:
             return fn()
-        except lmdb.Error as e:
+        except self._lmdb_error as e:
             after = "" if self._key is None else " after key %s" % key_str(self._key)
             raise self._db._fail("reading failed%s: %s" % (after, e)) from None
 
