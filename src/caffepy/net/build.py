@@ -306,7 +306,12 @@ def _shape_message(net, layer_id, layer, blob, e):
              if b is blob]
     names += [net.blob_names[i] for i, b in zip(net.bottom_id_vecs[layer_id],
                                                 net.bottom_vecs[layer_id]) if b is blob]
-    what = "blob '%s'" % names[0] if names else "a blob"
+    if names:
+        what = "blob '%s'" % names[0]
+    else:       # one of layer.blobs, or one the layer is making (a parameter, a buffer)
+        index = next((i for i, b in enumerate(layer.blobs) if b is blob), None)
+        what = ("parameter blob %d" % index if index is not None
+                else "a new parameter or internal blob")
     return "Layer '%s' (%s): cannot shape %s: %s" % (layer.name, layer.type, what, e)
 
 
