@@ -7,7 +7,7 @@ lives in this one class.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Tuple
 
 from . import backend
 from .size_limits import check_blob, shape_error
@@ -25,26 +25,29 @@ class _Memory:
 
 
 class Blob:
-    def __init__(self, *shape: Union[int, Sequence[int]]):
+    def __init__(self, *shape: Any):
+        """``Blob(2, 3)``, ``Blob((2, 3))``; ``Blob()`` has no shape yet, ``Blob(())`` is a scalar."""
         explicit = len(shape) == 1 and isinstance(shape[0], (tuple, list))
         if explicit:
             shape = tuple(shape[0])
-        self._shape = ()
+        self._shape: Tuple[int, ...] = ()
         self._count = 0
         self._capacity = 0             # Caffe's capacity_: grows only; ShareData/ShareDiff keep it
-        self._data_mem = None
-        self._diff_mem = None
-        self._data_view = None
-        self._diff_view = None
+        self._data_mem: Any = None
+        self._diff_mem: Any = None
+        self._data_view: Any = None
+        self._diff_view: Any = None
         # connectivity mask (structured sparsity): multiplies the diff in update(); None = none
-        self.mask = None
+        self.mask: Any = None
         if shape or explicit:          # Blob(()) is a scalar blob with count 1, as in Caffe
             self.reshape(shape)
 
     # -- shape ---------------------------------------------------------------
-    def reshape(self, *shape: Union[int, Sequence[int]]) -> None:
+    def reshape(self, *shape: Any) -> None:
+        """``reshape(2, 3)`` or ``reshape((2, 3))`` (pycaffe's ``blob.reshape(*shape)``): the
+        memory is kept while the new count fits in the capacity."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = shape[0]
+            shape = tuple(shape[0])
         shape = tuple(int(d) for d in shape)
         # Shape errors are BlobSizeErrors (ValueErrors): the net builder names layer and blob.
         if len(shape) > MAX_BLOB_AXES:

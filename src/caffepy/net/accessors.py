@@ -11,7 +11,8 @@ from __future__ import annotations
 import collections
 import itertools
 import numbers
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    Optional, Tuple)
 
 import numpy as np
 
@@ -49,6 +50,22 @@ class BlobLossWeights(collections.OrderedDict):
 class PycaffeAccessors:
     """Mixed into Net. The dictionaries are built once, on first use, as pycaffe does (the
     net's structure is fixed after Init)."""
+
+    # the tables Net::Init fills (net.py), read here
+    name: str
+    layers: List["Layer"]
+    layer_names: List[str]
+    layer_names_index: Dict[str, int]
+    _blobs: List["Blob"]
+    blob_names: List[str]
+    blob_names_index: Dict[str, int]
+    _blob_loss_weights: List[float]
+    bottom_id_vecs: List[List[int]]
+    top_id_vecs: List[List[int]]
+    input_blob_indices: List[int]
+    output_blob_indices: List[int]
+    forward_from_to: Callable[[int, int], float]
+    backward_from_to: Callable[[int, int], None]
 
     def _cached(self, key, build):
         value = self.__dict__.get(key)
@@ -290,7 +307,7 @@ class PycaffeAccessors:
         {output: array} with the padding of the last batch removed."""
         num = self._num_items(kwargs, "forward_all")
         blobs = list(blobs or [])
-        outs = {o: [] for o in set(self.outputs + blobs)}
+        outs: Dict[str, list] = {o: [] for o in set(self.outputs + blobs)}
         for batch in self._batch(kwargs):
             self._collect(outs, self.forward(blobs=blobs, **batch))
         return self._stack(outs, num)
@@ -303,11 +320,12 @@ class PycaffeAccessors:
         ({output: array}, {input diff: array}) without the padding."""
         num = self._num_items(kwargs, "forward_backward_all")
         blobs, diffs = list(blobs or []), list(diffs or [])
-        outs = {o: [] for o in set(self.outputs + blobs)}
-        grads = {d: [] for d in set(self.inputs + diffs)}
+        outs: Dict[str, list] = {o: [] for o in set(self.outputs + blobs)}
+        grads: Dict[str, list] = {d: [] for d in set(self.inputs + diffs)}
         fwd = self._batch({k: kwargs[k] for k in self.inputs if k in kwargs})
         bwd = self._batch({k: kwargs[k] for k in self.outputs if k in kwargs})
-        for fb, bb in itertools.zip_longest(fwd, bwd, fillvalue={}):
+        no_batch: Arrays = {}
+        for fb, bb in itertools.zip_longest(fwd, bwd, fillvalue=no_batch):
             self._collect(outs, self.forward(blobs=blobs, **fb))
             self._collect(grads, self.backward(diffs=diffs, **bb))
         return self._stack(outs, num), self._stack(grads, num)
@@ -325,7 +343,7 @@ class PycaffeAccessors:
 
     def _set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """pycaffe's checks, then MemoryDataLayer::Reset: labels must be N x 1 x 1 x 1."""
-        layer = self.layers[0] if self.layers else None
+        layer: Any = self.layers[0] if self.layers else None
         if layer is None or layer.type != "MemoryData":
             raise InputArrayError(
                 "set_input_arrays may only be called if the first layer is a MemoryData layer "

@@ -55,7 +55,7 @@ class SolverParameterView:
             other = other._message
         return self._message == other
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
     def __dir__(self):
         return sorted(set(dir(self._message)) | {"copy"})
