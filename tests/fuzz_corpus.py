@@ -1025,6 +1025,47 @@ def fam_solver():
         make_text, names = invalid[i]
         _solver_case("solver-invalid", i, slow, False, make_text, names)
 
+    # learning-rate policies and update rules Caffe checks, and solver files it accepts
+    more_invalid = [
+        (lambda n, d: solver_text(n, d, policy='lr_policy: "step"\ngamma: 0.5\n'),
+         ("stepsize",)),
+        (lambda n, d: solver_text(n, d, policy='lr_policy: "exp"\ngamma: -1\n'), ("gamma",)),
+        (lambda n, d: solver_text(n, d, policy='lr_policy: "sigmoid"\ngamma: 0.1\n'),
+         ("stepsize",)),
+        (lambda n, d: solver_text(n, d, "rms_decay: 2\n", type_="RMSProp").replace(
+            "momentum: 0.9\n", ""), ("rms_decay",)),
+        (lambda n, d: solver_text(n, d, type_="AdaGrad"), ("AdaGrad", "omentum")),
+        (lambda n, d: "", ("lr_policy",)),
+        (lambda n, d: solver_text(n, d).replace('net: "%s"\n' % n, 'net_param {\n%s}\n' % (
+            BASE_NET.replace('bottom: "ip1"', 'bottom: "zz"', 1))), ("zz", "relu1")),
+        (lambda n, d: solver_text(n, d, type_="sgd"), ("sgd",)),
+        (lambda n, d: solver_text(n, d, 'regularization_type: "l1"\n'), ("l1",)),
+        (lambda n, d: solver_text(n, d, "average_loss: -3\n"), ("average_loss",)),
+        (lambda n, d: os.makedirs(os.path.join(d, "wdir.caffemodel")) or solver_text(
+            n, d, 'weights: "%s"\n' % os.path.join(d, "wdir.caffemodel")), ("wdir.caffemodel",)),
+    ]
+    for i, slow in split(len(more_invalid), 0):
+        make_text, names = more_invalid[i]
+        _solver_case("solver-invalid-rule", i, slow, False, make_text, names)
+    more_valid = [
+        lambda n, d: solver_text(n, d).replace('net: "%s"\n' % n, 'net_param {\n%s}\n'
+                                               % BASE_NET),
+        lambda n, d: solver_text(n, d, policy='lr_policy: "multistep"\ngamma: 0.5\n'),
+        lambda n, d: solver_text(n, d, 'train_state {\n  stage: "foo"\n  level: 2\n}\n'),
+        lambda n, d: solver_text(n, d, "debug_info: true\nsnapshot_diff: true\n"),
+        lambda n, d: solver_text(n, d, "test_iter: 1\ntest_iter: 2\ntest_interval: 1\n"
+                                 'test_net: "%s"\ntest_net: "%s"\n' % (n, n)).replace(
+                                     'net: "%s"\n' % n, 'train_net: "%s"\n' % n, 1),
+        lambda n, d: solver_text(n, d, "momentum2: 0.99\n", type_="Adam"),
+        lambda n, d: solver_text(n, d, "delta: 0.001\n", type_="AdaDelta"),
+        lambda n, d: solver_text(n, d, policy='lr_policy: "multistep"\ngamma: 0.5\n'
+                                 "stepvalue: 5\nstepvalue: 1\n"),
+        lambda n, d: solver_text(n, d, "clip_gradients: 0.001\niter_size: 3\n"),
+        lambda n, d: solver_text(n, d, 'regularization_type: "L1"\n', type_="Nesterov"),
+    ]
+    for i, slow in split(len(more_valid), 0):
+        _solver_case("solver-valid-more", i, slow, True, more_valid[i], iters=3)
+
     # a net file the solver names that is broken: its own file and line
     for i, slow in split(3, 0):
         broken = [BASE_NET.replace("num_output: 4", "num_outptu: 4"),
@@ -2070,6 +2111,24 @@ def fam_cli():
         d, "snapnet.prototxt", BASE_NET.replace("num_output: 4", "num_output: 5"))),
         ["test", "-model", "{d}/snapnet.prototxt", "-weights", "{d}/snap_iter_2.caffemodel",
          "-iterations", "1"], ("ip1", "snap_iter_2.caffemodel"), slow=True)
+
+    more = [
+        (["train", "-solverr", "{d}/solver.prototxt"], ("solverr",)),
+        (["test", "-model", "{d}/snapnet.prototxt", "-weights", "{d}/snap_iter_2.caffemodel",
+          "-iterations", "abc"], ("iterations", "abc")),
+        (["train", "-solver", "{d}/solver.prototxt", "-snapshot", "{d}/snap_iter_2.solverstate",
+          "-weights", "{d}/snap_iter_2.caffemodel"], ("snapshot", "weights")),
+        (["test", "-model", "{d}/snap_iter_2.caffemodel", "-weights",
+          "{d}/snap_iter_2.caffemodel", "-iterations", "1"], ("snap_iter_2.caffemodel",)),
+        (["train", "-solver", "{d}/solver.prototxt", "-sigint_effect", "explode"],
+         ("explode",)),
+        (["test", "-model", "{d}/snapnet.prototxt", "-weights",
+          "{d}/snap_iter_2.caffemodel,{d}/gone2.caffemodel", "-iterations", "1"],
+         ("gone2.caffemodel",)),
+        (["trian", "-solver", "{d}/solver.prototxt"], ("trian",)),
+    ]
+    for j, (argv, names) in enumerate(more):
+        cli_case(12 + j, False, train_build, argv, names, slow=j >= 2)
 
 
 # ---------------------------------------------------------------------------------------
