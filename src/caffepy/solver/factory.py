@@ -7,6 +7,10 @@ their rule, so ``SGDSolver(path)`` forces SGD whatever the file's ``type`` says,
 A rule registered later gets its class, ``<Name>Solver``, the first time it is asked for.
 ``register_solver`` still takes a whole Solver subclass for a type name.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Optional, Type, Union
+
 from .. import security
 from ..errors import SolverError
 from . import config
@@ -14,21 +18,26 @@ from .solver import Solver
 from ..registry import Registry
 from .updaters import find_update_rule, update_rule_names
 
+if TYPE_CHECKING:
+    import os
+
+    from ..proto import caffe_pb2
+
 _CLASSES = Registry("Unknown solver type: '%s' (known types: %s)", SolverError,
                     name_attr="type_name")
 
 
-def register_solver(type_name, cls=None):
+def register_solver(type_name: str, cls: Optional[Type[Solver]] = None) -> Any:
     """Register a Solver subclass under a ``type`` name (without ``cls``, a decorator); it
     sets the class's ``type_name``."""
     return _CLASSES.register(type_name, cls)
 
 
-def solver_type_list():
+def solver_type_list() -> List[str]:
     return sorted(set(_CLASSES.names()) | set(update_rule_names()))
 
 
-def solver_class(type_name):
+def solver_class(type_name: str) -> Type[Solver]:
     """The Solver subclass for the solver type ``type_name``."""
     cls = _CLASSES.get(type_name)
     if cls is None:
@@ -57,7 +66,8 @@ AdaDeltaSolver = _rule_solver("AdaDelta")
 AdamSolver = _rule_solver("Adam")
 
 
-def get_solver(source, allow_python_layers=None, **kwargs):
+def get_solver(source: Union[str, "os.PathLike[str]", "caffe_pb2.SolverParameter"],
+               allow_python_layers: Optional[bool] = None, **kwargs: Any) -> Solver:
     """The solver class named by the file's ``type`` (default "SGD"), built from a path or
     a SolverParameter.  Keyword arguments go to the solver (sigint_effect, sighup_effect).
     ``allow_python_layers=False`` refuses Python layers in its nets (caffepy.security)."""
