@@ -1795,6 +1795,59 @@ def fam_lmdb():
         lmdb_case(100 + i, None, ("db",), after=after, subprocess=True, slow=slow)
 
 
+# -- data: transform_param -------------------------------------------------------------------
+
+def _mean_file(path, shape, values=None):
+    from caffepy.proto import caffe_pb2
+    bp = caffe_pb2.BlobProto()
+    bp.shape.dim.extend(shape)
+    n = 1
+    for v in shape:
+        n *= v
+    bp.data.extend([float(k % 7) for k in range(n)] if values is None else values)
+    with open(path, "wb") as f:
+        f.write(bp.SerializeToString())
+
+
+TRANSFORMS = [
+    # (valid, transform_param body, mean file shape or bytes or None, names)
+    (True, 'mean_file: "mean.binaryproto"', [1, 3, 4, 5], ()),
+    (True, "mean_value: 1\n  mean_value: 2\n  mean_value: 3", None, ()),
+    (True, "crop_size: 4\n  mirror: true", None, ()),
+    (True, 'mean_file: "mean.binaryproto"\n  crop_size: 3', [1, 3, 4, 5], ()),
+    (True, "mean_value: 1\n  crop_size: 3\n  scale: 0.5", None, ()),
+    (True, "force_gray: true", None, ()),
+    (False, 'mean_file: "mean.binaryproto"', [1, 3, 2, 2], ("mean.binaryproto",)),
+    (False, 'mean_file: "mean.binaryproto"', b"\xff\xff\xff\xff\x0f", ("mean.binaryproto",)),
+    (False, 'mean_file: "mean.binaryproto"', ([1, 3, 4, 5], [1.0] * 7), ("mean.binaryproto",)),
+    (False, 'mean_file: "mean.binaryproto"\n  mean_value: 3', [1, 3, 4, 5], ("mean_value",)),
+    (False, "mean_value: 1\n  mean_value: 2", None, ("mean_value",)),
+    (False, "crop_size: 5", None, ("crop_size",)),
+    (False, "force_color: true\n  force_gray: true", None, ("force_gray",)),
+    (False, 'mean_file: "no_mean.binaryproto"', None, ("no_mean.binaryproto",)),
+]
+
+
+def fam_transform():
+    for i, (valid, body, mean, names) in enumerate(TRANSFORMS):
+        def build(d, body=body, mean=mean):
+            imgs = images(rng_for("transform", 0), 4, 3, 4, 5)
+            make_lmdb(os.path.join(d, "db"), [("%03d" % k, im, 1) for k, im in enumerate(imgs)])
+            if isinstance(mean, bytes):
+                write(d, "mean.binaryproto", mean)
+            elif isinstance(mean, tuple):
+                _mean_file(os.path.join(d, "mean.binaryproto"), *mean)
+            elif mean is not None:
+                _mean_file(os.path.join(d, "mean.binaryproto"), mean)
+            body = body.replace('mean_file: "', 'mean_file: "%s/' % d)
+            write(d, "net.prototxt", data_net(os.path.join(d, "db"), 2,
+                                              transform="transform_param {\n  %s\n}\n" % body))
+
+        def run(d):
+            return run_data_net(d, iters=3)
+        add("data-transform", i, "data", valid, build, run, names)
+
+
 # -- data: HDF5 and image lists --------------------------------------------------------------
 
 def fam_hdf5_data():
@@ -2134,7 +2187,8 @@ def fam_cli():
 # ---------------------------------------------------------------------------------------
 
 FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_layer_config, fam_solver,
-            fam_weights, fam_state, fam_lmdb, fam_hdf5_data, fam_image_data, fam_python, fam_cli]
+            fam_weights, fam_state, fam_lmdb, fam_transform, fam_hdf5_data, fam_image_data,
+            fam_python, fam_cli]
 
 
 def cases():
