@@ -382,6 +382,22 @@ def test_snapshot_replaces_a_planted_symlink_and_leaves_its_target(trained, tmp_
     np.testing.assert_array_equal(m.params["ip"][0].data, s.net.params["ip"][0].data)
 
 
+def test_snapshot_prefix_probe_does_not_truncate_through_a_planted_symlink(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("snap")
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    os.symlink(str(victim), "snap/tiny_iter_0.tempfile")   # the write-permission probe's name
+    s = caffepy.get_solver(_solver_param("snap/tiny"))
+    assert victim.read_bytes() == b"precious"
+    assert sorted(os.listdir("snap")) == ["tiny_iter_0.tempfile"]
+    s.solve()
+    assert sorted(os.listdir("snap")) == ["tiny_iter_0.tempfile", "tiny_iter_2.caffemodel",
+                                          "tiny_iter_2.solverstate"]
+    assert victim.read_bytes() == b"precious"
+
+
 # -- atomic writes --------------------------------------------------------------------------
 
 def test_atomic_write_does_not_follow_a_symlink_planted_at_the_temporary_name(tmp_path,

@@ -50,7 +50,7 @@ def temp_name(path):
                         % (base[:_MAX_BASE], os.getpid(), secrets.token_hex(4)))
 
 
-def _create_temp(path):
+def create_temp(path):
     """Create a new, empty temporary file beside ``path``; returns (its path, open fd)."""
     for _ in range(64):
         tmp = temp_name(path)
@@ -146,7 +146,7 @@ def _atomic(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     _clean_once(directory)
-    tmp, fd = _create_temp(path)
+    tmp, fd = create_temp(path)
     try:
         yield tmp, fd
         _fsync_path(tmp)

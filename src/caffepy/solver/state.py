@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .. import backend
-from ..atomic import atomic_path
+from ..atomic import atomic_path, create_temp
 from ..errors import SolverError
 from ..proto import blobproto_to_array, caffe_pb2, read_binary
 from ..proto.blobproto import blobproto_chunks
@@ -43,9 +43,11 @@ def check_snapshot_prefix(param, it):
         raise SolverError("In solver params, snapshot is specified but snapshot_prefix is not")
     probe = snapshot_filename(param.snapshot_prefix, it, ".tempfile")
     try:
-        with open(probe, "wb"):
-            pass
-        os.remove(probe)
+        # a new file of caffepy's temporary naming, created exclusively: whatever lies at
+        # the probe's own name (a planted symlink) is neither followed nor truncated
+        tmp, fd = create_temp(probe)
+        os.close(fd)
+        os.remove(tmp)
     except OSError as e:
         raise SolverError("Cannot write to snapshot prefix '%s' (%s). Make sure that the "
                           "directory exists and is writeable."
