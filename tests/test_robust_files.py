@@ -34,6 +34,7 @@ def net(text, phase=caffepy.TEST, **kw):
     'name: "pool1" type: "Pooling" pooling_param { kernel_size: 2 stride: 2 }',
     'name: "deconv1" type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 }',
     'name: "ip1" type: "InnerProduct" inner_product_param { num_output: 3 }',
+    'name: "abs1" type: "AbsVal"',
 ])
 def test_in_place_convolution_and_pooling_are_refused_at_construction(layer):
     name, ltype = layer.split('"')[1], layer.split('"')[3]
