@@ -366,21 +366,28 @@ def test_resume_from_another_directory_finds_the_model_beside_the_state(trained)
     np.testing.assert_array_equal(s.history[0], trained.history[0])
 
 
-def test_snapshot_replaces_a_planted_symlink_and_leaves_its_target(trained, tmp_path):
+@pytest.mark.parametrize("fmt", ["BINARYPROTO", "HDF5"])
+def test_snapshot_replaces_a_planted_symlink_and_leaves_its_target(trained, tmp_path, fmt):
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"precious")
+    h5 = ".h5" if fmt == "HDF5" else ""
     for ext in (".caffemodel", ".solverstate"):
-        os.symlink(str(victim), "snap/tiny_iter_4" + ext)
-    s = caffepy.get_solver(_solver_param("snap/tiny", 4))
+        os.symlink(str(victim), "snap/tiny_iter_4" + ext + h5)
+    p = _solver_param("snap/tiny", 4)
+    p.snapshot_format = getattr(caffe_pb2.SolverParameter, fmt)
+    s = caffepy.get_solver(p)
     s.restore("snap/tiny_iter_2.solverstate")
     s.solve()
     assert victim.read_bytes() == b"precious"
     for ext in (".caffemodel", ".solverstate"):
-        assert not os.path.islink("snap/tiny_iter_4" + ext)
-    state = caffepy.proto.read_binary("snap/tiny_iter_4.solverstate", caffe_pb2.SolverState())
-    assert state.iter == 4 and state.learned_net == "snap/tiny_iter_4.caffemodel"
-    m = caffepy.Net(SOLVER_NET, caffepy.TEST, weights="snap/tiny_iter_4.caffemodel")
-    np.testing.assert_array_equal(m.params["ip"][0].data, s.net.params["ip"][0].data)
+        assert os.path.isfile("snap/tiny_iter_4" + ext + h5)
+        assert not os.path.islink("snap/tiny_iter_4" + ext + h5)
+    assert not [f for f in os.listdir("snap") if f.endswith(".tmp")]
+    s2 = caffepy.get_solver(_solver_param("snap/tiny", 4))
+    s2.restore("snap/tiny_iter_4.solverstate" + h5)
+    assert s2.iter == 4
+    np.testing.assert_array_equal(s2.net.params["ip"][0].data, s.net.params["ip"][0].data)
+    np.testing.assert_array_equal(s2.history[0], s.history[0])
 
 
 def test_snapshot_prefix_probe_does_not_truncate_through_a_planted_symlink(tmp_path,
@@ -441,15 +448,17 @@ WRITER = textwrap.dedent('''
             time.sleep(60)
 ''')
 
-NEXT_WRITER = textwrap.dedent('''
-    import sys
+NEXT_SNAPSHOT = textwrap.dedent('''
+    import logging, os, sys
     sys.path.insert(0, sys.argv[2])
-    from caffepy import atomic
-    atomic.atomic_write(sys.argv[1], b"second")
+    import caffepy
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.chdir(sys.argv[1])
+    caffepy.get_solver("solver.prototxt").solve()
 ''')
 
 
-def test_a_killed_writer_leaves_the_old_file_and_the_next_write_removes_its_temporary(
+def test_a_killed_writer_leaves_the_old_file_and_the_next_snapshot_removes_its_temporary(
         tmp_path):
     target = tmp_path / "net_iter_10.caffemodel"
     target.write_bytes(b"first")
@@ -464,13 +473,19 @@ def test_a_killed_writer_leaves_the_old_file_and_the_next_write_removes_its_temp
     w.stdout.close()
     assert target.read_bytes() == b"first" and os.path.exists(tmp)
     os.utime(tmp, (os.path.getmtime(tmp) - 5,) * 2)       # older than the next process
-    nxt = subprocess.run([sys.executable, "-c", NEXT_WRITER, str(tmp_path / "other.bin"), SRC],
-                         capture_output=True, text=True, timeout=120)
+    (tmp_path / "net.prototxt").write_text(SOLVER_NET)
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed" max_iter: 2 snapshot: 2 '
+        'snapshot_prefix: "net" solver_mode: CPU')
+    nxt = subprocess.run([sys.executable, "-c", NEXT_SNAPSHOT, str(tmp_path), SRC],
+                         capture_output=True, text=True, timeout=300)
     assert nxt.returncode == 0, nxt.stderr               # exited, no signal death
     assert not os.path.exists(tmp)
+    assert "Removed %s, a temporary file left by an interrupted write" % tmp in nxt.stderr
     assert target.read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".notes.txt.tmp", "net_iter_10.caffemodel", "other.bin"]
+        ".notes.txt.tmp", "net.prototxt", "net_iter_10.caffemodel", "net_iter_2.caffemodel",
+        "net_iter_2.solverstate", "solver.prototxt"]
 
 
 def test_stale_temporaries_of_live_or_recent_writers_are_kept(tmp_path):
