@@ -14,7 +14,7 @@ import caffepy
 from caffepy import Blob
 from caffepy.data.datum import array_to_datum, encoded_datum
 from caffepy.data.db import write_lmdb
-from caffepy.errors import NetError
+from caffepy.errors import DataError, NetError
 from caffepy.size_limits import (BlobSizeError, blob_limit, check_blob, max_blob_bytes,
                                  max_image_pixels, parse_bytes)
 
@@ -295,3 +295,29 @@ def test_net_keyword_accepts_text(tmp_path):
     assert net.blobs["data"].shape == (100, 10)   # 8000 bytes
     with pytest.raises(BlobSizeError, match=r"more than the Net's max_blob_bytes=7999"):
         caffepy.Net(INPUT % dims(100, 10), caffepy.TEST, max_blob_bytes=7999)
+
+
+def test_a_larger_batch_later_in_the_database_is_checked(tmp_path, monkeypatch):
+    # records 0-15: 3 x 8 x 8; records 16-31: 3 x 64 x 64 (each batch takes its first record's
+    # shape, as in Caffe)
+    recs = [("%08d" % i, array_to_datum(np.full((3, 8, 8), i, np.uint8), i)) for i in range(16)]
+    recs += [("%08d" % i, array_to_datum(np.full((3, 64, 64), i, np.uint8), i))
+             for i in range(16, 32)]
+    db = str(tmp_path / "db")
+    write_lmdb(db, recs)
+    monkeypatch.setenv("CAFFEPY_MAX_BLOB_BYTES", "100000")
+    net = caffepy.Net('layer { name: "data" type: "Data" top: "data" top: "label" data_param { '
+                      'source: "%s" backend: LMDB batch_size: 16 prefetch: 2 } }' % db,
+                      caffepy.TRAIN)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["label"].data, np.arange(16))
+    # 16 x 3 x 64 x 64 = 196608 elements, 8 bytes each with the diff
+    with pytest.raises(DataError) as info:
+        net.forward()
+    assert str(info.value) == (
+        "Layer 'data' (Data): a batch of shape 16 x 3 x 64 x 64 (its first item is record "
+        "'00000016') in the layer's top (float32 data and diff) needs 1572864 bytes (1.5 MiB), "
+        "more than the limit CAFFEPY_MAX_BLOB_BYTES=100000: 100000 bytes (97.7 KiB) (database "
+        "'%s')" % db)
+    for layer in net.layers:
+        layer.close()

@@ -9,7 +9,7 @@ They hold no layer: errors are made by the ``error(msg, *args)`` callable they a
 """
 import numpy as np
 
-from ..size_limits import check_bytes
+from ..size_limits import BLOB_COPIES, BLOB_ITEMSIZE, check_bytes
 from .datum import datum_to_array, parse_datum
 from .image import read_image
 from ..errors import DataError
@@ -66,7 +66,8 @@ def _fill_batch(batch, transformer, items, labels, first_shape, error, first_wha
         count = 1
         for d in shape:
             count *= d
-        check_bytes(count * 4, "a batch of shape %s (float32; its first item is %s)"
+        check_bytes(count * BLOB_ITEMSIZE * BLOB_COPIES, "a batch of shape %s (its first item "
+                    "is %s) in the layer's top (float32 data and diff)"
                     % (dims_str(shape), first_what), lambda msg: error("%s", msg))
     batch.data = ensure(batch.data, shape)
     transformer.transform_items(items, out=batch.data)

@@ -28,7 +28,7 @@ from ..data.transformer import DataTransformer
 from ..data.window import WindowSampler, parse_window_file
 from ..errors import DataError
 from ..fillers import FillerError, fill_array
-from ..size_limits import bytes_str, check_bytes
+from ..size_limits import BlobSizeError, bytes_str, check_bytes
 from ..layer import Layer, LayerError, register_layer
 from ..proto import caffe_pb2
 
@@ -467,6 +467,8 @@ class _PrefetchingDataLayer(_NoGradLayer):
             if len(top) > 1:
                 top[1].reshape(batch.label.shape)
                 _write(top[1], batch.label)
+        except BlobSizeError as e:
+            raise self.error("top '%s': %s", self.layer_param.top[0], e) from None
         finally:
             self._prefetcher.release(batch)
 
