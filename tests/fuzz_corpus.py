@@ -917,6 +917,78 @@ LAYER_VALID = [
 ]
 
 
+def _conv_out(size, k, p, s):
+    """Caffe's convolution output size: C++ integer division truncates toward zero."""
+    return int((size + 2 * p - k) / float(s)) + 1
+
+
+def _pool_out(size, k, p, s, any_pad):
+    """Caffe's pooling output size: ceil, then one fewer when the last window would start in
+    the padding (checked when any pad is set)."""
+    o = int(math.ceil((size + 2 * p - k) / float(s))) + 1
+    if any_pad and (o - 1) * s >= size + p:
+        o -= 1
+    return o
+
+
+def _geometry(rng):
+    """(h, w, kernel, pad, stride, pool kind or None, expected output (oh, ow) or None when
+    Caffe refuses it). Pooling geometries with an empty window (Caffe's AVE gives 0/0 there)
+    are drawn again."""
+    while True:
+        h, w = rng.randint(1, 9), rng.randint(1, 9)
+        k = rng.randint(1, 11), rng.randint(1, 11)
+        p = rng.randint(0, 4), rng.randint(0, 4)
+        s = rng.randint(1, 4), rng.randint(1, 4)
+        pool = rng.choice(["MAX", "AVE"]) if rng.random() < 0.5 else None
+        if pool is None:
+            out = (_conv_out(h, k[0], p[0], s[0]), _conv_out(w, k[1], p[1], s[1]))
+            return h, w, k, p, s, pool, out if min(out) >= 1 else None
+        if p[0] >= k[0] or p[1] >= k[1]:
+            return h, w, k, p, s, pool, None
+        out = (_pool_out(h, k[0], p[0], s[0], any(p)), _pool_out(w, k[1], p[1], s[1], any(p)))
+        if min(out) < 1:
+            return h, w, k, p, s, pool, None
+        if (out[0] - 1) * s[0] - p[0] < h and (out[1] - 1) * s[1] - p[1] < w:
+            return h, w, k, p, s, pool, out
+
+
+def fam_geometry():
+    """Random Convolution / Pooling geometry, with Caffe's output sizes (a window may reach
+    past the padded input); pooling refuses pad >= kernel."""
+    for i, slow in split(30, 30):
+        rng = rng_for("net-geometry", i)
+        h, w, k, p, s, pool, out = _geometry(rng)
+        geo = ("  kernel_h: %d\n  kernel_w: %d\n  pad_h: %d\n  pad_w: %d\n  stride_h: %d\n"
+               "  stride_w: %d\n" % (k + p + s))
+        if pool:
+            mid = layer_text("win", "Pooling", ("data",), ("win",),
+                             "pooling_param {\n  pool: %s\n%s}" % (pool, geo))
+        else:
+            mid = layer_text("win", "Convolution", ("data",), ("win",),
+                             "convolution_param {\n  num_output: 2\n%s  weight_filler {\n"
+                             "    type: \"gaussian\"\n    std: 0.1\n  }\n}" % geo)
+        text = ('name: "g"\n' + dummy_data(2, 2, h, w) + mid + ip_text("ip", "win", "ip", 2)
+                + loss_text("ip"))
+
+        def build(d, text=text):
+            write(d, "net.prototxt", text)
+
+        def run(d, out=out):
+            import caffepy
+            caffepy.set_random_seed(1701)
+            net = caffepy.Net(os.path.join(d, "net.prototxt"), caffepy.TRAIN)
+            try:
+                shape = tuple(net.blobs["win"].data.shape)
+                if shape[2:] != out:
+                    raise AssertionError("output %s, Caffe's is %s" % (shape[2:], out))
+                return check_loss(net_results(net))
+            finally:
+                net.close()
+        add("net-geometry", i, "net", out is not None, build, run,
+            () if out is not None else ("win",), slow=slow)
+
+
 def fam_layer_config():
     for i, slow in split(len(LAYER_CONFIG), 0):
         name, text = LAYER_CONFIG[i]
@@ -2186,7 +2258,8 @@ def fam_cli():
 
 # ---------------------------------------------------------------------------------------
 
-FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_layer_config, fam_solver,
+FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_geometry, fam_layer_config,
+            fam_solver,
             fam_weights, fam_state, fam_lmdb, fam_transform, fam_hdf5_data, fam_image_data,
             fam_python, fam_cli]
 

@@ -181,3 +181,39 @@ def test_corpus_is_deterministic(case_id, tmp_path):
             da, db = open(pa, "rb").read(), open(pb, "rb").read()
             assert da.replace(str(a).encode(), b"D") == db.replace(str(b).encode(), b"D"), pa
     assert not filecmp.dircmp(str(a), str(b)).left_only
+
+
+# Found by the corpus (net-geometry): Caffe's truncating output size lets a convolution window
+# that starts inside the padded input end past it, where im2col reads zeros. Forward and both
+# gradients against a float64 zero-padded reference.
+@pytest.mark.parametrize("geo", [(2, 8, 6, 3, 1, 3, 4, 3), (7, 8, 10, 6, 1, 2, 2, 2),
+                                 (3, 3, 4, 1, 0, 0, 2, 1), (5, 4, 3, 6, 0, 1, 3, 4)])
+def test_conv_window_past_the_padded_input(geo):
+    from helpers import bwd, fwd, make
+    h, w, kh, kw, ph, pw, sh, sw = geo
+    x = np.random.RandomState(3).randn(2, 3, h, w).astype(np.float32)
+    wts = np.random.RandomState(4).randn(2, 3, kh, kw).astype(np.float32)
+    text = ('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+            'num_output: 2 kernel_h: %d kernel_w: %d pad_h: %d pad_w: %d stride_h: %d '
+            'stride_w: %d bias_term: false weight_filler { type: "gaussian" } }'
+            % (kh, kw, ph, pw, sh, sw))
+    layer, bottom, top = make(text, [x])
+    layer.blobs[0].data[...] = wts
+    y = fwd(layer, bottom, top)[0]
+    oh, ow = int((h + 2 * ph - kh) / sh) + 1, int((w + 2 * pw - kw) / sw) + 1
+    assert y.shape == (2, 2, oh, ow)
+    dy = np.random.RandomState(5).randn(*y.shape).astype(np.float32)
+    bwd(layer, bottom, top, [dy])
+    big = np.zeros((2, 3, h + 2 * ph + kh, w + 2 * pw + kw))
+    big[:, :, ph:ph + h, pw:pw + w] = x
+    ref, dbig, dw = np.zeros(y.shape), np.zeros_like(big), np.zeros(wts.shape)
+    for i in range(oh):
+        for j in range(ow):
+            win = (slice(None), slice(None), slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw))
+            ref[:, :, i, j] = np.einsum("nckl,ockl->no", big[win], wts)
+            dbig[win] += np.einsum("no,ockl->nckl", dy[:, :, i, j], wts)
+            dw += np.einsum("no,nckl->ockl", dy[:, :, i, j], big[win])
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bottom[0].diff, dbig[:, :, ph:ph + h, pw:pw + w], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(layer.blobs[0].diff, dw, rtol=1e-5, atol=1e-5)

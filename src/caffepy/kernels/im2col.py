@@ -137,8 +137,12 @@ def col2im(col, dx, geom):
 
 
 def padded_shape(geom):
-    """The spatial shape of an image with ``geom``'s padding on both sides of every axis."""
-    return tuple(i + 2 * p for i, p in zip(geom.in_shape, geom.pad))
+    """The spatial shape of an image with ``geom``'s padding on both sides of every axis, longer
+    where the last window ends past it (Caffe's truncating output size lets a window that
+    starts inside the padded image end beyond it; im2col reads zeros there)."""
+    return tuple(max(i + 2 * p, (o - 1) * s + d * (k - 1) + 1)
+                 for i, p, o, s, d, k in zip(geom.in_shape, geom.pad, geom.out_shape,
+                                             geom.stride, geom.dilation, geom.kernel))
 
 
 # Column layouts of ChunkColumns and window_view (C = channels, K = kernel positions,
@@ -197,8 +201,8 @@ class ChunkColumns:
         self.channels = channels
         self.layout = layout
         self.groups = groups
-        self.padded = any(geom.pad)
         self._pshape = padded_shape(geom)
+        self.padded = any(geom.pad) or self._pshape != tuple(geom.in_shape)
         if col_buffer.size < n * channels * geom.kernel_count * geom.out_count:
             raise ValueError("col_buffer holds %d values, %d images of columns need %d"
                              % (col_buffer.size, n,
