@@ -105,7 +105,9 @@ def default_net(lr1=None, decay1=None):
 def make_solver(tmp_path, monkeypatch, solver_text, net_text=None, cls=None, **kw):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "net.prototxt").write_text(net_text if net_text is not None else default_net())
-    text = 'net: "net.prototxt"\nsnapshot_prefix: "snap"\n' + solver_text
+    # a field given twice is a parse error: the default prefix only where the text has none
+    prefix = "" if "snapshot_prefix" in solver_text else 'snapshot_prefix: "snap"\n'
+    text = 'net: "net.prototxt"\n' + prefix + solver_text
     (tmp_path / "solver.prototxt").write_text(text)
     if cls is not None:
         return cls("solver.prototxt", **kw)

@@ -13,6 +13,8 @@ from .. import __version__, backend, security
 from .. import solver as solver_mod
 from ..errors import CliError
 from ..logging_setup import CLI_LOG as log
+from ..monitor.cli import attach_monitors
+from ..monitor.progress import progress
 from ..net import Net
 from ..proto import caffe_pb2
 from .devices import (GPU_BACKEND_HELP, get_gpus, gpu_device_count, gpu_name, gpu_properties,
@@ -119,6 +121,9 @@ def run_train(flags, solver_param=None, solver_overrides=None):
     with python_layer_policy(flags):
         solver = solver_mod.get_solver(solver_param, sigint_effect=sigint_effect,
                                        sighup_effect=sighup_effect)
+    if flags.strict_weights and solver_param.weights:
+        solver.net.check_weights_loaded(solver_param.weights)
+    attach_monitors(solver, flags)
     if flags.snapshot:
         log.info("Resuming from %s", flags.snapshot)
         solver.restore(flags.snapshot)
@@ -167,13 +172,19 @@ def test(flags, args):
     for w in flags.weights.split(","):
         if w:
             net.copy_trained_layers_from(w)
+    # a layer no weight file covers scores with its filler values
+    if flags.strict_weights:
+        net.check_weights_loaded([flags.weights])
+    for name in net.layers_without_weights():
+        log.warning("Layer %s got no weights from %s: it is scored with its initial (filler) "
+                    "values", name, flags.weights)
     log.info("Running for %d iterations.", flags.iterations)
     f32 = np.float32
     test_score = []
     test_score_output_id = []
     loss = f32(0)
     out_ids = net.output_blob_indices
-    for i in range(flags.iterations):
+    for i in progress(range(flags.iterations), flags.iterations, "Batch"):
         iter_loss = f32(net.forward_prefilled())
         loss = f32(loss + iter_loss)
         idx = 0

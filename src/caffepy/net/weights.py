@@ -3,16 +3,16 @@ ShareTrainedLayersWith, ToProto / ToHDF5 (written atomically through caffepy.ato
 import logging
 import os
 
-import numpy as np
 
 from .. import backend
 from ..atomic import atomic_path
-from ..errors import NetError
+from ..errors import NetError, ProtoError
+from ..h5files import check_links, h5_child, h5_numbers, open_h5
 from ..regularizers.masks import net_connectivity_masks
 from ..proto import caffe_pb2
 from ..proto.blobproto import BlobValues
 from ..proto.caffemodel import net_weights_chunks, read_net_weights
-from ..proto.files import write_serialized
+from ..proto.files import is_text_proto, write_serialized
 
 log = logging.getLogger("caffepy")
 
@@ -23,29 +23,67 @@ class NetWeights:
     """Mixed into Net: loading, sharing and saving the layers' param blobs, by layer name."""
 
     # -- loading ---------------------------------------------------------------------------
-    def copy_trained_layers_from(self, source):
+    def copy_trained_layers_from(self, source, strict=False):
         """Copy weights by layer name from a NetParameter, a .caffemodel or a .caffemodel.h5.
-        Layers the source has and the net lacks are ignored (logged); a layer the net has
-        and the source lacks keeps its weights."""
-        if isinstance(source, caffe_pb2.NetParameter):
-            self._copy_from_layers(((lp.name, lp.blobs) for lp in source.layer), "<NetParameter>")
-        else:
-            path = str(source)
-            if not os.path.exists(path):
-                raise NetError("Cannot copy weights: file '%s' does not exist" % path)
-            if _is_hdf5(path):
-                self._copy_from_hdf5(path)
-            else:
-                param, blobs = read_net_weights(path)
-                self._copy_from_layers(((lp.name, b) for lp, b in zip(param.layer, blobs)), path)
-        self._after_weights_loaded()
+
+        Layers the source has and the net lacks are ignored ("Ignoring source layer X"); a
+        layer with params that the source lacks keeps its weights ("Target layer X got no
+        weights from F", logged for each). ``strict``: such a layer is an error instead.
+        A source that gives no weights at all to a net with params (an empty file, a file
+        with no layers, none of whose layer names is a layer of the net with params) is an
+        error. Everything is checked before anything is written: a failed copy changes
+        nothing in the net."""
+        self.prepare_weights(source, strict).apply()
 
     copy_from = copy_trained_layers_from
 
-    def load_hdf5(self, path):
+    def load_hdf5(self, path, strict=False):
         """Copy weights from a .caffemodel.h5 (the HDF5 half of copy_trained_layers_from)."""
-        self._copy_from_hdf5(path)
-        self._after_weights_loaded()
+        self._finish_plan(self._plan_hdf5(str(path)), strict).apply()
+
+    def prepare_weights(self, source, strict=False):
+        """The checks of :meth:`copy_trained_layers_from` without the copy: a
+        :class:`WeightsCopy` whose ``apply()`` writes the weights. Raises as the copy does,
+        with nothing in the net changed."""
+        if isinstance(source, caffe_pb2.NetParameter):
+            plan = self._plan_layers([(lp.name, lp.blobs) for lp in source.layer],
+                                     "<NetParameter>")
+        else:
+            path = os.fspath(source)
+            if not os.path.isfile(path):
+                raise NetError("Cannot copy weights: file '%s' does not exist" % path)
+            if _is_hdf5(path):
+                plan = self._plan_hdf5(path)
+            else:
+                try:
+                    param, blobs = read_net_weights(path)
+                except ProtoError as e:
+                    if _looks_like_text(path):
+                        raise ProtoError("%s (the file is text: a prototxt? weights come from a "
+                                         "binary .caffemodel or a .caffemodel.h5)" % e) from None
+                    raise
+                plan = self._plan_layers([(lp.name, b) for lp, b in zip(param.layer, blobs)],
+                                         path)
+        return self._finish_plan(plan, strict)
+
+    def layers_without_weights(self):
+        """Names of the layers with params that no weight load into this net has written (a
+        load: :meth:`copy_trained_layers_from`, ``Net(..., weights=...)``, the solver's
+        weights and its restore); such a layer holds its filler values. A layer whose params
+        are all shared with layers that got weights counts as loaded."""
+        filled = getattr(self, "_weights_filled", ())
+        return [self.layer_names[i] for i in self._layers_with_params()
+                if any(self._param_owner(p) not in filled for p in self.param_id_vecs[i])]
+
+    def check_weights_loaded(self, sources=()):
+        """Raise NetError naming the layers with params that no weight load has written
+        (:meth:`layers_without_weights`): the strict form of loading several files, where each
+        may cover part of the net. ``sources``: the files loaded, for the message."""
+        missing = self.layers_without_weights()
+        if missing:
+            raise NetError("%d layer(s) with params got no weights from %s (strict weights): %s"
+                           % (len(missing), ", ".join(map(str, sources)) or "any weight file",
+                              ", ".join(missing)))
 
     def _after_weights_loaded(self):
         """Runs once after every weight load into this net, whatever its source: a binary
@@ -64,6 +102,13 @@ class NetWeights:
         for param_id, mask in net_connectivity_masks(self).items():
             self.learnable_params[param_id].mask = mask
 
+    def _param_owner(self, net_param_id):
+        owner = self.param_owners[net_param_id]
+        return net_param_id if owner == -1 else owner
+
+    def _layers_with_params(self):
+        return [i for i, ids in enumerate(self.param_id_vecs) if ids]
+
     def _receivers(self, sources, first):
         """For each ``(name, source)`` pair whose name is a layer of this net:
         ``(name, source, layer index, param blobs)``; the others are skipped (logged as Caffe
@@ -76,10 +121,11 @@ class NetWeights:
             tid = self.layer_names.index(name) if first else self.layer_names_index[name]
             yield name, source, tid, self.layers[tid].blobs
 
-    def _copy_from_layers(self, layers, source):
-        """Copy from ``(layer name, blobs)`` pairs; each blob a BlobProto or a BlobValues."""
-        xp = backend.xp()
-        for name, blobs, _, targets in self._receivers(layers, first=True):
+    def _plan_layers(self, layers, source):
+        """The copy from ``(layer name, blobs)`` pairs; each blob a BlobProto or a
+        BlobValues. Checks counts, shapes and value counts; writes nothing."""
+        plan = WeightsCopy(self, source, [n for n, _ in layers])
+        for name, blobs, tid, targets in self._receivers(layers, first=True):
             if len(targets) != len(blobs):
                 raise NetError("%s: incompatible number of blobs for layer '%s' (source has %d, "
                                "net has %d)" % (source, name, len(blobs), len(targets)))
@@ -92,21 +138,32 @@ class NetWeights:
                                    "copying from a saved net, rename the layer."
                                    % (source, j, name, " ".join(map(str, bv.shape)),
                                       " ".join(map(str, t.shape))))
-                t.data[...] = xp.asarray(bv.to_array().reshape(t.shape))
-                # Blob::FromProto(proto, reshape=false) also copies a stored diff.
-                if bv.double_diff.size or bv.diff.size:
-                    t.diff[...] = xp.asarray(bv.to_array(return_diff=True).reshape(t.shape))
+                try:
+                    data = bv.to_array().reshape(t.shape)
+                    # Blob::FromProto(proto, reshape=false) also copies a stored diff.
+                    diff = (bv.to_array(return_diff=True).reshape(t.shape)
+                            if bv.double_diff.size or bv.diff.size else None)
+                except ProtoError as e:
+                    raise ProtoError("%s: layer '%s' param %d: %s" % (source, name, j, e)) from None
+                plan.add(tid, j, t, data, diff)
+        return plan
 
-    def _copy_from_hdf5(self, path):
-        import h5py
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
+    def _plan_hdf5(self, path):
+        """The copy from a .caffemodel.h5 (CopyTrainedLayersFromHDF5): /data/<layer>/<j>."""
+        with open_h5(path, NetError, "a .caffemodel.h5") as f:
+            if f.get("data", getlink=True) is None:
                 raise NetError("%s: not a caffemodel.h5 (no /data group)" % path)
-            data = f["data"]
-            groups = ((name, data[name]) for name in data)
-            for name, grp, tid, targets in self._receivers(groups, first=False):
+            data = h5_child(f, "data", path, NetError, "group")
+            check_links(data, path, NetError)
+            names = list(data)
+            plan = WeightsCopy(self, path, names)
+            groups = [(name, None) for name in names]
+            for name, _, tid, targets in self._receivers(groups, first=False):
+                grp = h5_child(data, name, path, NetError, "group")
+                check_links(grp, path, NetError)
                 if len(grp) > len(targets):
-                    raise NetError("%s: incompatible number of blobs for layer '%s'" % (path, name))
+                    raise NetError("%s: incompatible number of blobs for layer '%s' (source has "
+                                   "%d, net has %d)" % (path, name, len(grp), len(targets)))
                 for j, t in enumerate(targets):
                     key = str(j)
                     if key not in grp:
@@ -114,14 +171,39 @@ class NetWeights:
                             continue
                         raise NetError("%s: incompatible number of blobs for layer '%s' "
                                        "(param %d missing)" % (path, name, j))
-                    arr = np.asarray(grp[key], dtype=np.float32)
+                    dset = h5_child(grp, key, path, NetError, "dataset")
                     # hdf5_load_nd_dataset(..., reshape=false): the dims must equal the shape.
-                    if tuple(arr.shape) != tuple(t.shape):
+                    if tuple(dset.shape) != tuple(t.shape):
                         raise NetError("%s: cannot load param %d of layer '%s' from hdf5; shape "
                                        "mismatch. Source shape is %s; target shape is %s"
-                                       % (path, j, name, " ".join(map(str, arr.shape)),
+                                       % (path, j, name, " ".join(map(str, dset.shape)),
                                           t.shape_string()))
-                    t.data[...] = backend.xp().asarray(arr)
+                    plan.add(tid, j, t, h5_numbers(dset, path, NetError), None)
+        return plan
+
+    def _finish_plan(self, plan, strict):
+        """The checks of a whole copy: a source with no layers, or one that gives no weights
+        to a net with params, is an error; the layers with params it leaves untouched are
+        logged (an error with ``strict``)."""
+        source = plan.source
+        if not plan.source_layers:
+            size = os.path.getsize(source) if os.path.isfile(str(source)) else None
+            raise NetError("%s: holds no layers, so no weights to copy (%s)"
+                           % (source, _empty_source_detail(source, size)))
+        with_params = self._layers_with_params()
+        untouched = [self.layer_names[i] for i in with_params
+                     if any(self._param_owner(p) not in plan.filled
+                            for p in self.param_id_vecs[i])]
+        if with_params and not plan.filled:
+            raise NetError("%s: gives no weights to this net: none of its %d layers (%s) is a "
+                           "layer of the net with params (%s); is it the model of another net?"
+                           % (source, len(plan.source_layers), _names(plan.source_layers),
+                              _names([self.layer_names[i] for i in with_params])))
+        if untouched and strict:
+            raise NetError("%s: %d layer(s) with params got no weights from it (strict "
+                           "weights): %s" % (source, len(untouched), ", ".join(untouched)))
+        plan.untouched = untouched
+        return plan
 
     # -- sharing ---------------------------------------------------------------------------
     def share_trained_layers_with(self, other):
@@ -173,6 +255,67 @@ class NetWeights:
                         gd.create_dataset(str(j), data=backend.to_numpy(b.data))
                     if write_diff:
                         gf.create_dataset(str(j), data=backend.to_numpy(b.diff))
+
+
+class WeightsCopy:
+    """A weight copy into a net, checked and not yet written: :meth:`apply` writes it.
+    ``untouched``: the net's layers with params that it gives no weights."""
+
+    def __init__(self, net, source, source_layers):
+        self.net = net
+        self.source = source
+        self.source_layers = source_layers
+        self.writes = []          # (target blob, data array, diff array or None)
+        self.filled = set()       # the owner param ids written
+        self.untouched = []
+
+    def add(self, layer_id, j, target, data, diff):
+        self.writes.append((target, data, diff))
+        self.filled.add(self.net._param_owner(self.net.param_id_vecs[layer_id][j]))
+
+    def apply(self):
+        """Write the weights, log the layers that got none, run the net's after-load step."""
+        net = self.net
+        xp = backend.xp()
+        for target, data, diff in self.writes:
+            target.data[...] = xp.asarray(data)
+            if diff is not None:
+                target.diff[...] = xp.asarray(diff)
+        for name in self.untouched:
+            log.info("Target layer %s got no weights from %s", name, self.source)
+        if not hasattr(net, "_weights_filled"):
+            net._weights_filled = set()
+        net._weights_filled |= self.filled
+        net._after_weights_loaded()
+
+
+def _names(names, limit=8):
+    shown = ", ".join(names[:limit])
+    return shown + (", ... (%d more)" % (len(names) - limit) if len(names) > limit else "")
+
+
+def _empty_source_detail(source, size):
+    if size == 0:
+        return "the file is empty: 0 bytes"
+    if size is None:
+        return "a NetParameter without layers"
+    if _looks_like_text(source):
+        return ("%d bytes of text: a prototxt? weights come from a binary .caffemodel or a "
+                ".caffemodel.h5" % size)
+    return ("%d bytes that parse as a NetParameter without layers: a truncated file, or not "
+            "a .caffemodel" % size)
+
+
+def _looks_like_text(path):
+    """Whether the file's first 4 KiB are UTF-8 text without control bytes (a prototxt)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:         # not just a character cut at the 4 KiB mark
+            return False
+    return bool(head) and is_text_proto(head[:len(head) - 3] if len(head) == 4096 else head)
 
 
 def _is_hdf5(path):

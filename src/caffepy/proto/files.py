@@ -21,11 +21,22 @@ def _text_format():
 
 # -- text format --------------------------------------------------------------------
 
+# text_format's message for a non-repeated field given twice
+_TWICE = re.compile(r'Message type "([\w.]+)" should not have multiple "(\w+)" fields\.')
+
+
 def parse_text(text, message, filename="<string>"):
-    """Parse protobuf text into ``message``; errors say file:line:column and what is wrong."""
+    """Parse protobuf text into ``message``; errors say file:line:column and what is wrong.
+
+    As Caffe's parser (protobuf's C++ TextFormat::Parse), a non-repeated field given twice in
+    one message, a scalar or a message, is an error at its second occurrence, never a silent
+    overwrite or merge; repeated fields take any number of entries. ``text`` given as bytes
+    must be UTF-8."""
     text_format = _text_format()
+    if isinstance(text, (bytes, bytearray)):
+        text = _decode_text(bytes(text), message, filename)
     try:
-        text_format.Merge(text, message, allow_unknown_extension=False)
+        text_format.Parse(text, message, allow_unknown_extension=False)
     except text_format.ParseError as e:
         line = getattr(e, "GetLine", lambda: None)()
         col = getattr(e, "GetColumn", lambda: None)()
@@ -33,6 +44,10 @@ def parse_text(text, message, filename="<string>"):
         # ParseError's text starts with "line:col : " when it knows the place.
         if line is not None and msg.startswith("%s:%s" % (line, col)):
             msg = msg.split(":", 2)[2].strip()
+        twice = _TWICE.match(msg)
+        if twice:
+            msg = ("non-repeated field '%s' of %s is given more than once (a field that is "
+                   "not repeated takes one value)" % (twice.group(2), twice.group(1)))
         where = filename if line is None else "%s:%s:%s" % (filename, line, col)
         raise ProtoError("%s: cannot parse %s: %s"
                          % (where, message.DESCRIPTOR.name, msg)) from None
@@ -53,8 +68,11 @@ def _decode_text(data, message, path):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ProtoError("%s: not a text %s: byte %d is not UTF-8 (a binary file?)"
-                         % (path, message.DESCRIPTOR.name, e.start)) from None
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ProtoError("%s: not a text %s: byte %d is not UTF-8 (byte 0x%02x at byte offset "
+                         "%d, line %d; a binary file, or text in another encoding?)"
+                         % (path, message.DESCRIPTOR.name, e.start, data[e.start], e.start,
+                            line)) from None
 
 
 def read_text(path, message):

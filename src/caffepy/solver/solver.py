@@ -38,6 +38,7 @@ tools and tests can read them without parsing the log.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
 
@@ -45,6 +46,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import RegularizerError, SolverError
+from ..monitor.divergence import check_on_nan, gradient_sumsq, handle_divergence
 from ..net import Net
 from ..proto.files import message_text
 from ..regularizers import (RegularizeContext, WeightDecay, chain_state_dict,
@@ -53,6 +55,7 @@ from ..regularizers import (RegularizeContext, WeightDecay, chain_state_dict,
 from ..regularizers.masks import zerout
 from ..regularizers.sparsity import net_sparsity, regularization_message, sparsity_messages
 from . import config, state
+from .listeners import ListenerSet, is_listener_object
 from .lr_policies import check_lr_policy, get_learning_rate
 from .param import SolverParameterView
 from .signals import SignalHandler, SolverAction, check_action
@@ -95,6 +98,12 @@ class Solver:
         self.sighup_effect = check_action(sighup_effect, "sighup_effect")
         self._callbacks = []
         self._listeners = []
+        self._monitors = ListenerSet()      # listener objects (listeners.py)
+        self._on_nan = "stop"
+        self._last_divergence = -2
+        self.gradient_sumsq = None          # this iteration's squared global gradient norm
+        self._sumsq_iter = -1
+        self.iteration_loss = None
         self._regularizers = []
         self._action_function = None
         self.requested_early_exit = False
@@ -215,6 +224,8 @@ class Solver:
             self._action_function = handler.get_action
         try:
             with handler:
+                if self._monitors:
+                    self._monitors.start(self)
                 if resume_file:
                     log.info("Restoring previous solver status from %s", resume_file)
                     self.restore(resume_file)
@@ -236,6 +247,8 @@ class Solver:
         finally:
             if own_action:
                 self._action_function = None
+            if self._monitors:
+                self._monitors.end(self)
 
     # -- Step ----------------------------------------------------------------------------
     def step(self, iters: int) -> None:
@@ -248,6 +261,9 @@ class Solver:
         self.smoothed_loss = f32(0)
         self._timer = time.perf_counter()
         net = self.net
+        monitors = self._monitors
+        if monitors:
+            monitors.start(self)
         while self.iter < stop_iter:
             net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
@@ -270,10 +286,21 @@ class Solver:
             for _, on_gradients_ready in self._callbacks:
                 if on_gradients_ready is not None:
                     on_gradients_ready()
+            # the divergence guard (monitor/divergence.py): one finiteness test per iteration
+            sumsq = self.gradient_sumsq = gradient_sumsq(net.learnable_params)
+            self._sumsq_iter = self.iter
+            if not math.isfinite(loss + sumsq):
+                handle_divergence(self, loss, sumsq)
+            if monitors.gradients:
+                self.iteration_loss = float(loss)
+                for fn in monitors.gradients:
+                    fn(self.iter)
             self.apply_update()
             if display and (self._show_sparsity or self._regularizers):
                 self._display_regularization()
             self.iter += 1
+            if monitors.iteration:
+                self._notify_iteration(loss)
             request = self._requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
                 self.snapshot()
@@ -336,9 +363,10 @@ class Solver:
         if clip < 0:
             return
         params = self.net.learnable_params
-        sumsq = f32(0)
-        for b in params:
-            sumsq = f32(sumsq + f32(b.sumsq_diff()))
+        if self._sumsq_iter == self.iter:
+            sumsq = f32(self.gradient_sumsq)     # computed by step() for the guard
+        else:
+            sumsq = f32(gradient_sumsq(params))
         l2norm = f32(np.sqrt(sumsq))
         if l2norm > clip:
             scale = f32(clip / l2norm)
@@ -525,19 +553,18 @@ class Solver:
             state.read_solver_state(state_file)
         # check the pair (a state without its model is half a snapshot) and the history
         # before anything changes
-        if learned_net:
-            learned_net = state.check_learned_net(state_file, learned_net)
-        state.check_history(self.history, history, state_file, self.type_name)
+        learned_net = state.check_learned_net(state_file, learned_net)
+        weights = state.check_learned_weights(self.net, state_file, learned_net)
+        state.check_history(self.history, history, state_file, self.type_name, self.net)
+        if reg_state:
+            load_chain_state_dict(self._regularizers, reg_state)
+        weights.apply()
         self.iter = int(it)
-        if learned_net:
-            self.net.copy_trained_layers_from(learned_net)
         self.current_step = int(current_step)
         log.info("%s: restoring history", type(self).__name__)
         xp = backend.xp()
         for h, arr in zip(self.history, history):
             h[...] = xp.asarray(np.asarray(arr, dtype=np.float32).reshape(h.shape))
-        if reg_state:
-            load_chain_state_dict(self._regularizers, reg_state)
 
     # -- pycaffe-style API -----------------------------------------------------------------
     @property
@@ -569,18 +596,66 @@ class Solver:
             on_gradients_ready = getattr(obj, "on_gradients_ready", None)
         self._callbacks.append((on_start, on_gradients_ready))
 
-    def add_listener(self, fn: Callable[[str, dict], Any]) -> Callable[[str, dict], Any]:
-        """``fn(event, record)`` for every displayed number.  Events: "train" (iter, loss,
+    def add_listener(self, fn: Any) -> Any:
+        """A listener object (a ``SolverListener`` of listeners.py, or any object with its
+        ``on_start`` / ``on_iteration`` / ``on_test`` / ``on_snapshot`` / ``on_end`` ...
+        methods; its ``on_event`` gets the records below), or a function
+        ``fn(event, record)`` for every displayed number.  Events: "train" (iter, loss,
         outputs = [(index, name, value, loss_weight)]), "lr" (iter, lr), "test" (iter,
         net, loss or None, scores = [(index, name, value, loss_weight)]), "final_loss"
         (iter, loss), "clip" (iter, norm, clip, scale), "snapshot" (iter, model, state), and
         with the sparsity display on: "sparsity" (iter, stats = [ParamSparsity] per learnable
         param), "regularization" (iter, total penalty, smoothed loss)."""
+        if is_listener_object(fn):
+            self._monitors.add(fn, self)
+            on_event = getattr(fn, "on_event", None)
+            if callable(on_event):
+                self._listeners.append(on_event)
+            return fn
         self._listeners.append(fn)
         return fn
 
     def remove_listener(self, fn):
+        if fn in self._monitors.objects:
+            on_event = getattr(fn, "on_event", None)
+            if on_event in self._listeners:
+                self._listeners.remove(on_event)
+            self._monitors.remove(fn, self)
+            return
         self._listeners.remove(fn)
+
+    @property
+    def listeners(self):
+        """The listener objects and functions added with ``add_listener``."""
+        return list(self._monitors.objects) + [
+            fn for fn in self._listeners
+            if getattr(fn, "__self__", None) not in self._monitors.objects]
+
+    def _notify_iteration(self, loss):
+        """on_iteration(iter, smoothed loss, train outputs, lr) of the listener objects."""
+        self.iteration_loss = float(loss)
+        net = self.net
+        outputs = []
+        for j, blob in enumerate(net.output_blobs):
+            bid = net.output_blob_indices[j]
+            name = net.blob_names[bid]
+            w = float(net._blob_loss_weights[bid])
+            for v in backend.to_numpy(blob.data).ravel():
+                outputs.append((len(outputs), name, float(v), w))
+        it, smoothed, rate = self.iter - 1, float(self.smoothed_loss), self.learning_rate
+        for fn in self._monitors.iteration:
+            fn(it, smoothed, outputs, rate)
+
+    @property
+    def on_nan(self) -> str:
+        """What a NaN/Inf loss or gradient does (monitor/divergence.py): "stop" (the
+        default: snapshot the last finite weights, raise DivergenceError), "snapshot" (the
+        same snapshot, then go on) or "continue" (Caffe's behaviour, with the message)."""
+        return self._on_nan
+
+    @on_nan.setter
+    def on_nan(self, value: str) -> None:
+        self._on_nan = check_on_nan(value)
 
     def _emit(self, event, **record):
         for fn in self._listeners:

@@ -15,7 +15,8 @@ import numpy as np
 
 from .. import backend
 from ..atomic import atomic_path, create_temp
-from ..errors import SolverError
+from ..errors import CaffepyError, ProtoError, SolverError
+from ..h5files import check_links, h5_child, h5_numbers, open_h5
 from ..proto import blobproto_to_array, caffe_pb2, read_binary
 from ..proto.blobproto import blobproto_chunks
 from ..proto.files import write_serialized
@@ -148,37 +149,76 @@ def read_solver_state(path):
         return _read_state_hdf5(path)
     state = read_binary(path, caffe_pb2.SolverState())
     learned_net = state.learned_net if state.HasField("learned_net") else None
-    history = [blobproto_to_array(bp) for bp in state.history]
-    reg_state = {e.key: blobproto_to_array(e.value) for e in state.regularizer_state}
+    history = [_blob_array(bp, path, "history blob %d" % i) for i, bp in enumerate(state.history)]
+    reg_state = {e.key: _blob_array(e.value, path, "regularizer state '%s'" % e.key)
+                 for e in state.regularizer_state}
     return state.iter, learned_net, state.current_step, history, reg_state
 
 
-def _read_state_hdf5(path):
-    import h5py
+def _blob_array(bp, path, what):
     try:
-        with h5py.File(path, "r") as f:
-            it = int(np.asarray(f["iter"]).ravel()[0])
+        return blobproto_to_array(bp)
+    except ProtoError as e:
+        raise SolverError("%s: %s: %s" % (path, what, e)) from None
+
+
+def _read_state_hdf5(path):
+    """The solver state of a .solverstate.h5, every object checked (caffepy.h5files: plain
+    groups and datasets of the file itself, numbers where numbers belong)."""
+    with open_h5(path, SolverError, "a solver state") as f:
+        try:
+            check_links(f, path, SolverError)
+            it = _h5_int(f, "iter", path)
             learned_net = None
             if "learned_net" in f:
-                v = f["learned_net"][()]
-                if isinstance(v, np.ndarray):
-                    v = v.ravel()[0]
-                if isinstance(v, bytes):
-                    v = v.decode("utf-8")
-                learned_net = str(v).rstrip("\0")
-            current_step = int(np.asarray(f["current_step"]).ravel()[0]) \
-                if "current_step" in f else 0
-            g = f["history"]
-            history = [np.asarray(g[str(i)], dtype=np.float32) for i in range(len(g))]
+                learned_net = _h5_string(h5_child(f, "learned_net", path, SolverError,
+                                                  "dataset"), path)
+            current_step = _h5_int(f, "current_step", path) if "current_step" in f else 0
+            g = h5_child(f, "history", path, SolverError, "group")
+            check_links(g, path, SolverError)
+            names = [str(i) for i in range(len(g))]
+            if sorted(g) != sorted(names):
+                raise SolverError("%s: the history group holds %s; a solver state holds the "
+                                  "datasets 0 to %d" % (path, ", ".join(sorted(g)), len(g) - 1))
+            history = [h5_numbers(h5_child(g, n, path, SolverError, "dataset"), path,
+                                  SolverError) for n in names]
             reg_state = {}
             if "regularizers" in f:
-                for d in f["regularizers"].values():
-                    key = d.attrs["key"]
-                    reg_state[key.decode("utf-8") if isinstance(key, bytes) else str(key)] = \
-                        np.asarray(d, dtype=np.float32)
-    except (OSError, KeyError) as e:
-        raise SolverError("Cannot read solver state '%s': %s" % (path, e)) from None
+                r = h5_child(f, "regularizers", path, SolverError, "group")
+                check_links(r, path, SolverError)
+                for name in r:
+                    d = h5_child(r, name, path, SolverError, "dataset")
+                    key = d.attrs.get("key")
+                    if key is None:
+                        raise SolverError("%s: regularizer state '%s' has no 'key' attribute"
+                                          % (path, d.name))
+                    key = key.decode("utf-8") if isinstance(key, bytes) else str(key)
+                    reg_state[key] = h5_numbers(d, path, SolverError)
+        except (OSError, KeyError, UnicodeDecodeError) as e:
+            raise SolverError("Cannot read solver state '%s': %s" % (path, e)) from None
     return it, learned_net, current_step, history, reg_state
+
+
+def _h5_int(f, name, path):
+    values = h5_numbers(h5_child(f, name, path, SolverError, "dataset"), path, SolverError,
+                        dtype=np.int64).ravel()
+    if values.size != 1:
+        raise SolverError("%s: '/%s' holds %d values; a solver state holds one"
+                          % (path, name, values.size))
+    return int(values[0])
+
+
+def _h5_string(dset, path):
+    """hdf5_load_string: a string dataset (fixed length, NUL-terminated, or variable)."""
+    if dset.dtype.kind not in "SOU" or dset.size != 1:
+        raise SolverError("%s: '%s' is not a string (dtype %s, %d values)"
+                          % (path, dset.name, dset.dtype, dset.size))
+    v = dset[()]
+    if isinstance(v, np.ndarray):
+        v = v.ravel()[0]
+    if isinstance(v, bytes):
+        v = v.decode("utf-8")
+    return str(v).rstrip("\0")
 
 
 def check_learned_net(state_file, learned_net):
@@ -200,18 +240,45 @@ def check_learned_net(state_file, learned_net):
                       ".caffemodel is present)" % (state_file, learned_net, os.getcwd()))
 
 
-def check_history(history, arrays, state_file, type_name):
+def check_learned_weights(net, state_file, learned_net):
+    """The copy of the state's model ``learned_net`` into ``net``, checked and not yet
+    written (:meth:`Net.prepare_weights <caffepy.net.weights.NetWeights.prepare_weights>`):
+    its ``apply()`` writes it. A state that names no model (no learned_net, or an empty one)
+    is an error: restoring the iteration and the history onto the net's initial weights
+    would resume a different run. Strict: a snapshot holds every layer with params of the net
+    it was taken from, so a layer that gets no weights means another net's snapshot."""
+    if not learned_net:
+        raise SolverError("Cannot restore from '%s': its learned_net is %s, so it names no "
+                          "model file to restore the weights from"
+                          % (state_file, "missing" if learned_net is None else "empty"))
+    try:
+        return net.prepare_weights(learned_net, strict=True)
+    except CaffepyError as e:
+        raise type(e)("Cannot restore from '%s': %s" % (state_file, e)) from None
+
+
+def _history_owner(net, i):
+    """Which param history blob ``i`` belongs to (solvers with two histories per param keep
+    the second set after the first), as " (param j of layer 'name')"."""
+    info = net.learnable_param_info() if net is not None else []
+    if not info:
+        return ""
+    _, layer_name, blob_id, _ = info[i % len(info)]
+    return " (param %d of layer '%s')" % (blob_id, layer_name)
+
+
+def check_history(history, arrays, state_file, type_name, net=None):
     """The saved history blobs ``arrays`` fit the solver's ``history``: as many, and each of
-    the same size (HDF5: of the same shape, as hdf5_load_nd_dataset checks)."""
+    the same shape (a legacy 4-D num/channels/height/width blob matches the shape padded with
+    leading 1s, as Blob::ShapeEquals has it). ``net``: the train net, to name the param each
+    blob belongs to in the messages."""
     if len(arrays) != len(history):
         raise SolverError("Incorrect length of history blobs: '%s' holds %d, the %s solver "
                           "needs %d" % (state_file, len(arrays), type_name, len(history)))
-    h5 = os.fspath(state_file).endswith(".h5")
     for i, (arr, h) in enumerate(zip(arrays, history)):
-        if h5 and tuple(np.shape(arr)) != tuple(h.shape):
-            raise SolverError("Cannot restore history blob %d from '%s': shape mismatch "
+        src, dst = tuple(np.shape(arr)), tuple(h.shape)
+        legacy = len(src) == 4 and len(dst) <= 4 and (1,) * (4 - len(dst)) + dst == src
+        if src != dst and not legacy:
+            raise SolverError("Cannot restore history blob %d%s from '%s': shape mismatch "
                               "(source shape %s, target shape %s)"
-                              % (i, state_file, np.shape(arr), tuple(h.shape)))
-        if np.size(arr) != h.size:
-            raise SolverError("Cannot restore history blob %d from '%s': it has %d values, "
-                              "the parameter has %d" % (i, state_file, np.size(arr), h.size))
+                              % (i, _history_owner(net, i), state_file, src, dst))
