@@ -39,7 +39,8 @@ class Net(NetWeights, PycaffeAccessors):
     is ``caffepy.TRAIN`` or ``caffepy.TEST`` (left out: the file's ``state.phase``, else
     TEST); ``level`` and ``stages`` complete the NetState the layers' include/exclude rules
     are matched against; ``weights`` is a .caffemodel (or .caffemodel.h5) to copy by layer
-    name, or several separated by commas.
+    name, or several separated by commas; with ``strict_weights=True`` a layer with params
+    that none of them gives weights is a NetError (otherwise it is logged).
 
     The legacy pycaffe order ``Net(network, weights, phase)`` is accepted too (with a
     deprecation warning in the log).
@@ -50,7 +51,8 @@ class Net(NetWeights, PycaffeAccessors):
                  stages: Optional[Iterable[str]] = None,
                  weights: Union[None, str, "os.PathLike[str]", Iterable[str]] = None, *,
                  allow_python_layers: Optional[bool] = None,
-                 max_blob_bytes: Union[None, int, str] = None):
+                 max_blob_bytes: Union[None, int, str] = None,
+                 strict_weights: bool = False):
         if isinstance(phase, (str, os.PathLike)):
             # legacy pycaffe: Net(network_file, pretrained_param_file, phase)
             if level not in (caffe_pb2.TRAIN, caffe_pb2.TEST) or stages is not None \
@@ -84,9 +86,12 @@ class Net(NetWeights, PycaffeAccessors):
             self._init(param)
         if weights is not None:
             if isinstance(weights, os.PathLike):
-                weights = [weights]
-            for w in (weights.split(",") if isinstance(weights, str) else weights):
+                weights = [os.fspath(weights)]
+            weights = weights.split(",") if isinstance(weights, str) else list(weights)
+            for w in weights:
                 self.copy_from(w)
+            if strict_weights:       # every layer with params got weights from some file
+                self.check_weights_loaded(weights)
 
     # -- construction (Net::Init) --------------------------------------------------------
     def _init(self, in_param):
