@@ -110,7 +110,8 @@ def random_body(rng, c, h, w):
         top = name
         body = ""
         if kind in ("ReLU", "Sigmoid", "TanH", "AbsVal", "ELU", "Dropout") and rng.random() < 0.5:
-            top = cur                              # in place
+            if kind != "AbsVal":                   # Caffe's AbsVal refuses to run in place
+                top = cur                          # in place
         if kind == "Convolution":
             k = rng.randint(1, min(h, w, 3))
             pad = rng.randint(0, k - 1)
@@ -560,7 +561,8 @@ def fam_net_graph():
                ("Convolution", "convolution_param {\n  num_output: 2\n  kernel_size: 3\n}"),
                ("Pooling", "pooling_param {\n  pool: MAX\n  kernel_size: 2\n  stride: 2\n}"),
                ("Flatten", ""),
-               ("Reshape", "reshape_param {\n  shape {\n    dim: 0\n    dim: -1\n  }\n}")]
+               ("Reshape", "reshape_param {\n  shape {\n    dim: 0\n    dim: -1\n  }\n}"),
+               ("AbsVal", "")]
     for i, slow in split(len(inplace), 0):
         type_, body = inplace[i]
         text = ('name: "ip"\n' + dummy_data(2, 2, 6, 6)
