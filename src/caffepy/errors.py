@@ -38,6 +38,16 @@ class RegularizerError(SolverError):
     """A regularizer that cannot be configured or applied (unknown type, sizes that do not fit)."""
 
 
+class DivergenceError(SolverError):
+    """Training that produced a NaN or Inf loss or gradient (with ``on_nan`` "stop"): the
+    message names the iteration and the layer; ``iteration``, ``layer`` and ``snapshot``
+    (the (model, state) files of the last finite weights, or None) say the same."""
+
+    def __init__(self, message, iteration=None, layer=None, snapshot=None):
+        super().__init__(message)
+        self.iteration, self.layer, self.snapshot = iteration, layer, snapshot
+
+
 class DataError(CaffepyError, ValueError):
     """A data source that cannot be read (missing file, bad record, missing package)."""
 
@@ -68,5 +78,5 @@ class GradientCheckError(CaffepyError, AssertionError):
 
 
 __all__ = ["CaffepyError", "ProtoError", "NetError", "LayerError", "FillerError", "SolverError",
-           "RegularizerError", "DataError", "TransformerError", "ToolError", "CliError",
-           "FlagError", "DeviceError", "GradientCheckError"]
+           "DivergenceError", "RegularizerError", "DataError", "TransformerError", "ToolError",
+           "CliError", "FlagError", "DeviceError", "GradientCheckError"]

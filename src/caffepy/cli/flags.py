@@ -70,6 +70,12 @@ FLAGS = [
          "Optional; action to take when a SIGINT signal is received: snapshot, stop or none."),
     Flag("sighup_effect", str, "snapshot",
          "Optional; action to take when a SIGHUP signal is received: snapshot, stop or none."),
+    Flag("tensorboard", str, "",
+         "caffepy: write TensorBoard event files (loss, outputs, lr, test scores, norms) to "
+         "this directory (needs tensorboardX; docs/monitoring.md)."),
+    Flag("on_nan", str, "stop",
+         "caffepy: when the loss or a gradient is NaN/Inf: stop (snapshot the last finite "
+         "weights, exit 1), snapshot (the same snapshot, then go on) or continue (as Caffe)."),
     # convert_mnist (examples/mnist/convert_mnist_data.cpp, plus .npz input)
     Flag("backend", str, "lmdb", "The backend {lmdb, leveldb} for storing the result "
          "(convert_mnist, convert_cifar_data, convert_imageset) or holding the images "

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from ..data.datum import array_to_datum
+from ..monitor.progress import progress
 from ..proto import caffe_pb2
 from . import ToolError
 from .dbio import check_backend, discard, new_db
@@ -99,7 +100,7 @@ def _run(net, blob_names, db_names, num_mini_batches, db_type, commit_every, bac
         pending = [[] for _ in blob_names]
         datum = caffe_pb2.Datum()
         warned = set()
-        for _ in range(num_mini_batches):
+        for _ in progress(range(num_mini_batches), num_mini_batches, "Batch"):
             net.forward_prefilled()
             for i, name in enumerate(blob_names):
                 blob = net.blob_by_name(name)
