@@ -71,7 +71,7 @@ LOGGING_FLAGS = ("log_dir", "logtostderr", "minloglevel", "v")
 COMMANDS = {
     "train": Command(commands.train, "train or finetune a model",
                      flags=("solver", "snapshot", "weights", "strict_weights", "gpu") + _NET
-                     + ("sigint_effect", "sighup_effect"),
+                     + ("sigint_effect", "sighup_effect", "tensorboard", "on_nan"),
                      usage="usage: caffepy train -solver SOLVER.prototxt [-weights "
                      "W.caffemodel[,...] | -snapshot S.solverstate] [-gpu IDS]"),
     "test": Command(commands.test, "score a model",
