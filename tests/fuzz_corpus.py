@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import struct
 import sys
 import zlib
 
@@ -1869,6 +1870,70 @@ def fam_lmdb():
         lmdb_case(100 + i, None, ("db",), after=after, subprocess=True, slow=slow)
 
 
+# -- data: huge sizes (in a child: nothing may be allocated for them) --------------------------
+
+def _png_header_only(width, height):
+    """A PNG whose header claims width x height gray pixels, with almost no pixel data."""
+    def chunk(tag, body):
+        return (struct.pack(">I", len(body)) + tag + body
+                + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+def fam_data_huge():
+    def datum_db(d):
+        from caffepy.proto import caffe_pb2
+        dt = caffe_pb2.Datum(channels=65535, height=65535, width=65535, data=b"\x01" * 16,
+                             label=1)
+        make_lmdb(os.path.join(d, "db"), [("huge_rec", dt.SerializeToString(), 0)])
+        write(d, "net.prototxt", data_net(os.path.join(d, "db"), 2))
+
+    def encoded_bomb(d):
+        from caffepy.data.datum import encoded_datum
+        make_lmdb(os.path.join(d, "db"), [("bomb_rec", encoded_datum(
+            _png_header_only(60000, 60000), 1).SerializeToString(), 0)])
+        write(d, "net.prototxt", data_net(os.path.join(d, "db"), 1))
+
+    def image_list(d, png, more=""):
+        write(d, "big.png", png)
+        write(d, "list.txt", "big.png 0\n")
+        write(d, "net.prototxt", data_net(
+            os.path.join(d, "list.txt"), 1, type_="ImageData", param="image_data_param",
+            more='root_folder: "%s/"\n  is_color: false\n%s' % (d, more)))
+
+    def h5_declared(d):
+        import h5py
+        with h5py.File(os.path.join(d, "big.h5"), "w") as f:
+            f.create_dataset("data", shape=(50000000, 2, 2, 2), dtype="f4", chunks=(4, 2, 2, 2))
+            f.create_dataset("label", shape=(50000000,), dtype="f4", chunks=(64,))
+        write(d, "list.txt", os.path.join(d, "big.h5") + "\n")
+        write(d, "net.prototxt", data_net(os.path.join(d, "list.txt"), 2, type_="HDF5Data",
+                                          param="hdf5_data_param", more=""))
+
+    def mem_data(d):
+        write(d, "net.prototxt", data_net("", 0).split("layer {")[0] + layer_text(
+            "data", "MemoryData", (), ("data", "label"),
+            "memory_data_param {\n  batch_size: 100000\n  channels: 100000\n"
+            "  height: 1000\n  width: 1000\n}") + ip_text("ip", "data", "ip", 3)
+            + loss_text("ip"))
+
+    cases = [
+        (datum_db, False, ("huge_rec",)),
+        (encoded_bomb, False, ("bomb_rec",)),
+        (lambda d: image_list(d, _png_header_only(60000, 60000)), False, ("big.png",)),
+        (lambda d: image_list(d, png_bytes(__import__("numpy").zeros((1, 4, 4), "u1")),
+                              "  new_height: 1000000\n  new_width: 1000000\n"), False,
+         ("data",)),
+        (h5_declared, True, ()),
+        (mem_data, False, ("data",)),
+    ]
+    for i, (build, valid, names) in enumerate(cases):
+        add("data-huge", i, "data", valid, build, lambda d: run_data_net(d), names,
+            subprocess=True)
+
+
 # -- data: transform_param -------------------------------------------------------------------
 
 def _mean_file(path, shape, values=None):
@@ -2261,9 +2326,8 @@ def fam_cli():
 # ---------------------------------------------------------------------------------------
 
 FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_geometry, fam_layer_config,
-            fam_solver,
-            fam_weights, fam_state, fam_lmdb, fam_transform, fam_hdf5_data, fam_image_data,
-            fam_python, fam_cli]
+            fam_solver, fam_weights, fam_state, fam_lmdb, fam_data_huge, fam_transform,
+            fam_hdf5_data, fam_image_data, fam_python, fam_cli]
 
 
 def cases():
