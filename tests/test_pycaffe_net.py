@@ -578,3 +578,24 @@ def test_blob_gpu_pointer_needs_gpu_memory():
     else:
         with pytest.raises(caffepy.DeviceError, match="host memory"):
             b._gpu_data_ptr
+
+
+def test_legacy_input_fields_are_net_inputs():
+    text = """name: "legacy" input: "data" input_dim: 2 input_dim: 3 input_dim: 1 input_dim: 1
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 2 weight_filler { type: "constant" value: 1 } } }
+    """
+    net = caffepy.Net(text, caffepy.TEST)
+    assert net.inputs == ["data"] and net._inputs == [0] and net.outputs == ["ip"]
+    out = net.forward(data=np.arange(6, dtype=np.float32).reshape(2, 3, 1, 1))
+    np.testing.assert_array_equal(out["ip"], [[3, 3], [12, 12]])
+
+
+def test_stages_and_level_apply_to_a_net_parameter():
+    from caffepy.proto import caffe_pb2, parse_text
+    param = parse_text(STAGES_NET, caffe_pb2.NetParameter())
+    param.state.phase = caffepy.TEST
+    assert non_data_blobs(caffepy.Net(param, stages=["B"])) == ["B", "AorB"]
+    levels = parse_text(LEVELS_NET, caffe_pb2.NetParameter())
+    assert non_data_blobs(caffepy.Net(levels, level=1)) == ["NoLevel", "Level1Only", "Level>=0",
+                                                           "Level>=1"]
