@@ -1693,6 +1693,35 @@ def fam_state():
             open(state, "wb").write(bytes(data))
         state_case("state-h5-corrupt", i, True, mutate, (S5,), slow=slow, subprocess=True)
 
+    # a state of another update rule (SGD keeps one history blob a param, Adam two), and a
+    # state whose learned_net is relative to another folder
+    def other_rule(d, model, state):
+        sp = os.path.join(d, "solver.prototxt")
+        text = open(sp).read().replace('type: "SGD"', 'type: "Adam"')
+        open(sp, "w").write(text)
+    state_case("state-other-rule", 0, False, other_rule, (S,))
+    state_case("state-other-rule", 1, True, other_rule, (S5,))
+
+    def relative(name):
+        def mutate(d, model, state):
+            from caffepy.proto import caffe_pb2
+            s = caffe_pb2.SolverState.FromString(open(state, "rb").read())
+            s.learned_net = os.path.join("elsewhere", name or os.path.basename(model))
+            open(state, "wb").write(s.SerializeToString())
+        return mutate
+    state_case("state-relative", 0, False, relative("other_model.caffemodel"),
+               ("other_model.caffemodel",))
+
+    # the model of that name beside the state is used (a run resumed from another folder)
+    def build_beside(d):
+        _, model, state, _ = make_snapshot(d)
+        relative(None)(d, model, state)
+
+    def run_beside(d):
+        return run_solver(os.path.join(d, "solver.prototxt"), 1,
+                          restore=os.path.join(d, S), expect_iter=2)
+    add("state-relative", 1, "state", True, build_beside, run_beside)
+
     # a state file that is not there
     def nothing(d, model, state):
         os.remove(state)
