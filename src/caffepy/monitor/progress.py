@@ -5,8 +5,12 @@ The line is drawn on stderr only when stderr is a terminal, with tqdm when it is
 and a plain ``\\r`` line otherwise; before each log record the line is wiped, so the log keeps
 Caffe's lines.  A log file, a pipe or a redirect never sees it: when stderr is not a terminal
 nothing is installed at all and the loops run exactly as before.
+
+The environment variable ``CAFFEPY_PROGRESS`` chooses: ``off`` (no line even on a terminal),
+``plain`` (the plain line even with tqdm installed); unset or anything else: as above.
 """
 import logging
+import os
 import sys
 import time
 
@@ -20,8 +24,16 @@ except ImportError:                       # pragma: no cover - depends on the en
 LOGGER_NAME = "caffepy"
 
 
+def _env_mode():
+    return os.environ.get("CAFFEPY_PROGRESS", "").strip().lower()
+
+
 def stderr_is_terminal(stream=None):
+    """Whether the progress line goes on ``stream`` (stderr): a terminal, unless
+    CAFFEPY_PROGRESS=off."""
     stream = sys.stderr if stream is None else stream
+    if _env_mode() == "off":
+        return False
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
@@ -74,7 +86,7 @@ class ProgressBar:
         self._shown = False
         self._tqdm = None
         if use_tqdm is None:
-            use_tqdm = _tqdm is not None
+            use_tqdm = _tqdm is not None and _env_mode() != "plain"
         if use_tqdm and _tqdm is not None:
             self._tqdm = _tqdm.tqdm(total=self.total, initial=self.done, desc=desc,
                                     file=self.stream, leave=False, dynamic_ncols=True,
