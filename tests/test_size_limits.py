@@ -321,3 +321,22 @@ def test_a_larger_batch_later_in_the_database_is_checked(tmp_path, monkeypatch):
         "'%s')" % db)
     for layer in net.layers:
         layer.close()
+
+
+def test_the_blobs_of_a_net_must_fit_the_machine_together(monkeypatch):
+    from caffepy import size_limits
+    monkeypatch.delenv("CAFFEPY_MAX_BLOB_BYTES", raising=False)
+    monkeypatch.setattr(size_limits, "_machine", [1000000])      # a machine of 1 MB
+    text = ('layer { name: "in" type: "Input" top: "a" top: "b" top: "c" input_param { '
+            'shape { dim: 50000 } } }')
+    # each top: 50000 x 8 = 400000 bytes; the third brings the net to 1200000
+    with pytest.raises(BlobSizeError) as info:
+        caffepy.Net(text, caffepy.TEST)
+    assert str(info.value) == (
+        "Layer 'in' (Input): cannot shape blob 'c': blob shape 50000 (50000 elements, 400000 "
+        "bytes (390.6 KiB) for its data and diff) brings the blobs of the net being built to "
+        "1200000 bytes (1.1 MiB), more than this machine's physical memory: 1000000 bytes "
+        "(976.6 KiB)")
+    net = caffepy.Net(text.replace("50000", "40000"), caffepy.TEST)   # 960000 bytes in all
+    assert [net.blobs[n].count for n in "abc"] == [40000] * 3
+    Blob(50000), Blob(50000), Blob(50000)       # blobs outside a net build are counted alone

@@ -16,6 +16,8 @@ The limit is the smallest of
   1024², ...);
 * the ``max_blob_bytes`` a Net is being built with (``Net(..., max_blob_bytes=...)``).
 
+While a Net is built, the blobs it allocates must also fit the machine's memory together.
+
 Images are checked from their header before decoding: at most :func:`max_image_pixels`
 pixels (``CAFFEPY_MAX_IMAGE_PIXELS``, default Pillow's decompression-bomb limit), and the
 decoded bytes within the limit above.
@@ -112,18 +114,20 @@ def max_blob_bytes():
 @contextlib.contextmanager
 def blob_limit(nbytes):
     """Within the block (in this thread), no blob may need more than ``nbytes`` (None: no
-    limit of its own)."""
+    limit of its own), and the blobs allocated in it together no more than the machine's
+    memory (the Net builds its blobs in such a block)."""
     if nbytes is not None:
         if isinstance(nbytes, bool) or not isinstance(nbytes, int):
             nbytes = parse_bytes(nbytes, "max_blob_bytes")
         elif nbytes <= 0:
             raise NetError("max_blob_bytes must be a positive number of bytes, got %d" % nbytes)
-    old = getattr(_local, "limit", None)
+    old, old_total = getattr(_local, "limit", None), getattr(_local, "total", None)
     _local.limit = nbytes if nbytes is not None else old
+    _local.total = 0
     try:
         yield
     finally:
-        _local.limit = old
+        _local.limit, _local.total = old, old_total
 
 
 def check_blob(shape, count, blob=None):
@@ -136,6 +140,16 @@ def check_blob(shape, count, blob=None):
                                                              bytes_str(nbytes), what,
                                                              bytes_str(limit)),
                             shape, count, nbytes, blob)
+    total = getattr(_local, "total", None)
+    if total is not None:
+        total += nbytes
+        machine, what = machine_memory()
+        if 0 < machine < total:
+            raise BlobSizeError("blob shape %s (%d elements, %s for its data and diff) brings "
+                                "the blobs of the net being built to %s, more than %s: %s"
+                                % (shape_str(shape), count, bytes_str(nbytes), bytes_str(total),
+                                   what, bytes_str(machine)), shape, count, nbytes, blob)
+        _local.total = total
 
 
 def shape_error(message, shape, blob=None):
