@@ -2184,6 +2184,54 @@ class Scale(caffe.Layer):
 '''
 
 
+PY_LOSS = '''
+import numpy as np
+import caffe
+
+
+class Euclid(caffe.Layer):
+    def setup(self, bottom, top):
+        if len(bottom) != 2:
+            raise Exception("Need two inputs")
+
+    def reshape(self, bottom, top):
+        self.diff = np.zeros_like(bottom[0].data, dtype=np.float32)
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        self.diff[...] = bottom[0].data - bottom[1].data
+        top[0].data[...] = np.sum(self.diff ** 2) / bottom[0].num / 2.
+
+    def backward(self, top, propagate_down, bottom):
+        for i in range(2):
+            if propagate_down[i]:
+                sign = 1 if i == 0 else -1
+                bottom[i].diff[...] = sign * self.diff / bottom[i].num
+'''
+
+PY_PARAM = '''
+import numpy as np
+import caffe
+
+
+class Mul(caffe.Layer):
+    def setup(self, bottom, top):
+        self.blobs.add_blob(*bottom[0].data.shape[1:])
+        self.blobs[0].data[...] = 1.5
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data * self.blobs[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        self.blobs[0].diff[...] += (top[0].diff * bottom[0].data).sum(axis=0)
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff * self.blobs[0].data
+'''
+
+
 def py_net(module, cls, param_str=""):
     return ('name: "py"\n' + dummy_data(2, 3, 0, 0)
             + layer_text("pyl", "Python", ("data",), ("pyout",),
@@ -2225,6 +2273,83 @@ def fam_python():
             write(d, "net.prototxt", py_net(module, "Scale", k))
         add("python-valid", i, "python", True, build,
             lambda d, module=module, k=k: run_py(d, module, float(k or 2)))
+
+    # a Python loss (its value against NumPy's) and a Python layer with a learned blob that a
+    # solver trains (its update against plain SGD's)
+    def build_loss(d):
+        write(d, "fzpy_loss.py", PY_LOSS)
+        write(d, "net.prototxt", 'name: "pyloss"\n' + dummy_data(2, 3, 0, 0)
+              + ip_text("ip", "data", "ip", 3) + layer_text(
+                  "pyl", "Python", ("ip", "data"), ("l",),
+                  'python_param {\n  module: "fzpy_loss"\n  layer: "Euclid"\n}\n'
+                  "loss_weight: 1"))
+
+    def run_loss(d):
+        import numpy as np
+        sys.path.insert(0, d)
+        try:
+            import caffepy
+            caffepy.set_random_seed(1701)
+            net = caffepy.Net(os.path.join(d, "net.prototxt"), caffepy.TRAIN)
+            try:
+                res = net_results(net)
+                a = np.asarray(net.blobs["ip"].data, np.float64)
+                b = np.asarray(net.blobs["data"].data, np.float64)
+                want = ((a - b) ** 2).sum() / 2 / a.shape[0]
+                if not abs(float(res["l"].ravel()[0]) - want) <= 1e-5 * max(1.0, want):
+                    raise AssertionError("Python loss %r, expected %r" % (res["l"], want))
+                w = np.asarray(net.params["ip"][0].data, np.float64)
+                dw = np.asarray(net.params["ip"][0].diff, np.float64)
+                if not np.allclose(dw, (a - b).T.dot(b) / a.shape[0], rtol=1e-4, atol=1e-5):
+                    raise AssertionError("the Python loss's gradient does not reach ip (%s)"
+                                         % (w.shape,))
+                return res
+            finally:
+                net.close()
+        finally:
+            sys.path.remove(d)
+            sys.modules.pop("fzpy_loss", None)
+    add("python-valid", 3, "python", True, build_loss, run_loss)
+
+    def build_param(d):
+        write(d, "fzpy_param.py", PY_PARAM)
+        data = dummy_data(2, 3, 0, 0).replace('type: "gaussian"', 'type: "constant"').replace(
+            "std: 1", "value: 0.5")            # the same data at every forward
+        net = write(d, "pnet.prototxt", 'name: "pyparam"\n' + data
+                    + layer_text("pyl", "Python", ("data",), ("pyout",),
+                                 'python_param {\n  module: "fzpy_param"\n  layer: "Mul"\n}')
+                    + ip_text("ip", "pyout", "ip", 2) + loss_text("ip"))
+        write(d, "solver.prototxt", solver_text(net, d).replace("momentum: 0.9\n", "")
+              .replace("weight_decay: 0.0005\n", ""))
+
+    def run_param(d):
+        import numpy as np
+        sys.path.insert(0, d)
+        try:
+            import caffepy
+            from caffepy.solver import get_solver
+            caffepy.set_random_seed(1701)
+            s = get_solver(os.path.join(d, "solver.prototxt"))
+            try:
+                s.net.forward()
+                s.net.clear_param_diffs()
+                s.net.backward()
+                w0 = np.array(s.net.params["pyl"][0].data)
+                g = np.array(s.net.params["pyl"][0].diff)
+                s.step(1)
+                w1 = np.array(s.net.params["pyl"][0].data)
+                # plain SGD, no momentum or decay: w1 = w0 - lr * g, in float32
+                want = w0 - np.float32(0.01) * g
+                if not np.all(g != 0) or not np.allclose(w1, want, rtol=1e-6, atol=0):
+                    raise AssertionError("the Python layer's blob after one SGD step is %s, "
+                                         "expected %s" % (w1, want))
+                return {"w1": w1, "g": g, "smoothed_loss": np.array([float(s.smoothed_loss)])}
+            finally:
+                s.net.close()
+        finally:
+            sys.path.remove(d)
+            sys.modules.pop("fzpy_param", None)
+    add("python-valid", 4, "python", True, build_param, run_param)
 
     raising = [
         ("setup", "ValueError('bad param_str')", ("pyl", "bad param_str")),
