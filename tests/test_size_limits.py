@@ -253,7 +253,10 @@ def test_parse_bytes_and_the_limit_order(monkeypatch):
         with pytest.raises(NetError, match=r"x must be a positive number of bytes"):
             parse_bytes(bad, "x")
     monkeypatch.delenv("CAFFEPY_MAX_BLOB_BYTES", raising=False)
-    assert max_blob_bytes() == (_phys(), "this machine's physical memory")
+    from caffepy import backend, size_limits
+    if backend.xp() is np:
+        assert size_limits.machine_memory() == (_phys(), "this machine's physical memory")
+    assert max_blob_bytes() == size_limits.machine_memory()
     monkeypatch.setenv("CAFFEPY_MAX_BLOB_BYTES", "2M")
     assert max_blob_bytes() == (2 << 20, "the limit CAFFEPY_MAX_BLOB_BYTES=2M")
     with blob_limit(1000):
@@ -326,7 +329,8 @@ def test_a_larger_batch_later_in_the_database_is_checked(tmp_path, monkeypatch):
 def test_the_blobs_of_a_net_must_fit_the_machine_together(monkeypatch):
     from caffepy import size_limits
     monkeypatch.delenv("CAFFEPY_MAX_BLOB_BYTES", raising=False)
-    monkeypatch.setattr(size_limits, "_machine", [1000000])      # a machine of 1 MB
+    monkeypatch.setattr(size_limits, "machine_memory",            # a machine of 1 MB
+                        lambda: (1000000, "this machine's physical memory"))
     text = ('layer { name: "in" type: "Input" top: "a" top: "b" top: "c" input_param { '
             'shape { dim: 50000 } } }')
     # each top: 50000 x 8 = 400000 bytes; the third brings the net to 1200000
