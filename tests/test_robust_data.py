@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import caffepy
+from caffepy.backend import to_numpy
 from caffepy.data.db import WrappingCursor, open_db, write_lmdb
 from caffepy.data.datum import array_to_datum
 from caffepy.errors import DataError, NetError
@@ -434,7 +435,8 @@ def test_hdf5_reads_the_rows_of_each_batch_in_order(tmp_path):
     seen = []
     for _ in range(3):                              # 12 rows: the 10, then rows 0 and 1 again
         net.forward()
-        seen.append((net.blobs["data"].data.copy(), net.blobs["label"].data.copy()))
+        seen.append((to_numpy(net.blobs["data"].data).copy(),
+                     to_numpy(net.blobs["label"].data).copy()))
     rows = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     np.testing.assert_array_equal(np.concatenate([d for d, _ in seen]), data[rows])
     np.testing.assert_array_equal(np.concatenate([lb for _, lb in seen]), label[rows])
@@ -451,7 +453,7 @@ def test_hdf5_shuffled_rows_follow_the_seeded_permutation(tmp_path):
     got = []
     for _ in range(4):                                  # two passes of 8 rows
         net.forward()
-        got.extend(net.blobs["label"].data.astype(int).tolist())
+        got.extend(to_numpy(net.blobs["label"].data).astype(int).tolist())
     # the same draws: the file order (one file), the rows' order, then a reshuffle at the end
     backend.set_random_seed(11)
     rng = backend.rng()
@@ -460,7 +462,7 @@ def test_hdf5_shuffled_rows_follow_the_seeded_permutation(tmp_path):
     first = perm.tolist()
     rng.shuffle(perm)
     assert got == first + perm.tolist()
-    np.testing.assert_array_equal(net.blobs["data"].data, data[perm[4:]])
+    np.testing.assert_array_equal(to_numpy(net.blobs["data"].data), data[perm[4:]])
 
 
 def test_the_lmdb_package_path_reads_the_records_and_wraps_its_errors(tmp_path, monkeypatch):

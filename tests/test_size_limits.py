@@ -12,6 +12,7 @@ import pytest
 
 import caffepy
 from caffepy import Blob
+from caffepy.backend import to_numpy
 from caffepy.data.datum import array_to_datum, encoded_datum
 from caffepy.data.db import write_lmdb
 from caffepy.errors import DataError, NetError
@@ -313,7 +314,7 @@ def test_a_larger_batch_later_in_the_database_is_checked(tmp_path, monkeypatch):
                       'source: "%s" backend: LMDB batch_size: 16 prefetch: 2 } }' % db,
                       caffepy.TRAIN)
     net.forward()
-    np.testing.assert_array_equal(net.blobs["label"].data, np.arange(16))
+    np.testing.assert_array_equal(to_numpy(net.blobs["label"].data), np.arange(16))
     # 16 x 3 x 64 x 64 = 196608 elements, 8 bytes each with the diff
     with pytest.raises(DataError) as info:
         net.forward()
