@@ -427,7 +427,16 @@ def test_hdf5_truncated_file_in_a_child(tmp_path):
     assert "Layer 'h5' (HDF5Data)" in msg and f1 in msg
 
 
-def test_hdf5_reads_the_rows_of_each_batch_in_order(tmp_path):
+@pytest.fixture(params=["whole file", "per batch"])
+def h5_reading(request, monkeypatch):
+    """Small files are read whole (as Caffe does); larger ones a batch at a time."""
+    from caffepy.data import hdf5
+    if request.param == "per batch":
+        monkeypatch.setattr(hdf5, "WHOLE_FILE_BYTES", 0)
+    return request.param
+
+
+def test_hdf5_reads_the_rows_of_each_batch_in_order(tmp_path, h5_reading):
     data = np.arange(30, dtype=np.float32).reshape(10, 3)
     label = np.arange(10, dtype=np.float32) * 2
     text, _ = _h5(tmp_path, {"a.h5": {"data": data, "label": label}})
@@ -442,7 +451,7 @@ def test_hdf5_reads_the_rows_of_each_batch_in_order(tmp_path):
     np.testing.assert_array_equal(np.concatenate([lb for _, lb in seen]), label[rows])
 
 
-def test_hdf5_shuffled_rows_follow_the_seeded_permutation(tmp_path):
+def test_hdf5_shuffled_rows_follow_the_seeded_permutation(tmp_path, h5_reading):
     from caffepy import backend
     data = np.arange(16, dtype=np.float32).reshape(8, 2)
     label = np.arange(8, dtype=np.float32)

@@ -6,9 +6,10 @@ Rows are served in order, or, with ``shuffle``, the files in a random order and 
 each file in a random order, drawn again at every pass (Caffe's permutations of files and
 rows, from caffepy's seeded random stream).
 
-Caffe reads a whole file into memory; caffepy keeps the current file open and reads only the
-rows of each batch (converted to float32), so a file larger than memory, or a dataset whose
-header claims more rows than it holds, costs one batch of memory. Datasets are checked when a
+Caffe reads a whole file into memory. caffepy does so for a file whose datasets take at most
+``WHOLE_FILE_BYTES`` as float32 (and an eighth of the blob limit, caffepy.size_limits); a
+larger file stays open and only the rows of each batch are read, so a file larger than memory,
+or a dataset whose header claims more rows than it holds, costs one batch of memory. Datasets are checked when a
 file is opened: present, numeric, at least one axis, the same number of rows, and the same
 row shape in every file.
 """
@@ -17,6 +18,7 @@ import os
 import numpy as np
 
 from .. import backend
+from ..size_limits import max_blob_bytes
 from .sources import dims_str, read_text
 
 
@@ -27,6 +29,9 @@ def load_h5py(error):
     except ImportError:  # pragma: no cover - h5py is a dependency
         raise error("needs the h5py package (pip install h5py)") from None
     return h5py
+
+
+WHOLE_FILE_BYTES = 256 << 20
 
 
 class HDF5ListSource:
@@ -41,6 +46,7 @@ class HDF5ListSource:
         self.shuffle = bool(shuffle)
         self._file = None
         self.datasets = []
+        self.arrays = None
         self.filenames = read_text(source, "source file", error).split()
         if not self.filenames:
             raise error("must have at least 1 HDF5 filename listed in '%s'", source)
@@ -70,9 +76,19 @@ class HDF5ListSource:
             raise
         self.close()
         self._file = f
+        self.current_filename = filename
         self.datasets = datasets
         self.rows = datasets[0].shape[0]
-        self.current_filename = filename
+        nbytes = 0
+        for ds in datasets:
+            n = 4
+            for d in ds.shape:
+                n *= d
+            nbytes += n
+        self.arrays = None
+        if nbytes <= min(WHOLE_FILE_BYTES, max_blob_bytes()[0] // 8):
+            self.arrays = [self._read(name, ds, slice(None), "all rows")
+                           for name, ds in zip(self.names, datasets)]
         self.data_permutation = np.arange(self.rows)
         if self.shuffle:
             self.data_permutation = backend.rng().permutation(self.rows)
@@ -125,20 +141,29 @@ class HDF5ListSource:
         if self.shuffle:
             backend.rng().shuffle(self.data_permutation)
 
-    def _rows(self, name, ds, cur, k):
-        """Rows ``cur``..``cur+k`` of the pass (of the permutation with shuffle), float32."""
+    def _read(self, name, ds, sel, what):
         try:
-            if not self.shuffle:
-                return np.asarray(ds[cur:cur + k], dtype=np.float32)
-            sel = self.data_permutation[cur:cur + k]
-            order = np.argsort(sel, kind="stable")
-            rows = np.asarray(ds[sel[order]], dtype=np.float32)   # h5py reads increasing rows
-            out = np.empty_like(rows)
-            out[order] = rows
-            return out
+            return np.asarray(ds[sel], dtype=np.float32)
         except (OSError, ValueError, TypeError, RuntimeError) as e:
-            raise self._error("HDF5 file '%s': cannot read rows %d..%d of dataset '%s': %s",
-                              self.current_filename, cur, cur + k - 1, name, e) from None
+            raise self._error("HDF5 file '%s': cannot read %s of dataset '%s': %s",
+                              self.current_filename, what, name, e) from None
+
+    def _rows(self, i, cur, k):
+        """Rows ``cur``..``cur+k`` of the pass (of the permutation with shuffle) of dataset
+        ``i``, float32."""
+        if self.arrays is not None:
+            arr = self.arrays[i]
+            return arr[self.data_permutation[cur:cur + k]] if self.shuffle else arr[cur:cur + k]
+        name, ds = self.names[i], self.datasets[i]
+        what = "rows %d..%d" % (cur, cur + k - 1)
+        if not self.shuffle:
+            return self._read(name, ds, slice(cur, cur + k), what)
+        sel = self.data_permutation[cur:cur + k]
+        order = np.argsort(sel, kind="stable")
+        rows = self._read(name, ds, sel[order], what)       # h5py reads rows in increasing order
+        out = np.empty_like(rows)
+        out[order] = rows
+        return out
 
     def read_batch(self, outs):
         """Fill the arrays ``outs`` (one per dataset, NumPy or CuPy, rows on axis 0) with the
@@ -148,9 +173,8 @@ class HDF5ListSource:
         while filled < b:
             cur = self.current_row
             k = min(b - filled, self.rows - cur)
-            for out, name, ds in zip(outs, self.names, self.datasets):
-                out[filled:filled + k] = backend.array_module(out).asarray(
-                    self._rows(name, ds, cur, k))
+            for i, out in enumerate(outs):
+                out[filled:filled + k] = backend.array_module(out).asarray(self._rows(i, cur, k))
             filled += k
             self.current_row += k
             if self.current_row == self.rows:
@@ -165,3 +189,4 @@ class HDF5ListSource:
                 pass
             self._file = None
             self.datasets = []
+            self.arrays = None
