@@ -41,6 +41,7 @@ from ..logging_setup import CLI_SOURCE, setup_logging
 from . import commands, example, tools
 from ..tools.prune import PRUNE_USAGE, prune_command
 from ..tools.gradcheck import gradcheck_command
+from ..export.command import EXPORT_USAGE, export_command
 from .commands import get_phase, get_requested_action, get_stages, run_train  # noqa: F401
 from .devices import GPU_BACKEND_HELP, get_gpus  # noqa: F401
 from .devices import gpu_device_count as _gpu_device_count  # noqa: F401
@@ -124,6 +125,8 @@ COMMANDS = {
                      usage=PRUNE_USAGE),
     "gradcheck": Command(gradcheck_command, "check a layer's or a regularizer's gradients by "
                          "finite differences", takes_args=True, own_flags=True),
+    "export": Command(export_command, "write a net (deploy or train_val, with its weights) as "
+                      "an ONNX model", takes_args=True, own_flags=True, usage=EXPORT_USAGE),
     "example": Command(example.example, "copy a ready-to-train example (LeNet on MNIST) to a "
                        "folder", takes_args=True, flags=("list",), usage=example.EXAMPLE_USAGE),
 }
