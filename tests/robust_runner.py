@@ -97,7 +97,7 @@ def clean_error(report):
         report["returncode"], report["stderr"])
     assert report["returncode"] >= 0
     assert not report["ok"], "no error: %r" % (report.get("result"),)
-    assert not report.get("raw"), "a raw %s, not a caffepy error: %s" % (report["type"],
-                                                                        report["message"])
+    assert not report.get("raw"), "a raw %s, not a caffepy error: %s" % (
+        report["type"], report["message"])
     assert "CaffepyError" in report["mro"]
     return report["message"]

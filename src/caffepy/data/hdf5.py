@@ -9,9 +9,9 @@ rows, from caffepy's seeded random stream).
 Caffe reads a whole file into memory. caffepy does so for a file whose datasets take at most
 ``WHOLE_FILE_BYTES`` as float32 (and an eighth of the blob limit, caffepy.size_limits); a
 larger file stays open and only the rows of each batch are read, so a file larger than memory,
-or a dataset whose header claims more rows than it holds, costs one batch of memory. Datasets are checked when a
-file is opened: present, numeric, at least one axis, the same number of rows, and the same
-row shape in every file.
+or a dataset whose header claims more rows than it holds, costs one batch of memory. Datasets
+are checked when a file is opened: present, numeric, at least one axis, the same number of
+rows, and the same row shape in every file.
 """
 import os
 
