@@ -548,6 +548,28 @@ def fam_net_graph():
         text = text[:s] + dup + text[s:]
         _net_case("net-dup-top", i, slow, text, (victim, "dupe"))
 
+    # include/exclude rules: a bottom whose producer the phase, stage or level filters out
+    rules = [
+        ("include {\n  phase: TEST\n}", "TRAIN", False),
+        ("include {\n  phase: TRAIN\n}", "TEST", False),
+        ('include {\n  stage: "deploy"\n}', "TRAIN", False),
+        ("include {\n  min_level: 2\n}", "TEST", False),
+        ('exclude {\n  not_stage: "x"\n}', "TRAIN", False),
+        ("include {\n  phase: TRAIN\n}", "TRAIN", True),
+        ('exclude {\n  stage: "deploy"\n}', "TEST", True),
+        ("include {\n  max_level: 0\n}", "TRAIN", True),
+    ]
+    for i, (rule, phase, valid) in enumerate(rules):
+        text = BASE_NET.replace('  top: "ip2"\n', '  top: "ip2"\n  ' + rule.replace(
+            "\n", "\n  ") + "\n", 1)
+
+        def build(d, text=text):
+            write(d, "rules.prototxt", text)
+
+        def run(d, phase=phase):
+            return check_loss(run_net(os.path.join(d, "rules.prototxt"), phase))
+        add("net-rules", i, "net", valid, build, run, () if valid else ("ip2", "loss"))
+
     # top j names bottom k != j (in place only at the same index)
     for i, slow in split(2, 0):
         text = ('name: "c"\n' + dummy_data(2, 3, 0, 0)
