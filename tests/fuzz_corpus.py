@@ -2150,6 +2150,27 @@ def fam_image_data():
             return run_data_net(d, (data, [k % 2 for k in range(bs)]), iters=2)
         add("image-valid", i, "data", True, build, run, slow=slow)
 
+    # color images: a PNG holds RGB, the top holds BGR (Caffe reads images through OpenCV)
+    for i, slow in split(3, 3):
+        rng = rng_for("image-color", i)
+        n, h, w = rng.randint(2, 4), rng.randint(2, 6), rng.randint(2, 6)
+        bs = rng.randint(1, n)
+
+        def build(d, n=n, h=h, w=w, bs=bs, seed=i):
+            imgs = images(rng_for("image-color-img", seed), n, 3, h, w)
+            for k, im in enumerate(imgs):
+                save_png(os.path.join(d, "c%d.png" % k), im)
+            write(d, "list.txt", "".join("c%d.png %d\n" % (k, k % 2) for k in range(n)))
+            write(d, "net.prototxt", data_net(os.path.join(d, "list.txt"), bs, type_="ImageData",
+                                              param="image_data_param",
+                                              more='root_folder: "%s/"\n' % d))
+
+        def run(d, n=n, h=h, w=w, bs=bs, seed=i):
+            imgs = images(rng_for("image-color-img", seed), n, 3, h, w)
+            data = np_.stack(imgs[:bs])[:, ::-1].astype("f4")
+            return run_data_net(d, (data, [k % 2 for k in range(bs)]), iters=2)
+        add("image-valid-color", i, "data", True, build, run, slow=slow)
+
     def case(i, make, names, bs=2, more=""):
         def build(d):
             make(d)
