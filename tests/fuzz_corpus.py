@@ -2116,6 +2116,46 @@ def fam_hdf5_data():
     for i, (make, names) in enumerate(invalid):
         case(i, make, names)
 
+    # dtypes and options Caffe reads, and files that do not go together
+    def files(*contents, more=""):
+        def build(d):
+            paths = []
+            for k, ds in enumerate(contents):
+                paths.append(os.path.join(d, "f%d.h5" % k))
+                h5file(paths[-1], **ds)
+            write(d, "list.txt", "\n".join(paths) + "\n")
+            write(d, "net.prototxt", data_net(os.path.join(d, "list.txt"), 3, type_="HDF5Data",
+                                              param="hdf5_data_param", more=more))
+        return build
+
+    xi = np_.arange(4 * 2 * 2 * 2).reshape(4, 2, 2, 2)
+    yi = np_.arange(4) % 2
+    kinds = [
+        (True, files(dict(data=xi.astype("i4"), label=yi.astype("i4"))), ()),
+        (True, files(dict(data=xi.astype("f8"), label=yi.astype("f8"))), ()),
+        (True, files(dict(data=xi.astype("f4"), label=yi.astype("f4")), more="shuffle: true\n"),
+         ()),
+        (True, files(dict(data=xi.astype("f4"), label=yi.astype("f4"),
+                          extra=np_.zeros(2, "f4"))), ()),
+        (True, files(dict(data=xi.astype("f4"), label=yi.astype("f4")),
+                     dict(data=xi[:1].astype("f4"), label=yi[:1].astype("f4"))), ()),
+        (False, files(dict(data=xi.astype("f4"), label=yi.astype("f4")),
+                      dict(data=np_.zeros((4, 3, 2, 2), "f4"), label=yi.astype("f4"))),
+         ("f1.h5",)),
+        (False, files(dict(data=xi > 3, label=yi.astype("f4"))), ("f0.h5",)),
+        (False, files(dict(data=xi.astype("c8"), label=yi.astype("f4"))), ("f0.h5",)),
+    ]
+    for i, (valid, build, names) in enumerate(kinds):
+        def run(d, valid=valid):
+            if not valid:
+                return run_data_net(d, iters=4)
+            import h5py
+            with h5py.File(os.path.join(d, "f0.h5"), "r") as f:
+                x, y = np_.asarray(f["data"], "f4"), np_.asarray(f["label"], "f4")
+            shuffled = "shuffle" in open(os.path.join(d, "net.prototxt")).read()
+            return run_data_net(d, None if shuffled else (x[:3], y[:3]), iters=4)
+        add("hdf5-kinds", i, "data", valid, build, run, names)
+
 
 def fam_image_data():
     np_ = __import__("numpy")
