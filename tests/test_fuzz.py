@@ -84,18 +84,23 @@ def _spawn(argv, d):
     return p.returncode, usage.ru_maxrss / 1024.0, stdout, stderr
 
 
-def _check_child(argv, rc, peak_mb, stderr):
+def _check_child(argv, rc, peak_mb, stderr, result_path=None):
     assert rc >= 0, "%s was killed by signal %d; its stderr ends:\n%s" % (
         argv, -rc, stderr[-3000:])
-    assert peak_mb < fc.MEMORY_LIMIT_MB, "%s peaked at %.0f MB (limit %d MB)" % (
-        argv, peak_mb, fc.MEMORY_LIMIT_MB)
+    if peak_mb >= fc.MEMORY_LIMIT_MB:
+        outcome = ""
+        if result_path and os.path.isfile(result_path):
+            with open(result_path) as f:
+                outcome = "; it reported %s" % f.read()[:1000]
+        pytest.fail("%s peaked at %.0f MB (limit %d MB)%s"
+                    % (argv, peak_mb, fc.MEMORY_LIMIT_MB, outcome))
 
 
 def _run_child(case, d):
     result_path = os.path.join(d, ".result.json")
     argv = [sys.executable, os.path.abspath(fc.__file__), "run", case.id, d, result_path]
     rc, peak_mb, _, stderr = _spawn(argv, d)
-    _check_child(argv, rc, peak_mb, stderr)
+    _check_child(argv, rc, peak_mb, stderr, result_path)
     assert os.path.isfile(result_path), "the child wrote no result (exit %d):\n%s" % (
         rc, stderr[-3000:])
     with open(result_path) as f:
