@@ -656,3 +656,42 @@ def test_pooling_window_wholly_outside_refused():
     net = caffepy.Net(_pool_net("MAX", 5, 5, 1, 3, 0), caffepy.TEST)
     with pytest.raises(ExportError, match="wholly outside"):
         to_onnx(net)
+
+
+PY_DATA = '''
+import numpy as np
+import caffepy
+
+
+class Source(caffepy.Layer):
+    def setup(self, bottom, top):
+        top[0].reshape(2, 3)
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 1.0
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+'''
+
+
+def test_python_data_layer_becomes_an_input_when_shapes_are_given(tmp_path, monkeypatch):
+    (tmp_path / "onnx_src_layer.py").write_text(PY_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = ('name: "py"\n'
+            'layer { name: "src" type: "Python" top: "data" python_param { '
+            'module: "onnx_src_layer" layer: "Source" } }\n'
+            'layer { name: "l" type: "Sigmoid" bottom: "data" top: "y" }\n')
+    path = tmp_path / "py.prototxt"
+    path.write_text(text)
+    net = caffepy.Net(str(path), caffepy.TEST)
+    with pytest.raises(ExportError, match=r"'src' \(Python\).*-input_shape"):
+        to_onnx(net)
+    net = load_for_export(str(path), input_shapes={"data": [4, 3]})
+    assert net.layers[0].type == "Input"
+    feeds = _fill_inputs(net, np.random.default_rng(6))
+    model, out = _compare(net, feeds)
+    np.testing.assert_allclose(out["y"], 1 / (1 + np.exp(-feeds["data"])), rtol=1e-5)

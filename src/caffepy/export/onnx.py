@@ -46,7 +46,8 @@ WIRE_TYPES = ("Split", "Dropout")
 
 # Refused layer types and why (the reasons docs/onnx.md gives too).
 REFUSED = {
-    "Python": "its forward is arbitrary Python code",
+    "Python": "its forward is arbitrary Python code (a Python data layer of a train_val net "
+              "becomes a graph input when its tops' shapes are given: -input_shape)",
     "Filter": "its output size depends on the values of its selector input",
     "SPP": "spatial pyramid pooling is not exported (it would need one pooling per level "
            "with sizes computed from the input)",
@@ -637,9 +638,7 @@ def to_onnx(net, path: Union[None, str, "os.PathLike[str]"] = None, *,
     from ..net import Net
     if not isinstance(net, Net):
         raise ExportError("to_onnx: expected a caffepy.Net, got %s" % type(net).__name__)
-    if opset not in SUPPORTED_OPSETS:
-        raise ExportError("to_onnx: opset %r is not supported; use one of %s"
-                          % (opset, ", ".join(map(str, SUPPORTED_OPSETS))))
+    _check_opset(opset)
     if net.phase != caffe_pb2.TEST:
         raise ExportError("to_onnx: net '%s' was built in the TRAIN phase; export a TEST-phase "
                           "net (caffepy.Net(model, caffepy.TEST, weights=...)), whose Dropout "
@@ -778,6 +777,12 @@ def to_onnx(net, path: Union[None, str, "os.PathLike[str]"] = None, *,
     return model
 
 
+def _check_opset(opset):
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError("ONNX opset %r is not supported; use one of %s"
+                          % (opset, ", ".join(map(str, SUPPORTED_OPSETS))))
+
+
 def _prune(g, output_names):
     """The nodes needed for ``output_names`` (in order), their initializers and the graph
     inputs they read."""
@@ -839,7 +844,8 @@ def load_for_export(model, weights=None, input_shapes: Optional[Dict[str, Iterab
     The shapes of a data layer's tops come from ``input_shapes`` ({blob: shape}), else from
     the layer's own source (its first record), else the export stops with an ExportError naming
     the layer. ``input_shapes`` also overrides the shapes of Input layers (a deploy net's
-    batch size, for example).
+    batch size, for example), and turns any other layer with no bottoms (a Python data layer)
+    whose tops it all gives into an Input layer.
     """
     from ..net import Net
     from ..net.build import filter_net, load_net_param
@@ -864,9 +870,10 @@ def load_for_export(model, weights=None, input_shapes: Optional[Dict[str, Iterab
                     lp.input_param.shape.add().dim.extend(shapes.get(t, old[j] if j < len(old)
                                                                      else []))
             continue
-        if lp.type not in _DATA_TYPES:
-            continue
-        if all(t in shapes for t in lp.top):
+        given = bool(lp.top) and all(t in shapes for t in lp.top)
+        if lp.type not in _DATA_TYPES and not (given and not lp.bottom):
+            continue        # a layer with no bottoms (a Python data layer) whose tops are given
+        if given:
             tops = [shapes[t] for t in lp.top]
         else:
             try:
@@ -901,6 +908,7 @@ def export_onnx(model, onnx_path, weights=None, *,
     """``caffepy export``: build ``model`` (prototxt) for TEST with ``weights`` and write
     ``onnx_path``. Returns the ``onnx.ModelProto``."""
     _require_onnx()
+    _check_opset(opset)
     net = load_for_export(model, weights, input_shapes, level, stages)
     try:
         return to_onnx(net, onnx_path, opset=opset, outputs=outputs)
