@@ -440,6 +440,20 @@ def fam_net_text():
         text = text.replace(old, new, 1)
         _net_case("net-wrong-type", i, slow, text, ("bad.prototxt:%d" % line,))
 
+    # a value of the wrong kind on a random line: a quoted string where a number, bool or enum
+    # goes, a bare number where a string goes
+    for i, slow in split(12, 12):
+        rng = rng_for("net-wrong-kind", i)
+        text, _ = random_net(rng)
+        lines = text.split("\n")
+        cands = [k for k, ln in enumerate(lines) if ": " in ln]
+        k = rng.choice(cands)
+        key, value = lines[k].split(": ", 1)
+        new = str(rng.randint(0, 99)) if value.startswith('"') else '"%s"' % rng.choice(
+            ["zz", "1", "true", "MAX", ""])
+        lines[k] = "%s: %s" % (key, new)
+        _net_case("net-wrong-kind", i, slow, "\n".join(lines), ("bad.prototxt:%d" % (k + 1),))
+
     # unknown enum values
     for i, slow in split(3, 0):
         text = ('name: "e"\n' + dummy_data(2, 1, 4, 4)
