@@ -490,7 +490,7 @@ def fam_net_text():
         pos = rng.randint(0, len(raw))
         bad = rng.choice([b"\xff", b"\xfe\xff", b"\x80", b"\xc3\x28", b"\xe2\x82", b"\xed\xa0\x80"])
         _net_case("net-non-utf8", i, slow, bytes(raw[:pos] + bad + raw[pos:]),
-                  ("bad.prototxt",))
+                  ("bad.prototxt", "line %d" % (raw[:pos].count(b"\n") + 1)))
 
     # random bytes and random printable garbage
     for i, slow in split(4, 4):
