@@ -268,6 +268,9 @@ def h5_error(path):
 
 
 def test_hdf5_data_must_be_a_group_of_groups(tmp_path):
+    p = h5_model(str(tmp_path / "n.caffemodel.h5"), lambda f: write_layer(
+        f.create_group("diff"), "ip1", W1, B1))
+    assert h5_error(p) == "%s: not a caffemodel.h5 (no /data group)" % p
     p = h5_model(str(tmp_path / "a.caffemodel.h5"), lambda f: f.create_dataset("data", data=[1]))
     assert h5_error(p) == "%s: '/data' is a dataset, not a group" % p
     p = h5_model(str(tmp_path / "b.caffemodel.h5"),
@@ -343,6 +346,15 @@ def test_hdf5_values_in_external_files_are_refused(tmp_path):
     p = h5_model(str(tmp_path / "ext.caffemodel.h5"), build)
     assert h5_error(p) == ("%s: dataset '/data/ip1/0' keeps its values in external files "
                            "(%s); caffepy reads only values stored in the file itself" % (p, raw))
+
+
+def test_a_truncated_hdf5_model_names_the_file(files, tmp_path):
+    with open(files["full_h5"], "rb") as f:
+        raw = f.read()
+    p = str(tmp_path / "cut.caffemodel.h5")
+    with open(p, "wb") as f:
+        f.write(raw[:len(raw) // 2])
+    assert h5_error(p).startswith("%s: cannot open a .caffemodel.h5 as HDF5: " % p)
 
 
 def test_hdf5_partial_model_is_logged(files, caplog):
@@ -428,6 +440,13 @@ def test_a_history_blob_of_another_shape_is_an_error(snapshot, tmp_path):
         "(source shape (3, 2), target shape (2, 3))" % bad)
     fewer = edit_state(state, str(tmp_path / "f.solverstate"), lambda st: st.history.pop())
     assert "holds 3, the SGD solver needs 4" in failed_restore(fresh, fewer)
+
+
+def test_a_short_history_blob_names_the_state_and_the_blob(snapshot, tmp_path):
+    s, model, state, fresh = snapshot
+    bad = edit_state(state, str(tmp_path / "s.solverstate"), lambda st: st.history[2].data.pop())
+    assert failed_restore(fresh, bad) == ("%s: history blob 2: BlobProto holds 1 data values but "
+                                          "its shape 1 x 2 needs 2" % bad)
 
 
 def test_a_model_that_does_not_fit_changes_nothing(snapshot, tmp_path):
