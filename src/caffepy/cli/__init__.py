@@ -42,6 +42,8 @@ from . import commands, example, tools
 from ..tools.prune import PRUNE_USAGE, prune_command
 from ..tools.gradcheck import gradcheck_command
 from ..export.command import EXPORT_USAGE, export_command
+from ..tools.parse_log import PARSE_LOG_USAGE, parse_log_command
+from ..tools.plot_log import PLOT_USAGE, plot_command
 from .commands import get_phase, get_requested_action, get_stages, run_train  # noqa: F401
 from .devices import GPU_BACKEND_HELP, get_gpus  # noqa: F401
 from .devices import gpu_device_count as _gpu_device_count  # noqa: F401
@@ -127,6 +129,11 @@ COMMANDS = {
                          "finite differences", takes_args=True, own_flags=True),
     "export": Command(export_command, "write a net (deploy or train_val, with its weights) as "
                       "an ONNX model", takes_args=True, own_flags=True, usage=EXPORT_USAGE),
+    "parse_log": Command(parse_log_command, "write the train and test tables of a training log "
+                         "as CSV files (LOG.train, LOG.test)", takes_args=True, own_flags=True,
+                         usage=PARSE_LOG_USAGE),
+    "plot": Command(plot_command, "draw training curves (loss, accuracy, learning rate) from "
+                    "training logs as a PNG", takes_args=True, own_flags=True, usage=PLOT_USAGE),
     "example": Command(example.example, "copy a ready-to-train example (LeNet on MNIST) to a "
                        "folder", takes_args=True, flags=("list",), usage=example.EXAMPLE_USAGE),
 }
