@@ -111,6 +111,7 @@ def test_wheel_contents(tmp_path):
         metadata = z.read(dist_info + "/METADATA").decode()
         entry_points = z.read(dist_info + "/entry_points.txt").decode()
     for path in ("caffepy/py.typed", "caffepy/proto/caffe.proto", "caffepy/proto/caffe_pb2.py",
+                 "caffepy/proto/caffe_pb2.pyi",
                  "caffepy/datasets/mnist-5k.npz",
                  "caffepy/examples_data/mnist/lenet_solver.prototxt",
                  "caffepy/examples_data/mnist/lenet_train_test.prototxt",
