@@ -15,7 +15,9 @@ from a ``random.Random`` seeded by the case's family and number). A case is
 them. Cases marked ``subprocess`` (corrupt LMDB pages, huge sizes, the command line) run in a
 child process: ``python fuzz_corpus.py run CASE_ID DIR RESULT.json``; the test then checks
 that the child was not killed by a signal and that its peak RSS stayed below the limit.
-``slow`` cases are the long tail (more seeds of each family), run with ``pytest -m slow``.
+The child is started through ``fuzz_corpus.py measure`` (see :func:`measure_main`), which
+measures its peak. ``slow`` cases are the long tail (more seeds of each family), run with
+``pytest -m slow``.
 """
 import json
 import math
@@ -2618,12 +2620,29 @@ def child_main(case_id, d, result_path):
         json.dump(out, f)
 
 
+def measure_main(meter_path, argv):
+    """Run ``argv`` as a child of this small process and write its wait status and peak RSS.
+
+    The peak is measured here rather than by the test process: Linux carries a process's
+    high-water RSS across fork and exec, so a child forked straight from a large pytest process
+    would report pytest's size. This process is a fresh interpreter that imports nothing big."""
+    import subprocess
+    p = subprocess.Popen(argv)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = 0
+    with open(meter_path, "w") as f:
+        json.dump({"status": status, "maxrss_kb": usage.ru_maxrss}, f)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "run":
         child_main(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) > 4 and sys.argv[1] == "measure" and sys.argv[3] == "--":
+        measure_main(sys.argv[2], sys.argv[4:])
     elif len(sys.argv) == 2 and sys.argv[1] == "list":
         for c in cases():
             print(c.id, c.category, "valid" if c.valid else "invalid",
                   "slow" if c.slow else "", "subprocess" if c.subprocess else "")
     else:
-        sys.exit("usage: fuzz_corpus.py run CASE_ID DIR RESULT.json | list")
+        sys.exit("usage: fuzz_corpus.py run CASE_ID DIR RESULT.json | list | "
+                 "measure METER.json -- ARGV...")

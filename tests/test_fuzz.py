@@ -7,9 +7,9 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -60,28 +60,30 @@ def _run_here(case, d):
 
 
 def _spawn(argv, d):
-    """Run argv in ``d``; (exit status or -signal, peak RSS in MB, stdout, stderr)."""
+    """Run argv in ``d`` under ``fuzz_corpus.py measure``; (exit status or -signal, the child's
+    peak RSS in MB, stdout, stderr)."""
     out_path, err_path = os.path.join(d, ".child.out"), os.path.join(d, ".child.err")
+    meter = os.path.join(d, ".child.meter.json")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    launcher = [sys.executable, os.path.abspath(fc.__file__), "measure", meter, "--"]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        p = subprocess.Popen(argv, cwd=d, stdout=out, stderr=err, env=env)
-        deadline = time.monotonic() + CHILD_TIMEOUT_S
-        while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                p.kill()
-                pid, status, usage = os.wait4(p.pid, 0)
-                p.returncode = -9
-                pytest.fail("%s did not finish within %d s" % (argv, CHILD_TIMEOUT_S))
-            time.sleep(0.01)
-    p.returncode = os.waitstatus_to_exitcode(status)
+        p = subprocess.Popen(launcher + argv, cwd=d, stdout=out, stderr=err, env=env,
+                             start_new_session=True)
+        try:
+            p.wait(timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            pytest.fail("%s did not finish within %d s" % (argv, CHILD_TIMEOUT_S))
     with open(out_path, errors="replace") as f:
         stdout = f.read()
     with open(err_path, errors="replace") as f:
         stderr = f.read()
-    return p.returncode, usage.ru_maxrss / 1024.0, stdout, stderr
+    assert p.returncode == 0 and os.path.isfile(meter), (
+        "the measuring launcher failed (exit %s):\n%s" % (p.returncode, stderr[-3000:]))
+    with open(meter) as f:
+        m = json.load(f)
+    return os.waitstatus_to_exitcode(m["status"]), m["maxrss_kb"] / 1024.0, stdout, stderr
 
 
 def _check_child(argv, rc, peak_mb, stderr, result_path=None):
