@@ -1461,6 +1461,25 @@ def fam_weights():
                                  os.path.join(d, "w.caffemodel"), via=via)
         add("weights-content", i, "weights", False, build, run, names + ("w.caffemodel",))
 
+    # every layer renamed (a model of another net): binary and HDF5
+    def rename_all(d, h5):
+        _, model = make_weights(d, model="w.caffemodel" + (".h5" if h5 else ""), h5=h5)
+        if h5:
+            import h5py
+            with h5py.File(model, "a") as f:
+                for k in list(f["data"]):
+                    f["data"].move(k, "other_" + k)
+        else:
+            _mutate_model(model, lambda p: [setattr(lp, "name", "other_" + lp.name)
+                                            for lp in p.layer])
+    for i in range(4):
+        h5 = i >= 2
+        model = "w.caffemodel" + (".h5" if h5 else "")
+        add("weights-renamed", i, "weights", False, lambda d, h5=h5: rename_all(d, h5),
+            lambda d, model=model, via=["copy_from", "weights"][i % 2]: run_copy_from(
+                os.path.join(d, "w.prototxt"), os.path.join(d, model), via=via),
+            (model, "ip1"))
+
     # a prototxt, a folder, or nothing, where the weights should be
     for i, slow in split(3, 0):
         def build(d, i=i):
