@@ -211,16 +211,22 @@ def run_net(path, phase="TRAIN", weights=None, backward=True):
         net.close()
 
 
-def net_results(net, backward=True):
+def host(arr):
+    """A NumPy copy of a blob's array (a CuPy array in GPU mode)."""
+    from caffepy.backend import to_numpy
     import numpy as np
-    out = {k: np.array(v) for k, v in net.forward().items()}
+    return np.array(to_numpy(arr))
+
+
+def net_results(net, backward=True):
+    out = {k: host(v) for k, v in net.forward().items()}
     if backward:
         net.backward()
     for name, blobs in net.params.items():
         for j, b in enumerate(blobs):
-            out["%s/%d" % (name, j)] = np.array(b.data)
+            out["%s/%d" % (name, j)] = host(b.data)
             if backward:
-                out["%s/%d.diff" % (name, j)] = np.array(b.diff)
+                out["%s/%d.diff" % (name, j)] = host(b.diff)
     return out
 
 
@@ -246,7 +252,7 @@ def run_copy_from(net_path, weights, phase="TRAIN", expect=None, via="copy_from"
     try:
         for key, arr in (expect or {}).items():
             layer, j = key.rsplit("/", 1)
-            got = np.asarray(net.params[layer][int(j)].data)
+            got = host(net.params[layer][int(j)].data)
             if got.shape != arr.shape or not np.array_equal(got, arr):
                 raise AssertionError("param %s after loading differs from the saved one" % key)
         return net_results(net)
@@ -300,7 +306,7 @@ def run_solver(path, iters=2, restore=None, expect_iter=None, expect_history=Non
             if expect_iter is not None and s.iter != expect_iter:
                 raise AssertionError("restored iter %d, expected %d" % (s.iter, expect_iter))
             for i, h in enumerate(expect_history or ()):
-                if not np.array_equal(np.asarray(s.history[i]), h):
+                if not np.array_equal(host(s.history[i]), h):
                     raise AssertionError("restored history blob %d differs" % i)
         start = s.iter
         s.step(iters)
@@ -309,9 +315,9 @@ def run_solver(path, iters=2, restore=None, expect_iter=None, expect_history=Non
         out = {"smoothed_loss": np.array([float(s.smoothed_loss)])}
         for name, blobs in s.net.params.items():
             for j, b in enumerate(blobs):
-                out["%s/%d" % (name, j)] = np.array(b.data)
+                out["%s/%d" % (name, j)] = host(b.data)
         for i, h in enumerate(s.history):
-            out["history/%d" % i] = np.array(h)
+            out["history/%d" % i] = host(h)
         return out
     finally:
         s.net.close()
@@ -329,7 +335,6 @@ def solver_text(net_path, d, extra="", type_="SGD", policy='lr_policy: "fixed"\n
 def make_snapshot(d, h5=False, type_="SGD", iters=2):
     """Train BASE_NET ``iters`` steps and snapshot: (solver path, model file, state file,
     [history arrays])."""
-    import numpy as np
     import caffepy
     from caffepy.solver import get_solver
     net_path = write(d, "snapnet.prototxt", BASE_NET)
@@ -342,7 +347,7 @@ def make_snapshot(d, h5=False, type_="SGD", iters=2):
     s = get_solver(sp)
     s.step(iters)
     model, state = s.snapshot()
-    hist = [np.array(h) for h in s.history]
+    hist = [host(h) for h in s.history]
     s.net.close()
     return sp, model, state, hist
 
@@ -1832,8 +1837,8 @@ def run_data_net(d, expect=None, phase="TRAIN", iters=1):
         for it in range(iters):
             res.update(net_results(net))
             if it == 0:
-                res["data"] = np.array(net.blobs["data"].data)
-                res["label"] = np.array(net.blobs["label"].data)
+                res["data"] = host(net.blobs["data"].data)
+                res["label"] = host(net.blobs["label"].data)
                 if expect is not None:
                     data, labels = expect
                     if not np.array_equal(res["data"], data.astype(np.float32)):
@@ -2367,9 +2372,9 @@ def run_py(d, module, check_scale=None):
         net = caffepy.Net(os.path.join(d, "net.prototxt"), caffepy.TRAIN)
         try:
             res = net_results(net)
-            res["pyout"] = np.array(net.blobs["pyout"].data)
+            res["pyout"] = host(net.blobs["pyout"].data)
             if check_scale is not None:
-                want = np.float32(check_scale) * np.asarray(net.blobs["data"].data)
+                want = np.float32(check_scale) * host(net.blobs["data"].data)
                 if not np.array_equal(res["pyout"], want):
                     raise AssertionError("Python layer output is not %g x its input"
                                          % check_scale)
@@ -2411,13 +2416,13 @@ def fam_python():
             net = caffepy.Net(os.path.join(d, "net.prototxt"), caffepy.TRAIN)
             try:
                 res = net_results(net)
-                a = np.asarray(net.blobs["ip"].data, np.float64)
-                b = np.asarray(net.blobs["data"].data, np.float64)
+                a = host(net.blobs["ip"].data).astype(np.float64)
+                b = host(net.blobs["data"].data).astype(np.float64)
                 want = ((a - b) ** 2).sum() / 2 / a.shape[0]
                 if not abs(float(res["l"].ravel()[0]) - want) <= 1e-5 * max(1.0, want):
                     raise AssertionError("Python loss %r, expected %r" % (res["l"], want))
-                w = np.asarray(net.params["ip"][0].data, np.float64)
-                dw = np.asarray(net.params["ip"][0].diff, np.float64)
+                w = host(net.params["ip"][0].data).astype(np.float64)
+                dw = host(net.params["ip"][0].diff).astype(np.float64)
                 if not np.allclose(dw, (a - b).T.dot(b) / a.shape[0], rtol=1e-4, atol=1e-5):
                     raise AssertionError("the Python loss's gradient does not reach ip (%s)"
                                          % (w.shape,))
@@ -2452,10 +2457,10 @@ def fam_python():
                 s.net.forward()
                 s.net.clear_param_diffs()
                 s.net.backward()
-                w0 = np.array(s.net.params["pyl"][0].data)
-                g = np.array(s.net.params["pyl"][0].diff)
+                w0 = host(s.net.params["pyl"][0].data)
+                g = host(s.net.params["pyl"][0].diff)
                 s.step(1)
-                w1 = np.array(s.net.params["pyl"][0].data)
+                w1 = host(s.net.params["pyl"][0].data)
                 # plain SGD, no momentum or decay: w1 = w0 - lr * g, in float32
                 want = w0 - np.float32(0.01) * g
                 if not np.all(g != 0) or not np.allclose(w1, want, rtol=1e-6, atol=0):

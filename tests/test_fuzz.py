@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import fuzz_corpus as fc
-from caffepy import CaffepyError
+from caffepy import CaffepyError, backend
+from caffepy.backend import to_numpy
 
 CHILD_TIMEOUT_S = 120
 
@@ -209,8 +210,8 @@ def test_conv_window_past_the_padded_input(geo):
             'stride_w: %d bias_term: false weight_filler { type: "gaussian" } }'
             % (kh, kw, ph, pw, sh, sw))
     layer, bottom, top = make(text, [x])
-    layer.blobs[0].data[...] = wts
-    y = fwd(layer, bottom, top)[0]
+    layer.blobs[0].data[...] = backend.xp().asarray(wts)
+    y = to_numpy(fwd(layer, bottom, top)[0])
     oh, ow = int((h + 2 * ph - kh) / sh) + 1, int((w + 2 * pw - kw) / sw) + 1
     assert y.shape == (2, 2, oh, ow)
     dy = np.random.RandomState(5).randn(*y.shape).astype(np.float32)
@@ -225,6 +226,6 @@ def test_conv_window_past_the_padded_input(geo):
             dbig[win] += np.einsum("no,ockl->nckl", dy[:, :, i, j], wts)
             dw += np.einsum("no,nckl->ockl", dy[:, :, i, j], big[win])
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(bottom[0].diff, dbig[:, :, ph:ph + h, pw:pw + w], rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(layer.blobs[0].diff, dw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(bottom[0].diff), dbig[:, :, ph:ph + h, pw:pw + w],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer.blobs[0].diff), dw, rtol=1e-5, atol=1e-5)
