@@ -157,6 +157,17 @@ def test_train_and_test_progress_on_a_terminal_not_on_a_pipe(tmp_path):
     assert "\r" not in piped and "Batch 30/30" not in piped
     cleaned = PROGRESS.sub("", tty).replace(WIPE, "")
     assert log_messages(cleaned) == log_messages(piped)
+    # extract_features: the same
+    for terminal in (True, False):
+        db = tmp_path / ("feat_tty" if terminal else "feat_pipe")
+        rc, out = run_with_stderr(["extract_features", str(tmp_path / "snap_iter_400.caffemodel"),
+                                   str(net), "ip", str(db), "12", "lmdb"], terminal=terminal)
+        assert rc == 0, out
+        shown = [(m.group(1), int(m.group(2)), int(m.group(3))) for m in PROGRESS.finditer(out)]
+        if terminal:
+            assert shown and shown[-1] == ("Batch", 12, 12)
+        else:
+            assert not shown and "\r" not in out
 
 
 def test_listener_draws_iterations_of_a_solver(tmp_path):
