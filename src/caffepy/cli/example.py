@@ -117,7 +117,7 @@ def example(flags, args):
     name = args[0]
     dest = args[1] if len(args) == 2 else name
     written = copy_example(name, dest)
-    log.info("Wrote %d files of the '%s' example to %s", len(written), name, dest)
+    log.info("Wrote the '%s' example to %s (%d files and databases)", name, dest, len(written))
     ex = EXAMPLES[name]
     print("The %s example is in %s. Train it with:\n\n    cd %s && %s\n"
           % (name, dest, shlex.quote(dest), ex.run))
