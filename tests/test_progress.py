@@ -177,7 +177,7 @@ def test_listener_draws_iterations_of_a_solver(tmp_path):
     from caffepy.solver import get_solver
     p = caffe_pb2.SolverParameter()
     text_format.Merge('base_lr: 0.01 lr_policy: "fixed" max_iter: 5 snapshot_after_train: '
-                      'false', p)
+                      'false test_iter: 3 test_interval: 2', p)
     text_format.Merge(NET, p.net_param)
     s = get_solver(p)
     stream = io.StringIO()
@@ -186,6 +186,9 @@ def test_listener_draws_iterations_of_a_solver(tmp_path):
     s.solve()
     out = stream.getvalue()
     assert [int(m.group(2)) for m in PROGRESS.finditer(out)] == [1, 2, 3, 4, 5]
+    # each test pass (iterations 0, 2, 4) has its own line while it runs
+    tests = re.findall(r"\rTesting net \(#0\) (\d)/3", out)
+    assert tests == ["1", "2", "3"] * 3
     assert out.endswith(WIPE) and listener.bar is None
     assert progress_mod.stderr_is_terminal(stream) is False
 

@@ -246,3 +246,29 @@ def test_cli_flag_writes_the_logged_losses(tmp_path):
     assert steps(sc, "test0/loss") == tests == [0, 3, 6]
     # the log itself is Caffe's: no progress line on a pipe
     assert "ETA" not in r.stderr and "\r" not in r.stderr
+
+
+def test_no_listener_no_work_and_only_overridden_hooks_run(tmp_path, monkeypatch):
+    from caffepy.solver.solver import Solver
+
+    def boom(*args):
+        raise AssertionError("called without a listener")
+    monkeypatch.setattr(Solver, "_notify_iteration", boom)
+    solver = get_solver(solver_param(tmp_path))
+    solver.step(2)                      # no listener: on_iteration's outputs are never built
+    assert solver.iter == 2
+    monkeypatch.undo()
+
+    class OnlyIterations(SolverListener):
+        def __init__(self):
+            self.seen = []
+
+        def on_iteration(self, it, smoothed_loss, outputs, lr):
+            self.seen.append(it)
+    only = solver.add_listener(OnlyIterations())
+    monitors = solver._monitors
+    assert monitors.iteration == [only.on_iteration]
+    assert monitors.gradients == [] and monitors.test_iteration == [] and monitors.divergence == []
+    solver.step(2)
+    assert only.seen == [2, 3]
+    assert solver.listeners == [only]

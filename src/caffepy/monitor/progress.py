@@ -180,6 +180,7 @@ class ProgressListener(SolverListener):
         self.use_tqdm, self.min_interval = use_tqdm, min_interval
         self.enabled = force or stderr_is_terminal(self.stream)
         self.bar = None
+        self.test_bar = None
 
     def on_start(self, solver):
         if self.enabled and self.bar is None:
@@ -191,7 +192,28 @@ class ProgressListener(SolverListener):
         if self.bar is not None:
             self.bar.update(it + 1)
 
+    def on_test_iteration(self, test_net_id, done, total):
+        """A test pass gets its own line, ``Testing net (#k) i/N ...``, while it runs."""
+        if not self.enabled:
+            return
+        if self.test_bar is None:
+            if self.bar is not None:
+                self.bar.wipe()
+            self.test_bar = ProgressBar(total, "Testing net (#%d)" % test_net_id,
+                                        stream=self.stream, use_tqdm=self.use_tqdm,
+                                        min_interval=self.min_interval)
+        self.test_bar.update(done)
+        if done >= total:
+            self.test_bar.close()
+            self.test_bar = None
+
+    def on_test(self, it, test_net_id, scores):
+        if self.test_bar is not None:            # a test cut short (a stop request)
+            self.test_bar.close()
+            self.test_bar = None
+
     def on_end(self, solver):
+        self.on_test(None, None, None)
         if self.bar is not None:
             self.bar.close()
             self.bar = None

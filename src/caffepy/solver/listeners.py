@@ -14,6 +14,7 @@ its ``on_*`` methods) calls, while ``solve()`` / ``step()`` run:
   ``smoothed_loss`` the ``average_loss`` mean the log shows, ``outputs`` the train net's
   outputs [(index, name, value, loss_weight)] as on the display lines, ``lr`` the rate of this
   update; ``solver.iteration_loss`` is this iteration's own (raw) loss;
+- ``on_test_iteration(test_net_id, done, test_iter)``: after each forward pass of a test;
 - ``on_test(iter, test_net_id, scores)``: after each test pass; ``scores`` as the "Test net
   output" lines [(index, name, mean value, loss_weight)];
 - ``on_snapshot(iter, model_file, state_file)``: after each snapshot;
@@ -30,8 +31,8 @@ one empty list per iteration.
 
 __all__ = ["SolverListener", "is_listener_object"]
 
-LISTENER_METHODS = ("on_start", "on_gradients", "on_iteration", "on_test", "on_snapshot",
-                    "on_divergence", "on_event", "on_end")
+LISTENER_METHODS = ("on_start", "on_gradients", "on_iteration", "on_test_iteration", "on_test",
+                    "on_snapshot", "on_divergence", "on_event", "on_end")
 
 
 class SolverListener:
@@ -51,6 +52,9 @@ class SolverListener:
         pass
 
     def on_iteration(self, iter, smoothed_loss, outputs, lr):
+        pass
+
+    def on_test_iteration(self, test_net_id, done, test_iter):
         pass
 
     def on_test(self, iter, test_net_id, scores):
@@ -91,9 +95,15 @@ class ListenerSet:
 
     def _rebuild(self):
         def hooks(name):
-            return [getattr(o, name) for o in self.objects if callable(getattr(o, name, None))]
+            # the base class's empty methods are left out: a hook nobody overrides costs
+            # nothing per iteration
+            base = getattr(SolverListener, name)
+            return [getattr(o, name) for o in self.objects
+                    if callable(getattr(o, name, None))
+                    and getattr(getattr(o, name), "__func__", None) is not base]
         self.gradients = hooks("on_gradients")
         self.iteration = hooks("on_iteration")
+        self.test_iteration = hooks("on_test_iteration")
         self.divergence = hooks("on_divergence")
 
     def add(self, obj, solver):

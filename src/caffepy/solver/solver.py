@@ -471,6 +471,8 @@ class Solver:
             if self.requested_early_exit:
                 break
             iter_loss = f32(test_net.forward_prefilled())
+            for fn in self._monitors.test_iteration:
+                fn(test_net_id, i + 1, test_iter)
             if p.test_compute_loss:
                 loss = f32(loss + iter_loss)
             vals = [backend.to_numpy(b.data).astype(np.float32).ravel()
