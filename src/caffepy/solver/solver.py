@@ -289,7 +289,7 @@ class Solver:
             # the divergence guard (monitor/divergence.py): one finiteness test per iteration
             sumsq = self.gradient_sumsq = gradient_sumsq(net.learnable_params)
             self._sumsq_iter = self.iter
-            if not math.isfinite(loss + sumsq):
+            if not (math.isfinite(loss) and math.isfinite(sumsq)):
                 handle_divergence(self, loss, sumsq)
             if monitors.gradients:
                 self.iteration_loss = float(loss)
