@@ -293,13 +293,15 @@ def test_python_layer_reshape(python_net):
 
 
 def test_python_layer_exception(tmp_path):
+    """pycaffe's test_exception: a Python layer failing in setup makes caffe.Net raise a
+    RuntimeError; caffepy's error also names the layer and keeps the layer's own error."""
     path = _net_file(tmp_path, HEADER + _python_layer("layer", "data", "top", "ExceptionLayer"))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(RuntimeError) as info:
         caffe.Net(path, caffe.TEST)
-    # the layer's own RuntimeError: raised as it is, or as the cause of caffepy's error
-    chain = [info.value, info.value.__cause__]
-    raised = [e for e in chain if isinstance(e, RuntimeError)]
-    assert raised and "ExceptionLayer refuses to set up" in str(raised[-1])
+    assert isinstance(info.value, caffe.CaffepyError)
+    assert "'layer'" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "ExceptionLayer refuses to set up" in str(info.value.__cause__)
 
 
 def test_python_layer_parameter(tmp_path):

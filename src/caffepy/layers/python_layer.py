@@ -20,9 +20,10 @@ from ..layer import BlobList, Layer, register_layer
 from .. import security
 
 
-class PythonLayerError(LayerError, NetError):
+class PythonLayerError(LayerError, NetError, RuntimeError):
     """An error raised by a Python layer's own code (import, construction, setup, reshape,
-    forward or backward); ``__cause__`` holds the original exception."""
+    forward or backward); ``__cause__`` holds the original exception. Also a RuntimeError,
+    as pycaffe reports a failing Python layer."""
 
 
 def ensure_caffe_alias():
