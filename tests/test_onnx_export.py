@@ -16,7 +16,6 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxrunt
 import caffepy  # noqa: E402
 from caffepy.backend import to_numpy  # noqa: E402
 from caffepy.export import ExportError, export_onnx, load_for_export, to_onnx  # noqa: E402
-from caffepy.proto import caffe_pb2  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
@@ -109,6 +108,16 @@ LAYER_CASES = [
     ("pool_floor_round", {"x": (1, 2, 8, 9)},
      'layer { name: "l" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE '
      'kernel_size: 3 stride: 2 pad: 1 round_mode: FLOOR } }'),
+    ("pool_rect", {"x": (2, 3, 7, 8)},
+     'layer { name: "l" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE '
+     'kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 1 } }'),
+    ("spp_max", {"x": (2, 3, 7, 9)},
+     'layer { name: "l" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 3 } }'),
+    ("spp_ave", {"x": (2, 2, 10, 6)},
+     'layer { name: "l" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 3 '
+     'pool: AVE } }'),
+    ("spp_one_level", {"x": (2, 2, 5, 6)},
+     'layer { name: "l" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 1 } }'),
     ("pool_global_max", {"x": (2, 3, 5, 4)},
      'layer { name: "l" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX '
      'global_pooling: true } }'),
@@ -282,9 +291,9 @@ def test_in_place_chain_keeps_caffe_names():
     net, (model, out) = _layer_roundtrip({"x": (2, 2, 6, 6)}, body, prep=prep)
     assert [o.name for o in model.graph.output] == ["c"]
     assert [n.op_type for n in model.graph.node] == ["Conv", "Relu", "BatchNormalization",
-                                                      "Mul", "Add"]
-    # by hand for one value: BatchNorm uses mean/2 and var/2
-    conv = net.blobs["c"]  # final value; recompute from the pre-BN activations
+                                                     "Mul", "Add"]
+    # by hand: BatchNorm uses mean/2 and var/2; the convolution is run again on its own
+    conv = net.blobs["c"]
     net2 = caffepy.Net(_net_text({"x": (2, 2, 6, 6)}, body.split("\n")[0]), caffepy.TEST)
     net2.params["c"][0].data[...] = to_numpy(net.params["c"][0].data)
     net2.params["c"][1].data[...] = to_numpy(net.params["c"][1].data)
@@ -340,6 +349,34 @@ def test_pooling_edge_shapes(pool, H, W, k, s, p, oh, ow):
     feeds = _fill_inputs(net, np.random.default_rng(3))
     model, out = _compare(net, feeds)
     assert out["y"].shape == (2, 3, oh, ow)
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+def test_pooling_drop_rule_from_the_other_axis(pool):
+    # pad_h 1, pad_w 0: Caffe drops a last window starting in the padding on W too (its rule
+    # looks at pad_h or pad_w). W = 5, kernel_w 1, stride_w 3: ceil gives 3 columns (0, 3, 6),
+    # the one at 6 is dropped: 2. H = 6, kernel_h 3, stride_h 2, pad_h 1: 4 rows.
+    net = caffepy.Net(_net_text({"x": (1, 2, 6, 5)},
+                                'layer { name: "l" type: "Pooling" bottom: "x" top: "y" '
+                                'pooling_param { pool: %s kernel_h: 3 kernel_w: 1 stride_h: 2 '
+                                'stride_w: 3 pad_h: 1 pad_w: 0 } }' % pool), caffepy.TEST)
+    assert net.blobs["y"].data.shape == (1, 2, 4, 2)
+    feeds = _fill_inputs(net, np.random.default_rng(8))
+    model, out = _compare(net, feeds)
+    x = feeds["x"][0, 1]
+    # the last row window starts at 3·2 - 1 = 5: row 5 and padded row 6 (divisor 2·1);
+    # column window 1 is column 3
+    want = x[5, 3] if pool == "MAX" else x[5, 3] / 2
+    np.testing.assert_allclose(out["y"][0, 1, 3, 1], want, rtol=1e-6)
+
+
+def test_spp_by_hand():
+    # pyramid 2 on 4x4: level 0 one 4x4 window, level 1 four 2x2 windows, concatenated
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    net, (model, out) = _layer_roundtrip(
+        {"x": (1, 1, 4, 4)}, 'layer { name: "l" type: "SPP" bottom: "x" top: "y" spp_param { '
+        'pyramid_height: 2 } }', gen=lambda name, shape, rng: x)
+    np.testing.assert_array_equal(out["y"], [[15, 5, 7, 13, 15]])
 
 
 def test_pooling_ave_divisor_clamped_to_padded_extent():
@@ -450,19 +487,18 @@ def test_eltwise_sum_by_hand():
 # -- graph inputs, dropped layers, refusals -------------------------------------------------
 
 def test_refused_layers_all_named_at_once():
-    body = ('layer { name: "sp" type: "SPP" bottom: "x" top: "s" spp_param { '
-            'pyramid_height: 2 } }\n'
+    body = ('layer { name: "sp" type: "Filter" bottom: "x" bottom: "sel" top: "s" }\n'
             'layer { name: "st" type: "Pooling" bottom: "x" top: "p" top: "mask" pooling_param'
             ' { pool: MAX kernel_size: 2 stride: 2 } }\n'
             'layer { name: "ok" type: "ReLU" bottom: "x" top: "r" }\n'
             'layer { name: "im" type: "Im2col" bottom: "x" top: "c" convolution_param { '
             'kernel_size: 2 } }\n')
-    net = caffepy.Net(_net_text({"x": (1, 2, 4, 4)}, body), caffepy.TEST)
+    net = caffepy.Net(_net_text({"x": (1, 2, 4, 4), "sel": (1,)}, body), caffepy.TEST)
     with pytest.raises(ExportError) as e:
         to_onnx(net)
     msg = str(e.value)
     assert "3 layers" in msg
-    for name in ("'sp' (SPP)", "'st' (Pooling)", "'im' (Im2col)"):
+    for name in ("'sp' (Filter)", "'st' (Pooling)", "'im' (Im2col)"):
         assert name in msg
     assert "'ok'" not in msg
     assert "mask" in msg

@@ -2,7 +2,7 @@
 
 Every layer becomes one ONNX operator where ONNX has the same function, or a short composition
 of standard operators where it does not (Swish, Power, Exp, Log, WITHIN_CHANNEL LRN, MVN,
-BatchNorm on batch statistics, ArgMax with Caffe's tie order, ...). Shapes are static: each
+SPP, BatchNorm on batch statistics, ArgMax with Caffe's tie order, ...). Shapes are static: each
 graph input and output has the shape the net was built with.
 
 What the graph holds:
@@ -30,6 +30,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..backend import to_numpy
 from ..errors import CaffepyError
+from ..kernels.pooling import pooled_size
 from ..proto import caffe_pb2
 
 log = logging.getLogger("caffepy")
@@ -49,8 +50,6 @@ REFUSED = {
     "Python": "its forward is arbitrary Python code (a Python data layer of a train_val net "
               "becomes a graph input when its tops' shapes are given: -input_shape)",
     "Filter": "its output size depends on the values of its selector input",
-    "SPP": "spatial pyramid pooling is not exported (it would need one pooling per level "
-           "with sizes computed from the input)",
     "Im2col": "ONNX has no im2col operator",
     "LSTM": "Caffe's recurrent layers (cont input, gate order, static inputs) are not "
             "exported",
@@ -288,23 +287,25 @@ def _pool(g, layer, x, y, xs, ys):
     if layer.global_pooling:
         g.op("GlobalMaxPool" if method == P.MAX else "GlobalAveragePool", [x[0]], y[0])
         return
-    H, W = xs[0][2:]
-    out = ys[0][2:]
     k = (layer.kernel_h, layer.kernel_w)
     s = (layer.stride_h, layer.stride_w)
     p = (layer.pad_h, layer.pad_w)
+    _pool2d(g, x[0], y[0], method == P.MAX, xs[0][2:], k, s, p, ys[0][2:])
+
+
+def _pool2d(g, src, y, is_max, size, k, s, p, out):
+    """Caffe's MAX/AVE pooling of ``src`` (N, C, H, W) into ``y`` of spatial size ``out``."""
     # Caffe's output size (CEIL or FLOOR, less a last window starting in the padding) is
     # reproduced in floor mode by padding the end by q = (out-1)·s + k - size - pad.
     q = []
-    for size, o, kk, ss, pp in zip((H, W), out, k, s, p):
-        if (o - 1) * ss - pp >= size:
+    for n, o, kk, ss, pp in zip(size, out, k, s, p):
+        if (o - 1) * ss - pp >= n:
             raise _Unsupported("its last window lies wholly outside the input (size %d, "
-                               "kernel %d, stride %d, pad %d)" % (size, kk, ss, pp))
-        q.append((o - 1) * ss + kk - size - pp)
-    src = x[0]
-    if method == P.MAX:
+                               "kernel %d, stride %d, pad %d)" % (n, kk, ss, pp))
+        q.append((o - 1) * ss + kk - n - pp)
+    if is_max:
         pads = [p[0], p[1], max(q[0], 0), max(q[1], 0)]
-        node_out = None if min(q) < 0 else y[0]
+        node_out = None if min(q) < 0 else y
         r = g.op("MaxPool", [src], node_out, kernel_shape=list(k), strides=list(s), pads=pads)
     else:
         # AVE divides by the window clamped to [-pad, size + pad): pad with zeros explicitly,
@@ -313,12 +314,37 @@ def _pool(g, layer, x, y, xs, ys):
             src = g.op("Pad", [src, g.ints("pads", [0, 0, p[0], p[1], 0, 0, p[0], p[1]])],
                        mode="constant")
         pads = [0, 0, max(q[0] - p[0], 0), max(q[1] - p[1], 0)]
-        node_out = None if min(q[0] - p[0], q[1] - p[1]) < 0 else y[0]
+        node_out = None if min(q[0] - p[0], q[1] - p[1]) < 0 else y
         r = g.op("AveragePool", [src], node_out, kernel_shape=list(k), strides=list(s),
                  pads=pads, count_include_pad=0)
     if node_out is None:    # floor mode made windows Caffe does not: drop them
         g.op("Slice", [r, g.ints("starts", [0, 0]), g.ints("ends", list(out)),
-                       g.ints("axes", [2, 3])], y[0])
+                       g.ints("axes", [2, 3])], y)
+
+
+@_converter("SPP")
+def _spp(g, layer, x, y, xs, ys):
+    P = caffe_pb2.PoolingParameter
+    if layer.method not in (P.MAX, P.AVE):
+        raise _Unsupported("STOCHASTIC pooling has no ONNX equivalent")
+    N, C, H, W = xs[0]
+    parts = []
+    for level in range(layer.height):
+        bins = 2 ** level
+        kh, kw = -(-H // bins), -(-W // bins)
+        ph, pw = (kh * bins - H + 1) // 2, (kw * bins - W + 1) // 2
+        any_pad = bool(ph or pw)
+        oh = pooled_size(H, kh, kh, ph, True, any_pad)
+        ow = pooled_size(W, kw, kw, pw, True, any_pad)
+        if layer.height == 1:
+            _pool2d(g, x[0], y[0], layer.method == P.MAX, (H, W), (kh, kw), (kh, kw),
+                    (ph, pw), (oh, ow))
+            return
+        pooled = g.unique("%s/level%d" % (g.prefix, level))
+        _pool2d(g, x[0], pooled, layer.method == P.MAX, (H, W), (kh, kw), (kh, kw), (ph, pw),
+                (oh, ow))
+        parts.append(g.op("Reshape", [pooled, g.ints("shape", [N, C * oh * ow])]))
+    g.op("Concat", parts, y[0], axis=1)
 
 
 @_converter("InnerProduct")
