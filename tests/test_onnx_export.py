@@ -731,3 +731,38 @@ def test_python_data_layer_becomes_an_input_when_shapes_are_given(tmp_path, monk
     feeds = _fill_inputs(net, np.random.default_rng(6))
     model, out = _compare(net, feeds)
     np.testing.assert_allclose(out["y"], 1 / (1 + np.exp(-feeds["data"])), rtol=1e-5)
+
+
+def test_train_val_with_memory_and_dummy_data(tmp_path):
+    # each phase its own data layers; the TEST ones become inputs with their own shapes
+    text = '''name: "tv"
+layer { name: "train_data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 8 dim: 3 dim: 4 dim: 4 } shape { dim: 8 } }
+  include { phase: TRAIN } }
+layer { name: "test_data" type: "MemoryData" top: "data" top: "label"
+  memory_data_param { batch_size: 2 channels: 3 height: 4 width: 4 }
+  include { phase: TEST } }
+layer { name: "aux" type: "DummyData" top: "aux"
+  dummy_data_param { shape { dim: 2 dim: 5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "sum" type: "Eltwise" bottom: "ip" bottom: "aux" top: "sum" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "sum" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "sum" bottom: "label" top: "acc"
+  include { phase: TEST } }
+'''
+    path = tmp_path / "tv.prototxt"
+    path.write_text(text)
+    net = load_for_export(str(path))
+    assert [net.blobs[n].data.shape for n in ("data", "label", "aux")] == [(2, 3, 4, 4), (2,),
+                                                                            (2, 5)]
+    rng = np.random.default_rng(9)
+    feeds = _fill_inputs(net, rng, lambda name, shape, r: (r.integers(0, 5, shape)
+                                                           if name == "label"
+                                                           else r.standard_normal(shape)))
+    model, out = _compare(net, feeds)
+    assert [i.name for i in model.graph.input] == ["data", "aux"]
+    assert [o.name for o in model.graph.output] == ["sum"]
+    w, b = (to_numpy(p.data) for p in net.params["ip"])
+    want = feeds["data"].reshape(2, -1) @ w.T + b + feeds["aux"]
+    np.testing.assert_allclose(out["sum"], want, rtol=1e-5, atol=1e-5)

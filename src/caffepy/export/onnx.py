@@ -789,7 +789,8 @@ def to_onnx(net, path: Union[None, str, "os.PathLike[str]"] = None, *,
                 for n, s in graph_inputs if n in used_inputs]
     graph = helper.make_graph(nodes, model_name or net.name or "caffepy_net", in_infos,
                               out_infos, initializer=inits)
-    model = helper.make_model(graph, producer_name="caffepy",
+    from .. import __version__
+    model = helper.make_model(graph, producer_name="caffepy", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 8)   # runtimes of opsets 13-17 read IR 8
     data = model.SerializeToString() if check or path is not None else None
