@@ -754,8 +754,8 @@ layer { name: "acc" type: "Accuracy" bottom: "sum" bottom: "label" top: "acc"
     path = tmp_path / "tv.prototxt"
     path.write_text(text)
     net = load_for_export(str(path))
-    assert [net.blobs[n].data.shape for n in ("data", "label", "aux")] == [(2, 3, 4, 4), (2,),
-                                                                            (2, 5)]
+    shapes = [net.blobs[n].data.shape for n in ("data", "label", "aux")]
+    assert shapes == [(2, 3, 4, 4), (2,), (2, 5)]
     rng = np.random.default_rng(9)
     feeds = _fill_inputs(net, rng, lambda name, shape, r: (r.integers(0, 5, shape)
                                                            if name == "label"
@@ -766,3 +766,11 @@ layer { name: "acc" type: "Accuracy" bottom: "sum" bottom: "label" top: "acc"
     w, b = (to_numpy(p.data) for p in net.params["ip"])
     want = feeds["data"].reshape(2, -1) @ w.T + b + feeds["aux"]
     np.testing.assert_allclose(out["sum"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_without_onnx_the_error_says_what_to_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnx", None)      # import onnx -> ImportError
+    net = caffepy.Net(os.path.join(ROOT, "examples/mnist/lenet.prototxt"), caffepy.TEST)
+    with pytest.raises(ExportError, match=r"pip install 'caffepy\[onnx\]'"):
+        to_onnx(net)
