@@ -1921,6 +1921,8 @@ def fam_lmdb():
         (lambda: [("a", datum_bytes(channels=1, height=2, width=2,
                                     float_data=[1.0, 2.0, 3.0]), 0)], ("a",), {}),
         (lambda: [("a", u8(1, 3, 3), 0)], ("data",), {"bs": 0}),
+        (lambda: [(b"\x00ok", u8(1, 3, 3), 0), (b"\xff\xfebad", b"\x08\x01\x10", 0)],
+         ("b'\\xff\\xfebad'",), {}),
     ]
     for i, (items, names, kw) in enumerate(cases):
         if "source" in kw:

@@ -23,11 +23,15 @@ def _default_error(msg, *args):
 
 
 def key_str(key):
-    """A record key for messages: quoted text (bytes decoded as UTF-8), "?" if unknown."""
+    """A record key for messages: quoted text (bytes decoded as UTF-8; bytes that are not
+    UTF-8 as a bytes literal, b'\\xff...', so the key can be found again), "?" if unknown."""
     if key is None:
         return "?"
     if isinstance(key, bytes):
-        return repr(key.decode("utf-8", errors="replace"))
+        try:
+            return repr(key.decode("utf-8"))
+        except UnicodeDecodeError:
+            return repr(key)
     return repr(key)
 
 
