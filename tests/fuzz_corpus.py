@@ -1184,6 +1184,43 @@ def fam_solver():
     for i, slow in split(len(more_valid), 0):
         _solver_case("solver-valid-more", i, slow, True, more_valid[i], iters=3)
 
+    # structured sparsity (the SSL fields) and regularizer { } blocks
+    ssl_net = ('name: "s"\n' + dummy_data(2, 4, 6, 6) + layer_text(
+        "conv", "Convolution", ("data",), ("conv",),
+        "param {\n  %s\n}\nconvolution_param {\n  num_output: 6\n  kernel_size: 3\n"
+        "  group: 2\n  weight_filler {\n    type: \"gaussian\"\n    std: 0.1\n  }\n}")
+        + ip_text("ip", "conv", "ip", 3) + loss_text("ip"))
+    ssl = [
+        (False, "block_group_lasso {\n    xdimen: 5\n    ydimen: 4\n  }",
+         "block_group_decay: 0.01\n", ("conv", "xdimen 5")),
+        (False, "block_group_lasso {\n    xdimen: 0\n    ydimen: 4\n  }",
+         "block_group_decay: 0.01\n", ("conv", "xdimen 0")),
+        (False, 'decay_proto: "{d}/no_decay.binaryproto"', "", ("conv", "no_decay.binaryproto")),
+        (False, 'decay_proto: "{d}/short_decay.binaryproto"', "",
+         ("conv", "short_decay.binaryproto")),
+        (False, 'regularization_type: "L7"', "", ("conv", "L7")),
+        (False, "lr_mult: 1", 'regularizer {\n  type: "Nope"\n  coeff: 0.1\n}\n', ("Nope",)),
+        (False, "lr_mult: 1", 'regularizer {\n  type: "no_such_mod:Cls"\n  coeff: 0.1\n}\n',
+         ("no_such_mod",)),
+        (True, "breadth_decay_mult: 1\n  kernel_shape_decay_mult: 1\n  block_group_lasso {\n"
+         "    xdimen: 3\n    ydimen: 2\n  }", "breadth_decay: 0.01\nkernel_shape_decay: 0.01\n"
+         "block_group_decay: 0.01\ndisplay_sparsity: true\n", ()),
+        (True, "lr_mult: 1", 'regularizer {\n  type: "L1"\n  coeff: 0.1\n}\n', ()),
+        (True, "lr_mult: 1", "zerout_threshold: 0.0001\n", ()),
+        (True, 'decay_proto: "{d}/good_decay.binaryproto"\n  regularization_type: "L1"', "", ()),
+    ]
+    for i, (valid, pspec, extra, names) in enumerate(ssl):
+        def make_text(n, d, pspec=pspec, extra=extra):
+            from caffepy.proto import caffe_pb2
+            for name, dims in (("short_decay", [5]), ("good_decay", [6, 2, 3, 3])):
+                bp = caffe_pb2.BlobProto()
+                bp.shape.dim.extend(dims)
+                bp.data.extend([0.5] * int(math.prod(dims)))
+                write(d, name + ".binaryproto", bp.SerializeToString())
+            n = write(d, "ssl.prototxt", ssl_net % pspec.replace("{d}", d))
+            return solver_text(n, d, extra)
+        _solver_case("solver-ssl", i, False, valid, make_text, names)
+
     # a net file the solver names that is broken: its own file and line
     for i, slow in split(3, 0):
         broken = [BASE_NET.replace("num_output: 4", "num_outptu: 4"),
