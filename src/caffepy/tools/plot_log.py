@@ -118,6 +118,9 @@ def _draw(ax, series, chart_type):
         marker = _MARKERS[i % len(_MARKERS)] if len(xs) <= _MAX_POINTS_WITH_MARKERS else None
         ax.plot(xs, ys, label=label, color="C%d" % (i % 10), marker=marker, markersize=4,
                 linewidth=1.25)
+    if x == "Iters":
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # no 2.5 iterations
     ax.set_title(chart_description(chart_type))
     ax.set_xlabel(x)
     ax.set_ylabel("%s %s" % (table, field))
