@@ -2638,6 +2638,22 @@ def fam_cli():
     for j, (argv, names) in enumerate(more):
         cli_case(12 + j, False, train_build, argv, names, slow=j >= 2)
 
+    # tools writing into a folder that does not exist
+    def tools_build(d):
+        train_build(d)
+        import numpy as np
+        make_lmdb(os.path.join(d, "imgdb"), [("%d" % k, np.zeros((1, 3, 3), np.uint8), 0)
+                                             for k in range(3)])
+    tools = [
+        ["prune", "-model", "{d}/snapnet.prototxt", "-weights", "{d}/snap_iter_2.caffemodel",
+         "-out_model", "{d}/nodir/p.prototxt", "-out_weights", "{d}/nodir/p.caffemodel"],
+        ["compute_image_mean", "{d}/imgdb", "{d}/nodir/mean.binaryproto"],
+        ["upgrade_net_proto_binary", "{d}/snap_iter_2.caffemodel", "{d}/nodir/u.caffemodel"],
+        ["upgrade_solver_proto_text", "{d}/solver.prototxt", "{d}/nodir/s.prototxt"],
+    ]
+    for j, argv in enumerate(tools):
+        cli_case(30 + j, False, tools_build, argv, ("nodir",), slow=j >= 2)
+
 
 # ---------------------------------------------------------------------------------------
 

@@ -94,7 +94,11 @@ def compute_image_mean(db_path, output_file=None, backend="lmdb"):
     dim = int(shape[1]) * int(shape[2])
     if output_file:
         log.info("Write to %s", output_file)
-        write_mean_binaryproto(mean.reshape(shape), output_file)
+        try:
+            write_mean_binaryproto(mean.reshape(shape), output_file)
+        except OSError as e:
+            raise ToolError("cannot write '%s': %s (does its folder exist?)"
+                            % (output_file, e.strerror or e)) from None
     log.info("Number of channels: %d", channels)
     for c in range(channels):
         # float mean_values[c] += data(...) one by one, then / dim (float arithmetic).

@@ -511,8 +511,13 @@ def prune_files(model, weights, out_model, out_weights, threshold=0.0):
     weights_param = read_binary(weights, caffe_pb2.NetParameter())
     new_net, new_weights, report = prune_net(net_param, weights_param, threshold,
                                              model_name=model, weights_name=weights)
-    write_text(new_net, out_model)
-    write_binary(new_weights, out_weights)
+    for write, message, path in ((write_text, new_net, out_model),
+                                 (write_binary, new_weights, out_weights)):
+        try:
+            write(message, path)
+        except OSError as e:
+            raise ToolError("prune: cannot write '%s': %s (does its folder exist?)"
+                            % (path, e.strerror or e)) from None
     return report
 
 

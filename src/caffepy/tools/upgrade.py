@@ -14,6 +14,7 @@ upgrade reported problems (the output is written all the same), else 0.
 import logging
 
 from ..proto import caffe_pb2, upgrade
+from ..errors import ToolError
 from ..proto import ProtoError, read_binary, read_text, write_binary, write_text
 
 log = logging.getLogger("caffepy")
@@ -66,12 +67,20 @@ def upgrade_net_proto(in_path, out_path, binary=False):
     else:
         log.error("File already in latest proto format: %s", in_path)
     if binary:
-        write_binary(net_param, out_path)
+        _write(write_binary, net_param, out_path)
         log.info("Wrote upgraded NetParameter binary proto to %s", out_path)
     else:
-        write_text(net_param, out_path)
+        _write(write_text, net_param, out_path)
         log.info("Wrote upgraded NetParameter text proto to %s", out_path)
     return 0 if success else 1
+
+
+def _write(write, message, path):
+    try:
+        write(message, path)
+    except OSError as e:
+        raise ToolError("cannot write '%s': %s (does its folder exist?)"
+                        % (path, e.strerror or e)) from None
 
 
 def upgrade_solver_proto_text(in_path, out_path):
@@ -83,6 +92,6 @@ def upgrade_solver_proto_text(in_path, out_path):
         upgrade.upgrade_solver_as_needed(solver_param, in_path)
     else:
         log.error("File already in latest proto format: %s", in_path)
-    write_text(solver_param, out_path)
+    _write(write_text, solver_param, out_path)
     log.info("Wrote upgraded SolverParameter text proto to %s", out_path)
     return 0
