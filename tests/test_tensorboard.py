@@ -272,3 +272,11 @@ def test_no_listener_no_work_and_only_overridden_hooks_run(tmp_path, monkeypatch
     solver.step(2)
     assert only.seen == [2, 3]
     assert solver.listeners == [only]
+
+
+def test_without_tensorboardx_the_error_says_what_to_install(tmp_path, monkeypatch):
+    from caffepy.errors import CaffepyError
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)     # import fails
+    with pytest.raises(CaffepyError,
+                       match=r"pip install tensorboardX \(or caffepy\[tensorboard\]\)"):
+        TensorBoardListener(tmp_path / "tb")
