@@ -1522,6 +1522,19 @@ def fam_weights():
                 os.path.join(d, "w.prototxt"), os.path.join(d, model), via=via),
             (model, "ip1"))
 
+    # saving into a folder that does not exist
+    for i in range(2):
+        def run(d, h5=i == 1):
+            import caffepy
+            net = caffepy.Net(os.path.join(d, "w.prototxt"), caffepy.TRAIN)
+            if h5:
+                net.save_hdf5(os.path.join(d, "nodir", "saved.caffemodel.h5"))
+            else:
+                net.save(os.path.join(d, "nodir", "saved.caffemodel"))
+            return net_results(net)
+        add("weights-save", i, "weights", False, lambda d: write(d, "w.prototxt", BASE_NET), run,
+            ("saved.caffemodel",))
+
     # a prototxt, a folder, or nothing, where the weights should be
     for i, slow in split(3, 0):
         def build(d, i=i):
