@@ -2667,6 +2667,24 @@ def fam_cli():
     for j, argv in enumerate(tools):
         cli_case(30 + j, False, tools_build, argv, ("nodir",), slow=j >= 2)
 
+    # training from a database that is missing, or whose file is cut short
+    def db_build(d, cut):
+        import numpy as np
+        path = os.path.join(d, "train_db")
+        make_lmdb(path, [("%03d" % k, np.full((1, 4, 4), k, np.uint8), k % 3)
+                         for k in range(40)])
+        if cut:
+            mdb = os.path.join(path, "data.mdb")
+            data = open(mdb, "rb").read()
+            open(mdb, "wb").write(data[:len(data) // 2])
+        net = write(d, "dbnet.prototxt", data_net(os.path.join(d, "train_db" if cut else
+                                                               "missing_db"), 4))
+        write(d, "solver.prototxt", solver_text(net, d).replace("max_iter: 100", "max_iter: 2"))
+    cli_case(40, False, lambda d: db_build(d, False), ["train", "-solver", "{d}/solver.prototxt"],
+             ("missing_db",))
+    cli_case(41, False, lambda d: db_build(d, True), ["train", "-solver", "{d}/solver.prototxt"],
+             ("train_db",), slow=True)
+
 
 # ---------------------------------------------------------------------------------------
 
