@@ -7,11 +7,13 @@ This module adds what pycaffe has and caffepy's core does not need:
   logger in glog's format (see :func:`caffepy.logging_setup.setup_logging`);
 - ``Timer``: ``start()``, ``stop()`` and ``ms``, Caffe's timer (in GPU mode it waits for the
   device at start and stop, so that ``ms`` covers the queued kernels);
-- the multi-GPU settings ``solver_count``/``set_solver_count``, ``solver_rank``/
-  ``set_solver_rank``, ``set_multiprocess``, ``has_nccl`` and the ``NCCL`` class. caffepy trains
-  with one solver per process and has no NCCL: ``has_nccl()`` is False, the count is 1 and the
-  rank 0, and asking for more solvers, another rank or an ``NCCL`` object raises
-  :class:`NCCLUnavailableError`, a :class:`caffepy.CaffepyError`.
+- the multi-solver settings ``solver_count``/``set_solver_count``, ``solver_rank``/
+  ``set_solver_rank``, ``set_multiprocess``, ``has_nccl`` and the ``NCCL`` class. caffepy's
+  several solvers are MPI processes (``mpiexec -n N``, docs/distributed.md): ``solver_count()``
+  is the MPI world size and ``solver_rank()`` the rank (1 and 0 in a plain run); setting another
+  count or rank than the world's raises :class:`NCCLUnavailableError`, a
+  :class:`caffepy.CaffepyError`. caffepy has no NCCL: ``has_nccl()`` is False and an ``NCCL``
+  object cannot be made.
 """
 import logging
 import time
@@ -20,6 +22,7 @@ from caffepy import (Layer, Net, SGDSolver, NesterovSolver, AdaGradSolver,  # no
                      RMSPropSolver, AdaDeltaSolver, AdamSolver, get_solver, layer_type_list,
                      set_device, set_mode_cpu, set_mode_gpu, set_random_seed, __version__)
 from caffepy import backend as _backend
+from caffepy import distributed as _distributed
 from caffepy.errors import CaffepyError
 from caffepy.logging_setup import setup_logging as _setup_logging
 
@@ -32,9 +35,9 @@ __all__ = ["init_log", "log", "has_nccl", "set_mode_cpu", "set_mode_gpu", "set_d
 
 _logger = logging.getLogger("caffepy")
 
-_NO_NCCL = ("caffepy trains with one solver per process and has no NCCL "
-            "(caffe.has_nccl() is False): train on several GPUs by running one training per GPU, "
-            "or use BVLC Caffe built with USE_NCCL")
+_NO_NCCL = ("caffepy has no NCCL (caffe.has_nccl() is False); its solvers are the "
+            "processes of an MPI launcher: mpiexec -n N caffepy train -solver S "
+            "(docs/distributed.md)")
 
 
 class NCCLUnavailableError(CaffepyError, RuntimeError):
@@ -59,33 +62,40 @@ def has_nccl():
     return False
 
 
-_state = {"solver_count": 1, "solver_rank": 0, "multiprocess": False}
+_state = {"multiprocess": False}
+
+
+def _world():
+    """(rank, size) of the MPI world this process was launched in ((0, 1) in a plain run)."""
+    return _distributed.launched_world() or (0, 1)
 
 
 def solver_count():
-    """The number of solvers training together: always 1 in caffepy."""
-    return _state["solver_count"]
+    """The number of solvers training together: the MPI world size under mpiexec, else 1."""
+    return _distributed.solver_count()
 
 
 def set_solver_count(count):
-    """Accepts 1 (caffepy's only solver count); any other count raises NCCLUnavailableError."""
+    """Accepts the MPI world size (1 in a plain run); any other count raises
+    NCCLUnavailableError (caffepy's solvers are the processes mpiexec starts)."""
     count = int(count)
-    if count != 1:
+    if count != _world()[1]:
         raise NCCLUnavailableError("set_solver_count(%d): %s" % (count, _NO_NCCL))
-    _state["solver_count"] = count
+    _distributed.set_solver_count(count)
 
 
 def solver_rank():
-    """This process's solver rank: always 0 in caffepy."""
-    return _state["solver_rank"]
+    """This process's solver rank: its MPI rank under mpiexec, else 0."""
+    return _distributed.solver_rank()
 
 
 def set_solver_rank(rank):
-    """Accepts 0 (caffepy's only rank); any other rank raises NCCLUnavailableError."""
+    """Accepts this process's MPI rank (0 in a plain run); any other rank raises
+    NCCLUnavailableError."""
     rank = int(rank)
-    if rank != 0:
+    if rank != _world()[0]:
         raise NCCLUnavailableError("set_solver_rank(%d): %s" % (rank, _NO_NCCL))
-    _state["solver_rank"] = rank
+    _distributed.set_solver_rank(rank)
 
 
 def set_multiprocess(multiprocess):

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from .. import __version__, backend, security
+from .. import __version__, backend, distributed, security
 from .. import solver as solver_mod
 from ..errors import CliError
 from ..logging_setup import CLI_LOG as log
@@ -97,6 +97,11 @@ def run_train(flags, solver_param=None, solver_overrides=None):
             log.info("The solver sets solver_mode: GPU, but no GPU backend is available (%s); "
                      "running on the CPU.", GPU_BACKEND_HELP)
     gpus = get_gpus(flags.replace(gpu=gpu_flag))
+    world = distributed.mpi_world()         # None in a plain run (no MPI launcher)
+    if gpus and world is not None:
+        raise CliError("-gpu %s under an MPI launcher: caffepy's data-parallel training runs "
+                       "on CPUs (docs/distributed.md); drop -gpu (and solver_mode: GPU)"
+                       % gpu_flag)
     if not gpus:
         log.info("Use CPU.")
         use_cpu()
@@ -117,12 +122,23 @@ def run_train(flags, solver_param=None, solver_overrides=None):
     elif flags.weights:
         solver_param.ClearField("weights")
         solver_param.weights.append(flags.weights)
+    if world is not None and not world.is_root:
+        solver_param.ClearField("weights")      # rank 0 loads them and broadcasts
 
     with python_layer_policy(flags):
         solver = solver_mod.get_solver(solver_param, sigint_effect=sigint_effect,
                                        sighup_effect=sighup_effect)
     if flags.strict_weights and solver_param.weights:
         solver.net.check_weights_loaded(solver_param.weights)
+    if world is not None:
+        if world.is_root:
+            attach_monitors(solver, flags)
+        else:
+            solver.on_nan = flags.on_nan
+        log.info("Starting Optimization")
+        world.train(solver, restore=flags.snapshot)
+        log.info("Optimization Done.")
+        return 0
     attach_monitors(solver, flags)
     if flags.snapshot:
         log.info("Resuming from %s", flags.snapshot)
@@ -134,7 +150,15 @@ def run_train(flags, solver_param=None, solver_overrides=None):
 
 
 def train(flags, args):
-    """``caffepy train``: train or finetune a model (-solver, -weights or -snapshot)."""
+    """``caffepy train``: train or finetune a model (-solver, -weights or -snapshot); under an
+    MPI launcher with N processes, one model data-parallel (caffepy.distributed)."""
+    launched = distributed.launched_world()
+    if launched is not None and launched[1] > 1:
+        from ..distributed.mpi import start     # mpi4py only under a launcher
+        world = start()
+        if not world.is_root:   # Caffe's LOG_IF(INFO, root_solver()): rank 0 tells the story
+            distributed.quiet_logging()
+        return world.run_guarded(run_train, flags)
     return run_train(flags)
 
 

@@ -36,7 +36,12 @@ WHOLE_FILE_BYTES = 256 << 20
 
 class HDF5ListSource:
     """The rows of the HDF5 files listed in ``source``, datasets ``names``, file after file,
-    wrapping around at the end of the last file."""
+    wrapping around at the end of the last file.
+
+    ``share`` = (count, rank) keeps only the rows at running offsets rank, rank+count, ...
+    (Caffe's HDF5DataLayer Skip() with solver_count/solver_rank; caffepy.distributed)."""
+    share = None
+    offset = 0
 
     def __init__(self, source, names, shuffle, error):
         self._error = error
@@ -148,17 +153,19 @@ class HDF5ListSource:
             raise self._error("HDF5 file '%s': cannot read %s of dataset '%s': %s",
                               self.current_filename, what, name, e) from None
 
-    def _rows(self, i, cur, k):
-        """Rows ``cur``..``cur+k`` of the pass (of the permutation with shuffle) of dataset
-        ``i``, float32."""
+    def _rows(self, i, cur, k, step=1):
+        """Rows ``cur``, ``cur+step``, ... (``k`` of them) of the pass (of the permutation
+        with shuffle) of dataset ``i``, float32."""
+        end = cur + (k - 1) * step + 1
         if self.arrays is not None:
             arr = self.arrays[i]
-            return arr[self.data_permutation[cur:cur + k]] if self.shuffle else arr[cur:cur + k]
+            return (arr[self.data_permutation[cur:end:step]] if self.shuffle
+                    else arr[cur:end:step])
         name, ds = self.names[i], self.datasets[i]
-        what = "rows %d..%d" % (cur, cur + k - 1)
+        what = "rows %d..%d" % (cur, end - 1) + (" (every %d-th)" % step if step > 1 else "")
         if not self.shuffle:
-            return self._read(name, ds, slice(cur, cur + k), what)
-        sel = self.data_permutation[cur:cur + k]
+            return self._read(name, ds, slice(cur, end, step), what)
+        sel = self.data_permutation[cur:end:step]
         order = np.argsort(sel, kind="stable")
         rows = self._read(name, ds, sel[order], what)       # h5py reads rows in increasing order
         out = np.empty_like(rows)
@@ -172,11 +179,28 @@ class HDF5ListSource:
         filled = 0
         while filled < b:
             cur = self.current_row
-            k = min(b - filled, self.rows - cur)
+            step = 1
+            if self.share is not None:
+                # skip to this solver's next row; rows of other solvers still count
+                step, rank = self.share
+                first = cur + (rank - self.offset) % step
+                if first >= self.rows:
+                    self.offset += self.rows - cur
+                    self.current_row = self.rows
+                    self._next_file()
+                    continue
+                k = min(b - filled, (self.rows - 1 - first) // step + 1)
+                consumed = first + (k - 1) * step + 1 - cur
+                cur = first
+            else:
+                k = min(b - filled, self.rows - cur)
+                consumed = k
             for i, out in enumerate(outs):
-                out[filled:filled + k] = backend.array_module(out).asarray(self._rows(i, cur, k))
+                out[filled:filled + k] = backend.array_module(out).asarray(
+                    self._rows(i, cur, k, step))
             filled += k
-            self.current_row += k
+            self.current_row += consumed
+            self.offset += consumed
             if self.current_row == self.rows:
                 self._next_file()
 

@@ -96,7 +96,12 @@ class DatumSource:
 
     Each batch takes its shape from its first Datum (Caffe: "reshape according to the first
     datum of each batch"); the other Datums of the batch must match it (or be cropped to it).
+
+    ``share`` = (count, rank) keeps only the records at running offsets rank, rank+count, ...
+    (Caffe's DataLayer Skip() with solver_count/solver_rank; caffepy.distributed).
     """
+    share = None
+    offset = 0
 
     def __init__(self, db, cursor, batch_size, transformer, error):
         self.db = db
@@ -110,7 +115,13 @@ class DatumSource:
         items, labels = [], []
         first_key = first_shape = None
         for i in range(self.batch_size):
+            if self.share is not None:
+                count, rank = self.share
+                while self.offset % count != rank:
+                    self.cursor.next()
+                    self.offset += 1
             key, value = self.cursor.read()
+            self.offset += 1
             datum, item = decode_record(t, key, value, error)
             if i == 0:
                 first_key, first_shape = key, item.shape

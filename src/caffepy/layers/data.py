@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from .. import backend, security
+from .. import backend, distributed, security
 from ..data.db import WrappingCursor, open_db
 from ..data.hdf5 import HDF5ListSource, load_h5py
 from ..data.prefetch import Batch, Prefetcher, attach
@@ -54,6 +54,15 @@ def _error_factory(layer):
     def error(msg, *args):
         return DataLayerError(prefix + (msg % args if args else msg))
     return error
+
+
+def _data_share(phase):
+    """(solver_count, solver_rank) when this solver reads every N-th record of a TRAIN source
+    (data-parallel training, caffepy.distributed), else None (TEST nets read everything)."""
+    count = distributed.solver_count()
+    if count <= 1 or phase == caffe_pb2.TEST:
+        return None
+    return count, distributed.solver_rank()
 
 
 class _NoGradLayer(Layer):
@@ -328,6 +337,7 @@ class HDF5DataLayer(_NoGradLayer):
                              "names %d tops and %d top blobs were given",
                              len(self.top_names), len(top))
         self.reader = HDF5ListSource(p.source, self.top_names, p.shuffle, _error_factory(self))
+        self.reader.share = _data_share(self.phase)
         for t, shape in zip(top, self.reader.row_shapes):
             t.reshape((self.batch_size,) + shape)
 
@@ -521,8 +531,9 @@ class DataLayer(_PrefetchingDataLayer):
         top[0].reshape(shape)
         if self.output_labels:
             top[1].reshape((self.batch_size,))
-        self._start_prefetch(DatumSource(db, cursor, self.batch_size, self.transformer, error),
-                             shape, (self.batch_size,))
+        source = DatumSource(db, cursor, self.batch_size, self.transformer, error)
+        source.share = _data_share(self.phase)
+        self._start_prefetch(source, shape, (self.batch_size,))
 
 
 # -- ImageData -------------------------------------------------------------------------

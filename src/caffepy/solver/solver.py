@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
 import numpy as np
 
 from .. import backend
+from ..distributed import root_solver
 from ..errors import RegularizerError, SolverError
 from ..monitor.divergence import check_on_nan, gradient_sumsq, handle_divergence
 from ..net import Net
@@ -107,6 +108,7 @@ class Solver:
         self._regularizers = []
         self._action_function = None
         self.requested_early_exit = False
+        self.signal_handler = None          # the SignalHandler of the running solve()
         self._init(param, rule_class)
 
     # -- construction: Solver::Init ----------------------------------------------------
@@ -147,6 +149,9 @@ class Solver:
     def _init_test_nets(self):
         p = self._param
         self.test_nets = []
+        if not root_solver():       # data-parallel training: rank 0 tests (caffepy.distributed)
+            self.mean_scores = []
+            return
         for i, (source, net_param) in enumerate(config.test_net_params(p)):
             log.info("Creating test net (#%d) specified by %s", i, source)
             net = Net(net_param)
@@ -218,7 +223,7 @@ class Solver:
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
         self.requested_early_exit = False
-        handler = SignalHandler(self.sigint_effect, self.sighup_effect)
+        handler = self.signal_handler = SignalHandler(self.sigint_effect, self.sighup_effect)
         own_action = self._action_function is None
         if own_action:
             self._action_function = handler.get_action
@@ -504,6 +509,8 @@ class Solver:
 
     # -- the displayed numbers ---------------------------------------------------------
     def _display(self):
+        if not root_solver():
+            return
         p = self._param
         now = time.perf_counter()
         lapse = now - self._timer
@@ -537,7 +544,10 @@ class Solver:
 
     # -- Snapshot / Restore (state.py) ---------------------------------------------------
     def snapshot(self) -> Tuple[str, str]:
-        """Write the model, then the solver state; returns (model file, state file)."""
+        """Write the model, then the solver state; returns (model file, state file).
+        In data-parallel training only rank 0 writes (other ranks return None)."""
+        if not root_solver():
+            return None
         model_filename, state_filename = state.write_snapshot(
             self.net, self._param, self.iter, self.current_step, self.history,
             chain_state_dict(self._regularizers))
