@@ -917,6 +917,7 @@ LAYER_CONFIG = [
     ("conv", _filler("bilinear").replace("kernel_size: 3", "kernel_h: 2\n  kernel_w: 3")),
     ("conv", _filler("xavier", "    sparse: 3\n")),
     ("conv", _filler("unheard_of")),
+    ("conv", _filler("gaussian", "    std: -0.5\n")),
     ("ct", _head(1, 3, _dd("d2", "other", 2, 5) + layer_text(
         "ct", "ContrastiveLoss", ("ip", "other", "label"), ("l",)))),
     ("wd", 'name: "l"\n' + layer_text("wd", "WindowData", (), ("a", "b"),
@@ -1033,6 +1034,39 @@ def fam_geometry():
                 net.close()
         add("net-geometry", i, "net", out is not None, build, run,
             () if out is not None else ("win",), slow=slow)
+
+
+def fam_zero_size():
+    """Blobs with a zero dimension: Caffe fills nothing and a layer on zero input features
+    gives its bias."""
+    ip = ('name: "z"\n' + dummy_data(2, 0, 0, 0) + ip_text("ip", "data", "ip", 3)
+          + loss_text("ip"))
+    conv = ('name: "z"\n' + dummy_data(2, 0, 5, 5) + layer_text(
+        "conv", "Convolution", ("data",), ("conv",),
+        "convolution_param {\n  num_output: 3\n  kernel_size: 3\n  weight_filler {\n"
+        "    type: \"xavier\"\n  }\n  bias_filler {\n    type: \"constant\"\n"
+        "    value: 0.5\n  }\n}") + ip_text("ip", "conv", "ip", 2) + loss_text("ip"))
+    for i, text in enumerate((ip, conv)):
+        def build(d, text=text):
+            write(d, "net.prototxt", text)
+
+        def run(d, i=i):
+            import caffepy
+            import numpy as np
+            caffepy.set_random_seed(1701)
+            net = caffepy.Net(os.path.join(d, "net.prototxt"), caffepy.TRAIN)
+            try:
+                res = check_loss(net_results(net))
+                top = host(net.blobs["ip" if i == 0 else "conv"].data)
+                bias = host(net.params["ip" if i == 0 else "conv"][1].data)
+                want = np.broadcast_to(bias.reshape((1, -1) + (1,) * (top.ndim - 2)), top.shape)
+                if not np.array_equal(top, want):
+                    raise AssertionError("a layer on zero input features gives %s, not its "
+                                         "bias %s" % (top.ravel()[:6], bias))
+                return {k: v for k, v in res.items() if v.size}    # the weights are empty
+            finally:
+                net.close()
+        add("net-zero-size", i, "net", True, build, run)
 
 
 def fam_layer_config():
@@ -2688,9 +2722,9 @@ def fam_cli():
 
 # ---------------------------------------------------------------------------------------
 
-FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_geometry, fam_layer_config,
-            fam_solver, fam_weights, fam_state, fam_lmdb, fam_data_huge, fam_transform,
-            fam_hdf5_data, fam_image_data, fam_python, fam_cli]
+FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_geometry, fam_zero_size,
+            fam_layer_config, fam_solver, fam_weights, fam_state, fam_lmdb, fam_data_huge,
+            fam_transform, fam_hdf5_data, fam_image_data, fam_python, fam_cli]
 
 
 def cases():

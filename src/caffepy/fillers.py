@@ -44,6 +44,8 @@ def fill_array(param, shape):
     """Return a float32 host array of ``shape`` filled as ``param`` (a FillerParameter) says."""
     shape = tuple(int(d) for d in shape)
     fn = _FILLERS.lookup(param.type)
+    if 0 in shape:                      # nothing to fill (Caffe's fillers draw 0 values)
+        return np.zeros(shape, dtype=np.float32)
     out = np.asarray(fn(param, shape, backend.rng()), dtype=np.float32)
     if out.shape != shape:
         raise FillerError("filler '%s' returned an array of shape %s for a blob of shape %s"
@@ -104,6 +106,8 @@ def uniform_filler(param, shape, rng):
 def gaussian_filler(param, shape, rng):
     """Normal(mean, std); with ``sparse`` >= 0 each value is kept with probability
     sparse / shape[0] (Caffe: the expected number of non-zero inputs per output)."""
+    if not param.std >= 0:              # Caffe's caffe_rng_gaussian: CHECK_GT(sigma, 0)
+        raise FillerError("gaussian filler needs std >= 0 (got %g)" % param.std)
     out = rng.normal(param.mean, param.std, size=shape).astype(np.float32)
     if param.sparse >= 0:
         if len(shape) < 1:
