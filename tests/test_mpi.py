@@ -402,3 +402,20 @@ def test_sigint_on_rank_0_stops_every_rank_with_a_snapshot(tmp_path):
     assert res == [["0", "8", "True"], ["1", "8", "True"]]
     assert sorted(f for f in os.listdir(run) if f.startswith("snap")) == [
         "snap_iter_8.caffemodel", "snap_iter_8.solverstate"]     # snapshot_after_train
+
+
+# -- the benchmark's accounting -------------------------------------------------------------
+
+def test_bench_mpi_gradient_bytes_and_ring_model():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "benchmarks"))
+    import bench_mpi
+    import bench_nets
+    for net in ("lenet", "cifar10_quick"):
+        s = bench_nets.caffepy_solver(net, batch=2)
+        assert sum(p.count for p in s.net.learnable_params) == bench_mpi.PARAMS[net]
+    # LeNet: conv1 520, conv2 25,050, ip1 400,500, ip2 5,010
+    assert bench_mpi.PARAMS["lenet"] == 520 + 25050 + 400500 + 5010
+    # ring: 2 (N-1)/N of the bytes over the link, 2 (N-1) latencies
+    assert bench_mpi.ring_allreduce_seconds(1e9, 2, 1e9, 0.0) == pytest.approx(1.0)
+    assert bench_mpi.ring_allreduce_seconds(1e9, 4, 1e9, 1e-3) == pytest.approx(1.5 + 0.006)

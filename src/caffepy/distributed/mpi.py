@@ -81,7 +81,7 @@ class World:
                 self.check_failed_ranks()
             spins += 1
             if spins > 64:
-                pause = min(1e-3, pause * 2 if pause else 2e-5)
+                pause = min(2.5e-4, pause * 2 if pause else 2e-5)
                 time.sleep(pause)
 
     def check_failed_ranks(self):
