@@ -1218,6 +1218,24 @@ def fam_solver():
     for i, slow in split(len(more_valid), 0):
         _solver_case("solver-valid-more", i, slow, True, more_valid[i], iters=3)
 
+    # nets a solver trains though they are unusual: no loss, frozen params, a TEST-only
+    # Accuracy, a param shared by two layers (with test nets and test_compute_loss)
+    odd_nets = [
+        'name: "n"\n' + dummy_data(2, 3, 0, 0) + ip_text("ip", "data", "ip", 2),
+        BASE_NET.replace("inner_product_param", "param {\n  lr_mult: 0\n}\nparam {\n"
+                         "  lr_mult: 0\n}\ninner_product_param"),
+        BASE_NET + layer_text("acc", "Accuracy", ("ip2", "label"), ("acc",),
+                              "include {\n  phase: TEST\n}"),
+        'name: "sh"\n' + dummy_data(2, 3, 0, 0) + "".join(
+            ip_text(n, b, n, 3).replace("inner_product_param",
+                                        'param {\n  name: "w"\n}\ninner_product_param')
+            for n, b in (("a", "data"), ("b", "a"))) + loss_text("b"),
+    ]
+    for i, net_text in enumerate(odd_nets):
+        _solver_case("solver-valid-nets", i, False, True, lambda n, d: solver_text(
+            n, d, "test_iter: 2\ntest_interval: 1\ntest_compute_loss: true\n"),
+            net_text=net_text)
+
     # structured sparsity (the SSL fields) and regularizer { } blocks
     ssl_net = ('name: "s"\n' + dummy_data(2, 4, 6, 6) + layer_text(
         "conv", "Convolution", ("data",), ("conv",),
