@@ -79,7 +79,8 @@ solver_mode: CPU
 """
 
 
-def write_problem(d, batch, max_iter=20, snapshot=10, extra="", ip_bottom="data", name="run"):
+def write_problem(d, batch, max_iter=20, snapshot=10, extra="", ip_bottom="data", name="run",
+                  test=False):
     """An LMDB (shared), a net with ``batch`` per solver and its solver in ``d``/``name``."""
     db = os.path.join(d, "db")
     if not os.path.exists(db):
@@ -93,6 +94,8 @@ def write_problem(d, batch, max_iter=20, snapshot=10, extra="", ip_bottom="data"
     with open(solver, "w") as f:
         f.write(SOLVER % dict(net=net, max_iter=max_iter, snapshot=snapshot,
                               prefix=os.path.join(run, "snap")))
+        if test:
+            f.write('test_net: "%s"\ntest_iter: 2\ntest_interval: 2\n' % net)
     return run, solver
 
 
@@ -305,7 +308,8 @@ w = solver.net.params["ip1"][0].data
 print("RESULT " + json.dumps({
     "rank": world.rank, "count": caffe.solver_count(), "rank_caffe": caffe.solver_rank(),
     "nccl": caffe.has_nccl(), "labels": labels, "snapshots": events.count("snapshot"),
-    "train_events": events.count("train"), "test_nets": len(solver.test_nets),
+    "train_events": events.count("train"), "test_events": events.count("test"),
+    "test_nets": len(solver.test_nets),
     "iter": solver.iter, "wsum": float(w.sum()), "allreduce_calls": sync.allreduce_calls,
     "bytes": sync.bytes_per_iteration}), flush=True)
 """
@@ -313,7 +317,7 @@ print("RESULT " + json.dumps({
 
 @needs_mpi
 def test_ranks_read_round_robin_records_and_only_rank_0_snapshots(tmp_path):
-    run, solver = write_problem(str(tmp_path), batch=32, max_iter=3, snapshot=2)
+    run, solver = write_problem(str(tmp_path), batch=32, max_iter=3, snapshot=2, test=True)
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), solver],
@@ -332,6 +336,9 @@ def test_ranks_read_round_robin_records_and_only_rank_0_snapshots(tmp_path):
     # snapshots (iteration 2 and the final 3), display lines and test nets: rank 0 only
     assert (res[0]["snapshots"], res[1]["snapshots"]) == (2, 0)
     assert (res[0]["train_events"], res[1]["train_events"]) == (1, 0)
+    # test passes at iterations 0 and 2 (test_interval 2), and none at the final 3
+    assert (res[0]["test_nets"], res[1]["test_nets"]) == (1, 0)
+    assert (res[0]["test_events"], res[1]["test_events"]) == (2, 0)
     # identical weights on both ranks
     assert res[0]["wsum"] == res[1]["wsum"]
 
@@ -343,6 +350,8 @@ import caffe
 class FailOnRank1(caffe.Layer):
     def setup(self, bottom, top):
         self.calls = 0
+        if caffe.solver_rank() == 1 and self.param_str == "setup":
+            raise IOError("cannot open this rank's list")
 
     def reshape(self, bottom, top):
         top[0].reshape(*bottom[0].data.shape)
@@ -359,10 +368,14 @@ class FailOnRank1(caffe.Layer):
 
 
 @needs_mpi
-def test_a_failing_rank_ends_the_job_with_a_clear_error(tmp_path):
+@pytest.mark.parametrize("when, message", [
+    ("forward", "bad record on this rank (forward 4)"),
+    ("setup", "cannot open this rank's list")])
+def test_a_failing_rank_ends_the_job_with_a_clear_error(tmp_path, when, message):
     (tmp_path / "faillayer.py").write_text(FAILING_LAYER)
     extra = ('layer { name: "check" type: "Python" bottom: "data" top: "checked" '
-             'python_param { module: "faillayer" layer: "FailOnRank1" } }')
+             'python_param { module: "faillayer" layer: "FailOnRank1" param_str: "%s" } }'
+             % when)
     run, solver = write_problem(str(tmp_path), batch=32, max_iter=50, snapshot=0, extra=extra,
                                 ip_bottom="checked")
     r, elapsed = run_mpi(2, ["train", "-solver", solver], timeout=60,
@@ -370,12 +383,9 @@ def test_a_failing_rank_ends_the_job_with_a_clear_error(tmp_path):
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "rank 1 of 2 failed" in out, out[-3000:]
-    assert "bad record on this rank (forward 4)" in out
+    assert message in out
     assert "ending the MPI job" in out
     assert elapsed < 30, elapsed
-    # rank 0 reported it (it waits in the gradient exchange, watching for the message)
-    rank0 = [line for line in out.splitlines() if "rank 1 of 2 failed" in line]
-    assert rank0
 
 
 @needs_mpi
@@ -402,6 +412,46 @@ def test_sigint_on_rank_0_stops_every_rank_with_a_snapshot(tmp_path):
     assert res == [["0", "8", "True"], ["1", "8", "True"]]
     assert sorted(f for f in os.listdir(run) if f.startswith("snap")) == [
         "snap_iter_8.caffemodel", "snap_iter_8.solverstate"]     # snapshot_after_train
+
+
+@needs_mpi
+def test_ctrl_c_on_mpiexec_stops_the_job_after_a_snapshot(tmp_path):
+    import signal
+    run, solver = write_problem(str(tmp_path), batch=32, max_iter=10 ** 6, snapshot=0)
+    log_path = tmp_path / "log.txt"
+    with open(log_path, "w") as log:
+        p = subprocess.Popen([MPIEXEC, "-n", "2"] + caffepy_cmd() + ["train", "-solver", solver],
+                             stdout=log, stderr=subprocess.STDOUT, env=env())
+        try:
+            deadline = time.monotonic() + 60
+            while "Iteration 5 (" not in log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            p.send_signal(signal.SIGINT)
+            assert p.wait(timeout=30) == 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+    text = log_path.read_text()
+    assert "Optimization stopped early." in text
+    snaps = sorted(f for f in os.listdir(run) if f.endswith(".caffemodel"))
+    assert len(snaps) == 1 and snaps[0].startswith("snap_iter_")
+    it = int(snaps[0][len("snap_iter_"):-len(".caffemodel")])
+    assert it >= 5 and os.path.exists(os.path.join(run, "snap_iter_%d.solverstate" % it))
+
+
+def test_launched_with_several_processes_but_no_mpi4py_is_a_clear_error(tmp_path):
+    run, solver = write_problem(str(tmp_path), batch=4, max_iter=1, snapshot=0)
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "from caffepy.cli import run\n"
+            "sys.exit(run(['train', '-solver', %r]))\n" % solver)
+    e = env()
+    e.update(PMI_RANK="0", PMI_SIZE="2")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
+                       timeout=60)
+    assert r.returncode == 1
+    assert "mpi4py cannot be imported" in r.stderr
+    assert "pip install 'caffepy[mpi]'" in r.stderr
+    assert not os.path.exists(os.path.join(run, "snap_iter_1.caffemodel"))
 
 
 # -- the benchmark's accounting -------------------------------------------------------------

@@ -174,9 +174,10 @@ class World:
             # rank 0 decides: its solve()'s signal flags (the other ranks' are never read)
             sync.poll_action = lambda: (solver.signal_handler.get_action()
                                         if solver.signal_handler is not None else "none")
-            log.info("Training with %d MPI processes (solver_count %d): each rank reads every "
-                     "%d-th record of the train data; gradients are summed over the ranks and "
-                     "scaled by 1/%d", self.size, self.size, self.size, self.size)
+            log.info("Training with %d MPI processes (solver_count %d): rank r reads the "
+                     "train data's records r, r+%d, r+%d, ...; gradients are summed over the "
+                     "ranks and scaled by 1/%d", self.size, self.size, self.size,
+                     2 * self.size, self.size)
         solver.add_callback(None, sync.on_gradients_ready)
         solver.set_action_function(sync.action)
         solver.gradient_sync = sync
