@@ -2334,6 +2334,21 @@ def fam_image_data():
             return run_data_net(d, (data, [k % 2 for k in range(bs)]), iters=2)
         add("image-valid", i, "data", True, build, run, slow=slow)
 
+    # a list written on Windows (CRLF line ends), paths with spaces
+    def build_crlf(d):
+        imgs = images(rng_for("image-crlf", 0), 3, 1, 3, 4)
+        for k, im in enumerate(imgs):
+            save_png(os.path.join(d, "my img %d.png" % k), im)
+        write(d, "list.txt", "".join("my img %d.png %d\r\n" % (k, k) for k in range(3)))
+        write(d, "net.prototxt", data_net(os.path.join(d, "list.txt"), 2, type_="ImageData",
+                                          param="image_data_param",
+                                          more='root_folder: "%s/"\n  is_color: false\n' % d))
+
+    def run_crlf(d):
+        imgs = images(rng_for("image-crlf", 0), 3, 1, 3, 4)
+        return run_data_net(d, (np_.stack(imgs[:2]).astype("f4"), [0, 1]), iters=2)
+    add("image-valid-crlf", 0, "data", True, build_crlf, run_crlf)
+
     # color images: a PNG holds RGB, the top holds BGR (Caffe reads images through OpenCV)
     for i, slow in split(3, 3):
         rng = rng_for("image-color", i)
