@@ -2404,6 +2404,39 @@ def fam_image_data():
         case(i, make, names)
 
 
+def fam_window_data():
+    """R-CNN window files (WindowData): a good one, and files broken line by line."""
+    head = "# 0\n{d}/a.png\n3\n20\n30\n"
+    files = [
+        (True, head + "2\n1 0.9 2 2 10 10\n0 0.1 5 5 25 15\n", ()),
+        (False, None, ("win.txt",)),
+        (False, "", ("win.txt",)),
+        (False, "0\n{d}/a.png\n3\n20\n30\n1\n1 0.9 2 2 10 10\n", ("win.txt", "line 1")),
+        (False, "# 0\n{d}/a.png\n3\ntwenty\n30\n1\n1 0.9 2 2 10 10\n",
+         ("win.txt", "line 4")),
+        (False, head + "1\n1 0.9 2 2\n", ("win.txt",)),
+        (False, head.replace("a.png", "gone.png") + "2\n1 0.9 2 2 10 10\n0 0.1 5 5 25 15\n",
+         ("gone.png",)),
+        (False, head + "1\n0 0.1 2 2 10 10\n", ("win.txt", "foreground")),
+        (False, head + "2\n1 0.9 10 10 2 2\n0 0.1 25 15 5 5\n", ("a.png",)),
+        (False, head + "2\n0 0.9 2 2 10 10\n0 0.1 5 5 25 15\n", ("win.txt", "line 7")),
+    ]
+    for i, (valid, text, names) in enumerate(files):
+        def build(d, text=text):
+            import numpy as np
+            from PIL import Image
+            Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(os.path.join(d, "a.png"))
+            if text is not None:
+                write(d, "win.txt", text.replace("{d}", d))
+            write(d, "net.prototxt", 'name: "w"\n' + layer_text(
+                "data", "WindowData", (), ("data", "label"),
+                'window_data_param {\n  source: "%s/win.txt"\n  batch_size: 4\n'
+                "  fg_threshold: 0.5\n  bg_threshold: 0.5\n  fg_fraction: 0.25\n}\n"
+                "transform_param {\n  crop_size: 8\n  mirror: true\n}" % d)
+                + ip_text("ip", "data", "ip", 3) + loss_text("ip"))
+        add("window-data", i, "data", valid, build, lambda d: run_data_net(d, iters=3), names)
+
+
 # -- Python layers ---------------------------------------------------------------------------
 
 PY_GOOD = '''
@@ -2757,7 +2790,8 @@ def fam_cli():
 
 FAMILIES = [fam_net_valid, fam_net_text, fam_net_graph, fam_geometry, fam_zero_size,
             fam_layer_config, fam_solver, fam_weights, fam_state, fam_lmdb, fam_data_huge,
-            fam_transform, fam_hdf5_data, fam_image_data, fam_python, fam_cli]
+            fam_transform, fam_hdf5_data, fam_image_data, fam_window_data, fam_python,
+            fam_cli]
 
 
 def cases():
