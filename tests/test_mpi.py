@@ -124,8 +124,17 @@ def caffepy_cmd():
     return [sys.executable, "-m", "caffepy"]
 
 
+def launcher(n):
+    """mpiexec -n N (Open MPI's also --oversubscribe: the tests run more ranks than cores)."""
+    cmd = [MPIEXEC, "-n", str(n)]
+    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" in version or "OpenRTE" in version:
+        cmd.append("--oversubscribe")
+    return cmd
+
+
 def run_mpi(n, args, timeout=120, extra_path=None):
-    cmd = [MPIEXEC, "-n", str(n)] + caffepy_cmd() + args
+    cmd = launcher(n) + caffepy_cmd() + args
     t0 = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        env=env(extra_path))
@@ -291,6 +300,21 @@ def test_two_ranks_batch_32_equal_one_process_batch_64_and_resume(tmp_path):
         np.testing.assert_allclose(w3[k], w2[k], rtol=1e-6, atol=1e-7)
 
 
+@needs_mpi
+def test_three_ranks_batch_16_equal_one_process_batch_48(tmp_path):
+    # 48 records an iteration, 128 in the database: the ranks' shares wrap mid-iteration
+    one, s1 = write_problem(str(tmp_path), batch=48, max_iter=10, snapshot=0, name="one")
+    three, s3 = write_problem(str(tmp_path), batch=16, max_iter=10, snapshot=0, name="three")
+    r = run_plain(["train", "-solver", s1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r3, _ = run_mpi(3, ["train", "-solver", s3])
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    w1 = read_weights(os.path.join(one, "snap_iter_10.caffemodel"))
+    w3 = read_weights(os.path.join(three, "snap_iter_10.caffemodel"))
+    for k in w1:
+        np.testing.assert_allclose(w3[k], w1[k], rtol=1e-3, atol=1e-5 * np.abs(w1[k]).max())
+
+
 DRIVER = r"""
 import json, sys
 import caffe, caffepy
@@ -299,7 +323,6 @@ world = start()
 solver = caffepy.get_solver(sys.argv[1])
 labels = []
 events = []
-solver.net.layers[0]   # the Data layer
 solver.add_callback(lambda: None, lambda: labels.append(
     solver.net.blobs["label"].data.ravel().astype(int).tolist()))
 solver.add_listener(lambda ev, rec: events.append(ev))
@@ -320,7 +343,7 @@ def test_ranks_read_round_robin_records_and_only_rank_0_snapshots(tmp_path):
     run, solver = write_problem(str(tmp_path), batch=32, max_iter=3, snapshot=2, test=True)
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), solver],
+    r = subprocess.run(launcher(2) + [sys.executable, str(script), solver],
                        capture_output=True, text=True, timeout=120, env=env())
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = sorted((json.loads(line[7:]) for line in r.stdout.splitlines()
@@ -403,7 +426,7 @@ def test_sigint_on_rank_0_stops_every_rank_with_a_snapshot(tmp_path):
         " None)\n"
         "world.train(s)\n"
         "print('RESULT', world.rank, s.iter, s.requested_early_exit, flush=True)\n")
-    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), solver],
+    r = subprocess.run(launcher(2) + [sys.executable, str(script), solver],
                        capture_output=True, text=True, timeout=60, env=env())
     assert r.returncode == 0, r.stderr[-3000:]
     res = sorted(line.split()[1:] for line in r.stdout.splitlines()
@@ -420,7 +443,7 @@ def test_ctrl_c_on_mpiexec_stops_the_job_after_a_snapshot(tmp_path):
     run, solver = write_problem(str(tmp_path), batch=32, max_iter=10 ** 6, snapshot=0)
     log_path = tmp_path / "log.txt"
     with open(log_path, "w") as log:
-        p = subprocess.Popen([MPIEXEC, "-n", "2"] + caffepy_cmd() + ["train", "-solver", solver],
+        p = subprocess.Popen(launcher(2) + caffepy_cmd() + ["train", "-solver", solver],
                              stdout=log, stderr=subprocess.STDOUT, env=env())
         try:
             deadline = time.monotonic() + 60
