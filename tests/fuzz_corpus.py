@@ -1069,6 +1069,29 @@ def fam_zero_size():
         add("net-zero-size", i, "net", True, build, run)
 
 
+def _recurrent(typ, bottoms, extra="", rp="num_output: 3", x=(3, 2, 4)):
+    return ('name: "r"\n' + _dd("x", "x", *x) + extra + layer_text(
+        "rec", typ, bottoms, ("h",), "recurrent_param {\n  %s\n  weight_filler {\n"
+        "    type: \"gaussian\"\n    std: 0.1\n  }\n}" % rp))
+
+
+LAYER_CONFIG += [
+    ("rec", _recurrent("LSTM", ("x", "c"), _dd("c", "c", 3, 5))),
+    ("rec", _recurrent("RNN", ("x", "c"), _dd("c", "c", 3))),
+    ("rec", _recurrent("LSTM", ("x", "c", "s"), _dd("c", "c", 3, 2) + _dd("s", "s", 5, 7))),
+    ("rec", _recurrent("LSTM", ("x", "c"), _dd("c", "c", 3, 2), "num_output: 0")),
+    ("rec", _recurrent("LSTM", ("x", "c", "h0"), _dd("c", "c", 3, 2) + _dd("h0", "h0", 1, 2, 3),
+                       "num_output: 3\n  expose_hidden: true")),
+    ("u", 'name: "r"\n' + _dd("c0", "c0", 1, 2, 3) + _dd("xx", "xx", 1, 2, 5)
+     + _dd("cc", "cc", 1, 2) + layer_text("u", "LSTMUnit", ("c0", "xx", "cc"), ("c", "h"))),
+]
+LAYER_VALID += [
+    _recurrent("LSTM", ("x", "c"), _dd("c", "c", 3, 2)),
+    _recurrent("RNN", ("x", "c", "s"), _dd("c", "c", 3, 2) + _dd("s", "s", 2, 5)),
+    _recurrent("LSTM", ("x", "c"), _dd("c", "c", 3, 2), x=(3, 2)),
+]
+
+
 def fam_layer_config():
     for i, slow in split(len(LAYER_CONFIG), 0):
         name, text = LAYER_CONFIG[i]
