@@ -10,10 +10,10 @@ data reading). Every process has one BLAS thread and one caffepy kernel thread
 
 One iteration is one ``Solver.step(1)``: forward, backward, (2 ranks) the gradient Allreduce
 of caffepy.distributed.mpi.GradientSync, and the SGD update. Reported per configuration: the
-median wall time per iteration on rank 0, rank 0's CPU time per iteration (the compute, without waiting for a core or for the
-other rank), the median time rank 0 spends in the Allreduce (its
-wait includes the time the other rank takes to reach it, i.e. load imbalance and preemption),
-that time's share of the iteration, and the packing/scaling of the flat gradient buffer. The
+median wall time per iteration on rank 0, rank 0's CPU time per iteration (the compute,
+without waiting for a core or for the other rank), the median time rank 0 spends in the
+Allreduce (its wait includes the time the other rank takes to reach it, i.e. load imbalance
+and preemption), that time's share of the iteration, and the packing/scaling of the flat gradient buffer. The
 parent alternates the configurations for ``--rounds`` rounds (1 rank, 2 ranks, 1 rank, ...) and
 takes the medians over all timed iterations: the machine may be shared, so single runs are noisy.
 

@@ -8,6 +8,7 @@ hand), with no MPI at all.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -103,8 +104,8 @@ def read_weights(path):
     p = caffe_pb2.NetParameter()
     with open(path, "rb") as f:
         p.ParseFromString(f.read())
-    return {(l.name, i): np.array(b.data, np.float32)
-            for l in p.layer for i, b in enumerate(l.blobs)}
+    return {(layer.name, i): np.array(b.data, np.float32)
+            for layer in p.layer for i, b in enumerate(layer.blobs)}
 
 
 def env(extra_path=None):
@@ -413,7 +414,6 @@ def test_a_failing_rank_ends_the_job_with_a_clear_error(tmp_path, when, message)
 
 @needs_mpi
 def test_sigint_on_rank_0_stops_every_rank_with_a_snapshot(tmp_path):
-    import signal
     run, solver = write_problem(str(tmp_path), batch=32, max_iter=100000, snapshot=0)
     script = tmp_path / "driver.py"
     script.write_text(
@@ -439,7 +439,6 @@ def test_sigint_on_rank_0_stops_every_rank_with_a_snapshot(tmp_path):
 
 @needs_mpi
 def test_ctrl_c_on_mpiexec_stops_the_job_after_a_snapshot(tmp_path):
-    import signal
     run, solver = write_problem(str(tmp_path), batch=32, max_iter=10 ** 6, snapshot=0)
     log_path = tmp_path / "log.txt"
     with open(log_path, "w") as log:

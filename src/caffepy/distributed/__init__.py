@@ -12,6 +12,7 @@ This module is what the rest of caffepy reads, and it never imports mpi4py:
 The MPI side (mpi4py: the gradient allreduce, the broadcasts, the abort protocol) is in
 :mod:`caffepy.distributed.mpi`, imported only when the launcher started more than one process.
 """
+import logging
 import os
 
 __all__ = ["launched_world", "solver_count", "solver_rank", "root_solver", "set_solver_count",
@@ -47,12 +48,8 @@ def launched_world(environ=None):
     return None
 
 
-def _initial_world():
-    world = launched_world()
-    return (0, 1) if world is None else world
-
-
-_state = {"rank": _initial_world()[0], "count": _initial_world()[1]}
+_rank, _count = launched_world() or (0, 1)
+_state = {"rank": _rank, "count": _count}
 
 
 def solver_count():
@@ -87,12 +84,4 @@ def set_solver_rank(rank):
 
 def quiet_logging():
     """Only warnings and errors from this rank (Caffe logs INFO lines on the root solver)."""
-    import logging
     logging.getLogger("caffepy").setLevel(logging.WARNING)
-
-
-def keep_record(offset, phase_is_test):
-    """Caffe's DataLayer/HDF5DataLayer Skip(), inverted: whether the record at running
-    ``offset`` is this solver's (TEST nets read everything)."""
-    n = _state["count"]
-    return phase_is_test or n <= 1 or offset % n == _state["rank"]

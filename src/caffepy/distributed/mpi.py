@@ -165,6 +165,9 @@ class World:
     def train(self, solver, restore=None):
         """Rank 0 restores ``restore`` (a .solverstate) when given; every rank gets rank 0's
         state, then trains with the gradients summed over the ranks."""
+        if backend.mode() != backend.CPU:
+            raise CaffepyError("data-parallel training over MPI runs on CPUs: call "
+                               "caffepy.set_mode_cpu() (docs/distributed.md)")
         if restore and self.is_root:
             log.info("Resuming from %s", restore)
             solver.restore(restore)
