@@ -221,7 +221,7 @@ def test_readme_setup_commands_make_a_venv_and_ci_runs_the_test_command():
     venv = "python3 -m venv .venv && . .venv/bin/activate && pip install "
     train, test = commands
     assert train.startswith(venv) and "examples/mnist/train_lenet.py" in train
-    assert test == venv + "-e '.[test]' && python -m pytest"
+    assert test == venv + "-e '.[test,all]' && python -m pytest"
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read().split("\n")
     marker = ci.index("# --- the README's test command (keep the two in sync) ---")

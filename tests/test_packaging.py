@@ -63,6 +63,20 @@ def test_min_version_pins_are_the_declared_lower_bounds():
     assert lower_bounds(extras["images"])["pillow"] == declared["pillow"]
 
 
+def test_all_extra_is_every_cpu_feature_extra():
+    """``caffepy[all]`` (what the README's test command installs) is the union of the feature
+    extras that run on a CPU, with the same floors; gpu, leveldb, dev and test stay out."""
+    extras = pyproject()["project"]["optional-dependencies"]
+    features = set(extras) - {"all", "test", "gpu", "leveldb", "dev"}
+    assert features == {"draw", "images", "progress", "tensorboard", "fast", "plot", "onnx",
+                        "mpi"}
+    union = {}
+    for name in features:
+        union.update(lower_bounds(extras[name]))
+    assert lower_bounds(extras["all"]) == union
+    assert len(extras["all"]) == len(union)
+
+
 def test_license_metadata_and_file():
     data = pyproject()
     project = data["project"]
