@@ -2803,6 +2803,14 @@ def fam_cli():
         net = write(d, "dbnet.prototxt", data_net(os.path.join(d, "train_db" if cut else
                                                                "missing_db"), 4))
         write(d, "solver.prototxt", solver_text(net, d).replace("max_iter: 100", "max_iter: 2"))
+
+    # a Python layer whose module is not importable, through the command line
+    def py_build(d):
+        train_build(d)
+        write(d, "pynet.prototxt", py_net("fzpy_cli_absent", "Scale"))
+    cli_case(42, False, py_build, ["test", "-model", "{d}/pynet.prototxt", "-weights",
+                                   "{d}/snap_iter_2.caffemodel", "-iterations", "1"],
+             ("pyl", "fzpy_cli_absent"), slow=True)
     cli_case(40, False, lambda d: db_build(d, False), ["train", "-solver", "{d}/solver.prototxt"],
              ("missing_db",))
     cli_case(41, False, lambda d: db_build(d, True), ["train", "-solver", "{d}/solver.prototxt"],
