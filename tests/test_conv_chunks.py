@@ -299,14 +299,15 @@ def test_small_layers_are_one_block():
     layer, bottom, top = make(text, [rnd(6, 2, 5, 5)])
     fwd(layer, bottom, top)
     assert len(layer._blocks) == 1 and len(layer._parts) == 1
-    # LeNet's conv2 (128 KB of columns an image): 64 images are 8 MB, room for three blocks
-    # of 2 MB; blocks come in powers of two (even shares for 2, 4, … threads): two blocks of
-    # 32 images, four chunks of 8 each
+    # LeNet's conv2 (128 KB of columns an image): 64 images are 8 MB, room for seven blocks
+    # of 1 MB; blocks come in powers of two (even shares for 2, 4, … threads): four blocks of
+    # 16 images, two chunks of 8 each
+    assert conv.BLOCK_MIN_BYTES == 1 << 20
     text = ('type: "Convolution" convolution_param { num_output: 50 kernel_size: 5 %s }'
             % FILLERS)
     layer, bottom, top = make(text, [rnd(64, 20, 12, 12)])
     fwd(layer, bottom, top)
-    assert layer._blocks == [[(a, 8) for a in range(0, 32, 8)], [(a, 8) for a in range(32, 64, 8)]]
+    assert layer._blocks == [[(a, 8), (a + 8, 8)] for a in range(0, 64, 16)]
 
 
 # -- the pool ---------------------------------------------------------------------------------

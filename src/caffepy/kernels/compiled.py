@@ -96,7 +96,41 @@ def _build(numba):
                         i64[::1], i64[::1], i64[:, ::1], i64[::1])],
             avepool_backward),
         sgd_momentum=jit([numba.void(f32[::1], f32[::1], f32, f32)], sgd_momentum),
+        col2im_last_2d=jit([numba.void(f32[:, :, :, :, :, :, ::1], f32[:, :, :, ::1],
+                                       i64[::1])], col2im_last_2d),
     )
+
+
+# -- col2im (channels-last, 2-D) -------------------------------------------------------------
+
+def col2im_last_2d(col, dx, geom):
+    """dx = 0, then dx[n, ih, iw, g·Cg + c] += col[n, oh, ow, g, kh, kw, c] for every window
+    position inside the image (ih = oh·s_h − p_h + kh·d_h, likewise iw), kernel positions
+    outermost in row-major order: for each pixel the terms arrive in Caffe's col2im order
+    (and in caffepy.kernels.im2col.col2im_last's), so the sums are the same bits.
+    ``col`` (m, OH, OW, G, KH, KW, Cg); ``dx`` (m, H, W, G·Cg); ``geom`` (s_h, s_w, p_h, p_w,
+    d_h, d_w)."""
+    m, OH, OW, G, KH, KW, Cg = col.shape
+    H, W, C = dx.shape[1], dx.shape[2], dx.shape[3]
+    sh, sw, ph, pw, dh, dw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
+    for n in range(m):
+        for ih in range(H):
+            for iw in range(W):
+                for c in range(C):
+                    dx[n, ih, iw, c] = 0
+        for kh in range(KH):
+            for kw in range(KW):
+                for oh in range(OH):
+                    ih = oh * sh - ph + kh * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    for ow in range(OW):
+                        iw = ow * sw - pw + kw * dw
+                        if iw < 0 or iw >= W:
+                            continue
+                        for g in range(G):
+                            for c in range(Cg):
+                                dx[n, ih, iw, g * Cg + c] += col[n, oh, ow, g, kh, kw, c]
 
 
 # -- MAX pooling --------------------------------------------------------------------------------

@@ -98,6 +98,16 @@ class WindowGeometry:
         self.covers_all = covers_all
 
     @property
+    def int_params(self):
+        """(stride, pad, dilation) of a 2-D geometry as an int64 array: (s_h, s_w, p_h, p_w,
+        d_h, d_w), the compiled kernels' form."""
+        p = self.__dict__.get("_int_params")
+        if p is None:
+            p = self._int_params = np.array(self.stride + self.pad + self.dilation,
+                                            dtype=np.int64)
+        return p
+
+    @property
     def kernel_count(self):
         c = 1
         for k in self.kernel:
@@ -254,9 +264,16 @@ class ChunkColumns:
         return v.col
 
 
-def col2im_last(col, dx, geom):
+def col2im_last(col, dx, geom, compiled_kernels=None):
     """col: (m, *out_shape, G, *kernel, C/G) (the LAST layout) -> dx: (m, *in_shape, C),
-    channels last, summing overlaps. Overwrites dx."""
+    channels last, summing overlaps. Overwrites dx.
+
+    With ``compiled_kernels`` (caffepy.kernels.compiled.kernels()), 2-D NumPy arrays in C
+    order take the compiled loop, which releases the GIL and gives the same bits."""
+    if (compiled_kernels is not None and len(geom.kernel) == 2 and type(col) is np.ndarray
+            and col.flags.c_contiguous and dx.flags.c_contiguous):
+        compiled_kernels.col2im_last_2d(col, dx.reshape(dx.shape[:3] + (-1,)), geom.int_params)
+        return dx
     G, Cg = col.shape[1 + len(geom.out_shape)], col.shape[-1]
     dx4 = dx.reshape(dx.shape[:-1] + (G, Cg))
     dx4[...] = 0

@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from .. import backend, parallel_chunks
+from ..kernels import compiled
 from ..kernels.im2col import (IMAGES, LAST, ROWS, ChunkColumns, WindowGeometry, col2im,
                               col2im_last, conv_out_size, deconv_out_size, im2col)
 from ..layer import Layer, register_layer
@@ -103,9 +104,10 @@ GPU_CHUNK_BYTES = 64 << 20
 # of two, at most max(8, 2 × cores); each keeps its own weight-gradient sum, so their bytes
 # together are held to about BLOCK_SUM_BYTES (but one block per core is always allowed); and
 # each block has at least BLOCK_MIN_BYTES of columns (one block for a small layer: two threads
-# running short NumPy calls mostly wait for each other's GIL — LeNet's conv1 at batch 64).
+# running short NumPy calls mostly wait for each other's GIL; LeNet's conv1 at batch 64 is two
+# blocks, its conv2 four — measured faster on 2 cores than one and two).
 BLOCK_SUM_BYTES = 4 << 20
-BLOCK_MIN_BYTES = 2 << 20
+BLOCK_MIN_BYTES = 1 << 20
 # The weight gradient as dWᵀ = col·dyᵀ (C·K × O) rather than dW = dy·colᵀ (O × C·K): OpenBLAS
 # is faster that way round on these shapes (measured, one thread).
 DW_TRANSPOSED = True
@@ -177,6 +179,7 @@ class _ConvolutionBase(Layer):
         self.kernel_count = prod(self.kernel)
         self._key = None
         self._plan_key = None
+        self._compiled = None
         self._parts = []
         self._wbuf = {}
         self._wsums = self._bsums = None
@@ -259,6 +262,8 @@ class _ConvolutionBase(Layer):
         self.chunk = max((m for block in self._blocks for _, m in block), default=1)
         self._block_cap = cap
         self._parts = [_Part() for _ in range(min(threads, len(self._blocks)))]
+        # numba's col2im where it is installed (caffepy.kernels.compiled; None: NumPy's)
+        self._compiled = compiled.kernels() if xp is np else None
         self._wbuf = {}
         self._wsums = self._bsums = None
         self._plan_key = key
@@ -595,7 +600,7 @@ class ConvolutionLayer(_ConvolutionBase):
             self._gemm_cols(dyt.reshape(m * P, G, -1), wx, dcol, tb=True)
             dxt = self._chunk_buf(part, "dxt", (m, Pin, C))
             col2im_last(dcol.reshape((m,) + self.out_sp + (G,) + self.kernel + (C // G,)),
-                        dxt.reshape((m,) + self.in_sp + (C,)), self.geom)
+                        dxt.reshape((m,) + self.in_sp + (C,)), self.geom, self._compiled)
         dx.reshape(m, C, Pin)[...] = dxt.swapaxes(1, 2)
 
     def _channels_last_is_better(self):
