@@ -50,6 +50,22 @@ def _caffepy_restore_gpu_mode():
             backend.set_mode_gpu()
 
 
+@pytest.fixture
+def threads():
+    """Sets caffepy's thread count for one test (``threads(n)``) and puts the previous
+    setting back."""
+    from caffepy import backend, parallel_chunks
+    saved = backend._num_threads
+
+    def set_threads(n):
+        backend.set_num_threads(n)
+        parallel_chunks.get_pool()
+
+    yield set_threads
+    backend._num_threads = saved
+    parallel_chunks.get_pool()
+
+
 def pytest_report_header(config):
     return "caffepy test mode: %s (CAFFEPY_TEST_MODE)" % TEST_MODE
 

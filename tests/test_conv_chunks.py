@@ -62,20 +62,6 @@ def ref_conv(x, w, dy, stride, pad, dil, group):
     return y, dx, dw
 
 
-@pytest.fixture
-def threads():
-    """Sets the thread count for one test and puts the previous setting back."""
-    saved = backend._num_threads
-
-    def set_threads(n):
-        backend.set_num_threads(n)
-        parallel_chunks.get_pool()
-
-    yield set_threads
-    backend._num_threads = saved
-    parallel_chunks.get_pool()
-
-
 def chunk_of(monkeypatch, layer, images):
     """Chunks of ``images`` images for this layer (CHUNK_BYTES from its column size), and as
     many blocks as the batch allows, however small the layer (BLOCK_MIN_BYTES)."""

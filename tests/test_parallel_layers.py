@@ -11,19 +11,11 @@ from helpers import bwd, fwd, make
 
 
 @pytest.fixture
-def split_everything(monkeypatch):
-    """Lower the split thresholds to nothing; returns set_threads(n)."""
+def split_everything(monkeypatch, threads):
+    """Lower the split thresholds to nothing; returns set_threads(n) (conftest's ``threads``)."""
     monkeypatch.setattr(parallel_chunks, "MIN_SPLIT_BYTES", 0)
     monkeypatch.setattr(parallel_chunks, "MIN_SPLIT_MACS", 0)
-    saved = backend._num_threads
-
-    def set_threads(n):
-        backend.set_num_threads(n)
-        parallel_chunks.get_pool()
-
-    yield set_threads
-    backend._num_threads = saved
-    parallel_chunks.get_pool()
+    return threads
 
 
 def rnd(*shape, seed=0):

@@ -18,6 +18,28 @@ from .proto import caffe_pb2
 __all__ = ["Classifier"]
 
 
+def input_transformer(net, model_file, who, what, error, mean, input_scale, raw_scale,
+                      channel_swap):
+    """pycaffe's pre-processing of a net's first input: a Transformer taking H×W×K images to
+    K×H×W, then the channel swap, raw scale, mean and input scale given (None: not set).
+    ``error`` is raised, naming ``who`` and ``model_file``, when the net has no input."""
+    if not net.inputs:
+        raise error("%s: the net '%s' has no input blob (it needs an Input layer or input: "
+                    "fields to feed %s into)" % (who, model_file, what))
+    in_ = net.inputs[0]
+    transformer = caffe_io.Transformer({in_: net.blobs[in_].data.shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(in_, channel_swap)
+    return transformer
+
+
 class Classifier(Net):
     """Classifier extends Net for image class prediction by scaling, center cropping, or
     oversampling.
@@ -33,23 +55,10 @@ class Classifier(Net):
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None,
                  input_scale=None, raw_scale=None, channel_swap=None):
         Net.__init__(self, model_file, caffe_pb2.TEST, weights=pretrained_file)
-        if not self.inputs:
-            raise ValueError("Classifier: the net '%s' has no input blob (it needs an Input "
-                             "layer or input: fields to feed images into)" % (model_file,))
-
-        # configure pre-processing
+        self.transformer = input_transformer(self, model_file, "Classifier", "images",
+                                             ValueError, mean, input_scale, raw_scale,
+                                             channel_swap)
         in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
-
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         if image_dims is None or len(image_dims) == 0:
             image_dims = self.crop_dims

@@ -24,6 +24,7 @@ elsewhere and pass them to ``detect_windows``.
 import numpy as np
 
 from . import io as caffe_io
+from .classifier import input_transformer
 from .errors import CaffepyError
 from .net import Net
 from .proto import caffe_pb2
@@ -50,23 +51,9 @@ class Detector(Net):
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None,
                  raw_scale=None, channel_swap=None, context_pad=None):
         Net.__init__(self, model_file, caffe_pb2.TEST, weights=pretrained_file)
-        if not self.inputs:
-            raise DetectorError("Detector: the net '%s' has no input blob (it needs an Input "
-                                "layer or input: fields to feed windows into)" % (model_file,))
-
-        # configure pre-processing
-        in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
-
+        self.transformer = input_transformer(self, model_file, "Detector", "windows",
+                                             DetectorError, mean, input_scale, raw_scale,
+                                             channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):

@@ -296,22 +296,28 @@ def _argument_parser():
     return p
 
 
-def parse_log_command(flags, args):
-    """The ``caffepy parse_log`` row of the command table (reads its own flags): 0 when done,
-    1 with an ``ERROR:`` line on stderr otherwise."""
+def run_tool(argument_parser, body, args):
+    """A tool command that reads its own flags: ``--help`` prints ``argument_parser()``'s
+    help; else ``body(options)``'s status, or 1 with an ``ERROR:`` line on stderr for a
+    caffepy or OS error."""
     try:
-        return _run(args)
+        parser = argument_parser()
+        if "--help" in args:
+            parser.print_help(sys.stdout)
+            return 0
+        return body(parser.parse_args(args))
     except (CaffepyError, OSError) as e:
         sys.stderr.write("ERROR: %s\n" % e)
         return 1
 
 
-def _run(args):
-    parser = _argument_parser()
-    if "--help" in args:
-        parser.print_help(sys.stdout)
-        return 0
-    opts = parser.parse_args(args)
+def parse_log_command(flags, args):
+    """The ``caffepy parse_log`` row of the command table: 0 when done, 1 with an ``ERROR:``
+    line on stderr otherwise."""
+    return run_tool(_argument_parser, _run, args)
+
+
+def _run(opts):
     delimiter = _delimiter(opts.delimiter)
     out = opts.output_dir
     if out is None:

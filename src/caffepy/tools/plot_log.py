@@ -29,10 +29,9 @@ Python API::
 """
 import argparse
 import os
-import sys
 
-from ..errors import CaffepyError, CliError, ToolError
-from .parse_log import parse_log
+from ..errors import CliError, ToolError
+from .parse_log import parse_log, run_tool
 
 __all__ = ["CHART_TYPES", "chart_description", "plot_logs", "plot_command", "PLOT_USAGE"]
 
@@ -241,21 +240,12 @@ def _argument_parser():
 
 
 def plot_command(flags, args):
-    """The ``caffepy plot`` row of the command table (reads its own flags): 0 when done,
-    1 with an ``ERROR:`` line on stderr otherwise."""
-    try:
-        return _run(args)
-    except (CaffepyError, OSError) as e:
-        sys.stderr.write("ERROR: %s\n" % e)
-        return 1
+    """The ``caffepy plot`` row of the command table: 0 when done, 1 with an ``ERROR:`` line
+    on stderr otherwise."""
+    return run_tool(_argument_parser, _run, args)
 
 
-def _run(args):
-    parser = _argument_parser()
-    if "--help" in args:
-        parser.print_help(sys.stdout)
-        return 0
-    opts = parser.parse_args(args)
+def _run(opts):
     if opts.list:
         print(chart_list())
         return 0
