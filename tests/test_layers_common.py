@@ -341,6 +341,36 @@ def test_flatten_gradient_and_inplace():
         create_layer(lp).setup([b], [b])
 
 
+@pytest.mark.parametrize("type_,param", [("Flatten", ""),
+                                         ("Reshape", "reshape_param { shape { dim: 6 } }")])
+def test_view_layer_in_place_names_the_blob(type_, param):
+    lp = parse_text('name: "v" type: "%s" bottom: "feat" top: "feat" %s' % (type_, param),
+                    caffe_pb2.LayerParameter())
+    b = Blob(2, 3)
+    with pytest.raises(LayerError) as e:
+        create_layer(lp).setup([b], [b])
+    assert str(e.value) == ("Layer 'v' (%s): %s does not allow in-place computation: top 0 "
+                            "'feat' is its bottom 0; give the top its own name" % (type_, type_))
+
+
+def test_flatten_axis_after_end_axis():
+    x = rnd(2, 3, 5, 5)
+    with pytest.raises(LayerError) as e:
+        make('name: "fl" bottom: "data" type: "Flatten" '
+             'flatten_param { axis: 3 end_axis: 1 }', [x])
+    assert str(e.value) == ("Layer 'fl' (Flatten): flatten_param axis 3 comes after end_axis 1 "
+                            "(axes 3 > 1 + 1) for bottom 'data' of shape (2, 3, 5, 5): axis "
+                            "must be <= end_axis + 1")
+    # negative axes are canonicalised first: axis -1 (3) after end_axis -3 (1)
+    with pytest.raises(LayerError, match=r"axis -1 comes after end_axis -3 \(axes 3 > 1 \+ 1\)"):
+        make('type: "Flatten" flatten_param { axis: -1 end_axis: -3 }', [x])
+    # axis == end_axis + 1 flattens no axis: Caffe inserts a 1 there (count(2, 2) = 1)
+    layer, bottom, top = make('type: "Flatten" flatten_param { axis: 2 end_axis: 1 }', [x])
+    layer.forward(bottom, top)
+    assert top[0].shape == (2, 3, 1, 5, 5)
+    np.testing.assert_array_equal(top[0].data, x.reshape(2, 3, 1, 5, 5))
+
+
 # -- Embed ----------------------------------------------------------------------------------
 
 EMBED = ('type: "Embed" embed_param { input_dim: 5 num_output: 3 %s '

@@ -49,6 +49,31 @@ def test_construction_lines_are_info_as_in_caffe(caplog):
                    for m in other)
 
 
+@pytest.mark.parametrize("type_,param", [("Flatten", ""),
+                                         ("Reshape", "reshape_param { shape { dim: 0 dim: -1 } }")])
+def test_flatten_and_reshape_in_place_are_refused_naming_the_blob(type_, param):
+    text = """
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 } } }
+    layer { name: "view" type: "%s" bottom: "x" top: "x" %s }
+    """ % (type_, param)
+    with pytest.raises(NetError) as e:
+        net_from(text)
+    assert str(e.value) == ("Layer 'view' (%s) does not allow in-place computation: top 0 'x' "
+                            "is its bottom 0; give the top its own name" % type_)
+
+
+def test_flatten_axis_after_end_axis_is_a_net_error():
+    text = """
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 } } }
+    layer { name: "fl" type: "Flatten" bottom: "x" top: "f"
+            flatten_param { axis: 2 end_axis: 0 } }
+    """
+    with pytest.raises(NetError, match=r"Layer 'fl' \(Flatten\): flatten_param axis 2 comes after "
+                                       r"end_axis 0 \(axes 2 > 0 \+ 1\) for bottom 'x' of shape "
+                                       r"\(2, 3, 4\)"):
+        net_from(text)
+
+
 def test_param_propagate_down_is_sized_by_setup_then_set_by_the_net():
     net = net_from("""
     layer { name: "in" type: "Input" top: "x" top: "t"

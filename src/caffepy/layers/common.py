@@ -394,8 +394,9 @@ class _ViewLayer(Layer):
 
     def layer_setup(self, bottom, top):
         if top[0] is bottom[0]:
-            raise self.error("%s does not allow in-place computation: give the top a "
-                             "different name from the bottom", self.type)
+            names = list(self.layer_param.bottom[:1]) or ["0"]
+            raise self.error("%s does not allow in-place computation: top 0 '%s' is its "
+                             "bottom 0; give the top its own name", self.type, names[0])
 
     def view(self, bottom, top, shape):
         top[0].reshape(shape)
@@ -482,6 +483,11 @@ class FlattenLayer(_ViewLayer):
         b = bottom[0]
         start = self.canonical_axis(b, p.axis)
         end = self.canonical_axis(b, p.end_axis, "end_axis")
+        if start > end + 1:
+            raise self.error("flatten_param axis %d comes after end_axis %d (axes %d > %d + 1) "
+                             "for bottom '%s' of shape %s: axis must be <= end_axis + 1",
+                             int(p.axis), int(p.end_axis), start, end,
+                             (list(self.layer_param.bottom) or ["?"])[0], shape_str(b.shape))
         shape = list(b.shape[:start]) + [b.count_range(start, end + 1)] + list(b.shape[end + 1:])
         self.view(bottom, top, shape)
 

@@ -224,9 +224,10 @@ def append_bottom(net, lp, layer_id, bottom_id, wiring):
 # Layers whose top has another shape than their bottom and is computed from all of it: run
 # in place, the top's reshape would overwrite the input they still read. Caffe builds such
 # nets and computes garbage; caffepy refuses them while building. AbsVal's backward reads
-# the input's sign, and Caffe's AbsVal refuses in-place computation itself.
+# the input's sign, and Caffe's AbsVal refuses in-place computation itself, as do its
+# Flatten and Reshape (their top is a view of the bottom with another shape).
 NO_IN_PLACE = frozenset(("Convolution", "Deconvolution", "Pooling", "Im2col", "InnerProduct",
-                         "SPP", "AbsVal"))
+                         "SPP", "AbsVal", "Flatten", "Reshape"))
 
 
 def append_top(net, lp, layer_id, top_id, wiring=None):
