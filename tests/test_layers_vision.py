@@ -196,6 +196,48 @@ def test_conv_param_diffs_accumulate_and_respect_propagate():
     close(layer.blobs[0].diff, 2 * once[0])
 
 
+@pytest.mark.parametrize("kind,shape,geometry,out_shape", [
+    # 0 input channels: a 3x3 window over 5x5 gives 3x3 positions
+    ("Convolution", (2, 0, 5, 5), "kernel_size: 3", (2, 3, 3, 3)),
+    # an empty spatial axis, padded: height (0 + 2 - 1) + 1 = 2, width (4 + 2 - 1) + 1 = 6
+    ("Convolution", (2, 2, 0, 4), "kernel_size: 1 pad: 1", (2, 3, 2, 6)),
+    # Deconvolution from 0 channels: 5x5 grows to (5 - 1) + 3 = 7x7
+    ("Deconvolution", (2, 0, 5, 5), "kernel_size: 3", (2, 3, 7, 7)),
+])
+def test_conv_on_zero_size_input_is_the_bias(kind, shape, geometry, out_shape):
+    # Caffe's columns of an input with no values are all zero: the top is the bias, the bias
+    # gradient the top diff summed over images and positions, the weights get nothing
+    layer, bottom, top = make('type: "%s" convolution_param { num_output: 3 %s %s }'
+                              % (kind, geometry, FILLERS), [np.zeros(shape, np.float32)])
+    layer.blobs[1].data[...] = [0.5, -1.0, 2.0]
+    (y,) = fwd(layer, bottom, top)
+    assert y.shape == out_shape
+    want = np.empty(out_shape, np.float32)
+    want[:, 0], want[:, 1], want[:, 2] = 0.5, -1.0, 2.0
+    np.testing.assert_array_equal(y, want)
+    # top diff n·1000 + o·100 + p at image n, output o, position p (P positions):
+    # bias diff o = sum over n in {0, 1} and p < P = 2·P·(100·o) + P·1000 + 2·P(P−1)/2
+    P = out_shape[2] * out_shape[3]
+    dy = (np.arange(2)[:, None, None] * 1000 + np.arange(3)[None, :, None] * 100
+          + np.arange(P)[None, None, :]).astype(np.float32).reshape(out_shape)
+    w_before = layer.blobs[0].data.copy()
+    layer.blobs[0].diff[...] = 0.25
+    layer.blobs[1].diff[...] = 1.0
+    top[0].diff[...] = dy
+    layer.backward(top, [True], bottom)
+    want_db = [1 + 2 * P * 100 * o + P * 1000 + P * (P - 1) for o in range(3)]
+    np.testing.assert_array_equal(layer.blobs[1].diff, np.float32(want_db))
+    assert (layer.blobs[0].diff == 0.25).all()
+    np.testing.assert_array_equal(layer.blobs[0].data, w_before)
+    assert bottom[0].diff.shape == shape
+    # without a bias term the top is zero
+    layer, bottom, top = make('type: "%s" convolution_param { num_output: 3 %s bias_term: false '
+                              '}' % (kind, geometry), [np.zeros(shape, np.float32)])
+    top[0].data[...] = 7
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, np.zeros(out_shape, np.float32))
+
+
 def test_conv_reshape_to_new_batch():
     text = ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 pad: 1 %s }'
             % FILLERS)

@@ -218,6 +218,9 @@ class _ConvolutionBase(Layer):
             self.in_sp, self.out_sp = in_sp, out_sp
             self.geom = geom
             self._key = shape
+            # A bottom with no values (0 images, 0 channels or an empty padded spatial axis):
+            # every column is zero, so the top is the bias (_forward_empty, _backward_empty).
+            self._empty = 0 in shape
             self._geometry_changed()
         top_shape = shape[:self.axis] + (self.num_output,) + self.out_sp
         for t in top:
@@ -270,6 +273,26 @@ class _ConvolutionBase(Layer):
 
     def _run_blocks(self, fn):
         parallel_chunks.run_blocks(fn, len(self._blocks))
+
+    def _forward_empty(self, top):
+        """Forward of a bottom with no values: each top is the bias (zeros without one)."""
+        O, P = self.num_output, prod(self.out_sp)
+        for t in top:
+            y3 = t.data.reshape(self.num, O, P)
+            if self.bias_term:
+                y3[...] = self.blobs[1].data.reshape(1, O, 1)
+            else:
+                y3[...] = 0
+
+    def _backward_empty(self, top):
+        """Backward of a bottom with no values: the weight gradient and the (empty) bottom
+        diff get nothing; the bias gradient gets the top diffs summed over images and
+        positions."""
+        if self.bias_term and self.param_propagate(1):
+            bd = self.blobs[1].diff
+            shape = (self.num, self.num_output, prod(self.out_sp))
+            for t in top:
+                bd += t.diff.reshape(shape).sum(axis=(0, 2))
 
     def _buf(self, part, name, size):
         b = part.bufs.get(name)
@@ -467,6 +490,8 @@ class ConvolutionLayer(_ConvolutionBase):
     # -- forward ------------------------------------------------------------------------------
 
     def forward_impl(self, bottom, top):
+        if self._empty:
+            return self._forward_empty(top)
         self._plan()
         N, C, O, G = self.num, self.channels, self.num_output, self.group
         K, P = self.kernel_count, self.geom.out_count
@@ -503,6 +528,8 @@ class ConvolutionLayer(_ConvolutionBase):
     # -- backward -----------------------------------------------------------------------------
 
     def backward_impl(self, top, propagate_down, bottom):
+        if self._empty:
+            return self._backward_empty(top)
         N, C, O = self.num, self.channels, self.num_output
         need_w = self.param_propagate(0)
         need_b = self.bias_term and self.param_propagate(1)
@@ -639,6 +666,8 @@ class DeconvolutionLayer(_ConvolutionBase):
         return self.num_output * self.kernel_count * prod(self.in_sp)
 
     def forward_impl(self, bottom, top):
+        if self._empty:
+            return self._forward_empty(top)
         self._plan()
         N, Cin, O = self.num, self.channels, self.num_output
         OK = O * self.kernel_count
@@ -664,6 +693,8 @@ class DeconvolutionLayer(_ConvolutionBase):
             self._run_blocks(block_forward)
 
     def backward_impl(self, top, propagate_down, bottom):
+        if self._empty:
+            return self._backward_empty(top)
         xp = self.xp
         N, Cin, O, G, K = self.num, self.channels, self.num_output, self.group, self.kernel_count
         OK, OKg, Cg = O * K, (O // G) * K, Cin // G
