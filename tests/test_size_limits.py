@@ -327,6 +327,34 @@ def test_a_larger_batch_later_in_the_database_is_checked(tmp_path, monkeypatch):
         layer.close()
 
 
+def test_image_resize_target_is_checked_before_reading(tmp_path, monkeypatch):
+    # a 4 x 4 image resized to 1000 x 1000 in colour: the resize works on 3 x 1000 x 1000
+    # int64 values, 24000000 bytes, refused before the image is even opened
+    (tmp_path / "a.png").write_bytes(real_png(4, 4))
+    (tmp_path / "list.txt").write_text("a.png 5\n")
+    text = ('layer { name: "img" type: "ImageData" top: "data" top: "label" image_data_param { '
+            'source: "%s/list.txt" root_folder: "%s/" batch_size: 1 new_height: 1000 '
+            'new_width: 1000 } }' % (tmp_path, tmp_path))
+    monkeypatch.setenv("CAFFEPY_MAX_BLOB_BYTES", "1M")
+    with pytest.raises(DataError) as info:
+        caffepy.Net(text, caffepy.TRAIN)
+    assert isinstance(info.value, NetError)
+    assert str(info.value) == (
+        "Layer 'img' (ImageData): image '%s/a.png' (line 1 of '%s/list.txt') resized to "
+        "new_height x new_width = 1000 x 1000 (3 channels, 8 bytes a value while resizing) "
+        "needs 24000000 bytes (22.9 MiB), more than the limit CAFFEPY_MAX_BLOB_BYTES=1M: "
+        "1048576 bytes (1.0 MiB)" % (tmp_path, tmp_path))
+    # within the limit (3 x 100 x 100 x 8 = 240000 bytes) the image is read and resized
+    net = caffepy.Net(text.replace("1000", "100"), caffepy.TRAIN)
+    try:
+        net.forward()
+        assert net.blobs["data"].shape == (1, 3, 100, 100)
+        assert to_numpy(net.blobs["label"].data).tolist() == [5.0]
+    finally:
+        for layer in net.layers:
+            layer.close()
+
+
 def test_the_blobs_of_a_net_must_fit_the_machine_together(monkeypatch):
     from caffepy import size_limits
     monkeypatch.delenv("CAFFEPY_MAX_BLOB_BYTES", raising=False)

@@ -131,6 +131,14 @@ def read_image(path, is_color=True, new_height=0, new_width=0, error=_default_er
     Image = _pil(error, "reading %s" % where)
     mode = "color" if is_color else "gray"
     resize_pixels = new_height * new_width if new_height > 0 and new_width > 0 else 0
+    if resize_pixels:
+        channels = 3 if is_color else 1
+        check_bytes(resize_pixels * channels * RESIZE_BYTES_PER_VALUE,
+                    "%s resized to new_height x new_width = %d x %d (%d channel%s, %d bytes a "
+                    "value while resizing)" % (where, new_height, new_width, channels,
+                                               "s" if channels > 1 else "",
+                                               RESIZE_BYTES_PER_VALUE),
+                    lambda msg: error("%s", msg))
     try:
         img = _open(Image, path, mode, error, where, resize_pixels)
     except _TooLarge as e:
@@ -148,6 +156,7 @@ def read_image(path, is_color=True, new_height=0, new_width=0, error=_default_er
 # -- OpenCV's INTER_LINEAR -------------------------------------------------------------
 
 _COEF_BITS = 11
+RESIZE_BYTES_PER_VALUE = 8      # resize_bilinear's int64 planes of the target size
 _COEF_SCALE = 1 << _COEF_BITS
 
 
