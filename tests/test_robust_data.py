@@ -427,6 +427,54 @@ def test_hdf5_truncated_file_in_a_child(tmp_path):
     assert "Layer 'h5' (HDF5Data)" in msg and f1 in msg
 
 
+def _declared_h5(tmp_path, rows):
+    """A chunked .h5 file whose header declares ``rows`` rows (none written); its list."""
+    import h5py
+    full = str(tmp_path / "big.h5")
+    with h5py.File(full, "w") as f:
+        f.create_dataset("data", shape=(rows, 2), dtype="f4", chunks=(64, 2))
+        f.create_dataset("label", shape=(rows,), dtype="f4", chunks=(64,))
+    lst = str(tmp_path / "list.txt")
+    with open(lst, "w") as f:
+        f.write(full + "\n")
+    return full, lst
+
+
+def test_hdf5_in_order_keeps_no_row_index(tmp_path, monkeypatch):
+    # 20M declared rows read in order, a batch at a time: no index of the rows (160 MB as
+    # int64) is made
+    import tracemalloc
+    from caffepy.data import hdf5
+    monkeypatch.setattr(hdf5, "WHOLE_FILE_BYTES", 0)
+    full, lst = _declared_h5(tmp_path, 20000000)
+    tracemalloc.start()
+    try:
+        net = _build(H5NET % lst)
+        net.forward()
+        net.forward()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    # unwritten rows read as the fill value, 0
+    np.testing.assert_array_equal(to_numpy(net.blobs["data"].data), np.zeros((4, 2)))
+    np.testing.assert_array_equal(to_numpy(net.blobs["label"].data), np.zeros(4))
+    net.close()
+
+
+def test_hdf5_shuffle_permutation_is_checked_against_the_limit(tmp_path, monkeypatch):
+    # with shuffle every row of the file is permuted, as Caffe does: 8 bytes a row
+    full, lst = _declared_h5(tmp_path, 200000)
+    monkeypatch.setenv("CAFFEPY_MAX_BLOB_BYTES", "1M")
+    with pytest.raises(DataError) as info:
+        _build((H5NET % lst).replace("batch_size: 4", "batch_size: 4 shuffle: true"))
+    assert isinstance(info.value, NetError)
+    assert str(info.value) == (
+        "Layer 'h5' (HDF5Data): shuffling HDF5 file '%s' (listed in '%s'): the permutation of "
+        "its 200000 rows (8 bytes a row) needs 1600000 bytes (1.5 MiB), more than the limit "
+        "CAFFEPY_MAX_BLOB_BYTES=1M: 1048576 bytes (1.0 MiB)" % (full, lst))
+
+
 @pytest.fixture(params=["whole file", "per batch"])
 def h5_reading(request, monkeypatch):
     """Small files are read whole (as Caffe does); larger ones a batch at a time."""

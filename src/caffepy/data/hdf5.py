@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from .. import backend
-from ..size_limits import max_blob_bytes
+from ..size_limits import check_bytes, max_blob_bytes
 from .sources import dims_str, read_text
 
 
@@ -94,8 +94,13 @@ class HDF5ListSource:
         if nbytes <= min(WHOLE_FILE_BYTES, max_blob_bytes()[0] // 8):
             self.arrays = [self._read(name, ds, slice(None), "all rows")
                            for name, ds in zip(self.names, datasets)]
-        self.data_permutation = np.arange(self.rows)
+        # Rows in order need no index; with shuffle, a permutation of every row of the file
+        # (as Caffe's), 8 bytes a row, checked against the limit first.
+        self.data_permutation = None
         if self.shuffle:
+            check_bytes(self.rows * 8, "shuffling HDF5 file '%s' (listed in '%s'): the "
+                        "permutation of its %d rows (8 bytes a row)"
+                        % (filename, self.source, self.rows), lambda msg: error("%s", msg))
             self.data_permutation = backend.rng().permutation(self.rows)
 
     def _check(self, f, filename):
