@@ -24,17 +24,7 @@ CHILD_TIMEOUT_S = 120
 # so the day the behaviour lands the case fails until its entry here is removed.
 _H5_RAW = ("a corrupt HDF5 group structure (overwritten heap, symbol-table or B-tree signature) "
            "escapes as h5py's RuntimeError instead of a caffepy error naming the file")
-XFAIL = {
-    "net-inplace-bad-003": "Flatten in place: the error does not name the blob",
-    "net-inplace-bad-004": "Reshape in place: the error does not name the blob",
-    "net-shape-010": "Flatten with axis > end_axis: a bare ValueError from share_data",
-    "net-zero-size-001": "Convolution on an input with 0 channels: ZeroDivisionError in the "
-                         "block plan (Caffe's output is the bias)",
-    "data-huge-003": "ImageData new_height/new_width of 1000000: the resize is attempted (a "
-                     "MemoryError past 200 MB) instead of a size error naming the layer",
-    "data-huge-004": "HDF5Data keeps a row index for every declared row (50M rows: 400 MB) "
-                     "though it reads two rows a batch",
-}
+XFAIL = {}
 XFAIL.update(("weights-save-%03d" % i, "Net.save/save_hdf5 into a folder that does not exist: a "
               "bare FileNotFoundError naming the temporary file") for i in (0, 1))
 XFAIL.update(("weights-h5-corrupt-%03d" % i, "Net.copy_from: " + _H5_RAW) for i in (2, 5, 8, 11))
