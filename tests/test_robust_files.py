@@ -506,3 +506,57 @@ def test_stale_temporaries_of_live_or_recent_writers_are_kept(tmp_path):
     assert sorted(os.path.basename(p) for p in removed) == [dead_old.name, old_naming.name]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [live.name, parent.name, dead_recent.name])
+
+
+# -- writes into a folder that does not exist -------------------------------------------------
+
+@pytest.mark.parametrize("h5", [False, True])
+def test_net_save_into_a_missing_folder_is_a_net_error_naming_the_target(tmp_path, h5):
+    n = net(INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                    'inner_product_param { num_output: 3 } }\n')
+    folder = str(tmp_path / "nodir")
+    target = os.path.join(folder, "saved.caffemodel" + (".h5" if h5 else ""))
+    with pytest.raises(NetError) as e:
+        (n.save_hdf5 if h5 else n.save)(target)
+    assert str(e.value) == ("Cannot save weights to '%s': No such file or directory (the "
+                            "folder '%s' does not exist)" % (target, folder))
+    assert isinstance(e.value.__cause__, FileNotFoundError)
+    assert e.value.__cause__.filename == target          # the target, not a temporary file
+    # a regular file where the folder should be
+    (tmp_path / "afile").write_bytes(b"x")
+    target = str(tmp_path / "afile" / "saved.caffemodel")
+    with pytest.raises(NetError) as e:
+        (n.save_hdf5 if h5 else n.save)(target)
+    assert str(e.value) == ("Cannot save weights to '%s': Not a directory ('%s' is not a "
+                            "folder)" % (target, str(tmp_path / "afile")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert (tmp_path / "afile").read_bytes() == b"x"
+
+
+def test_atomic_write_into_a_missing_folder_names_the_target(tmp_path):
+    target = str(tmp_path / "gone" / "mean.binaryproto")
+    with pytest.raises(FileNotFoundError) as e:
+        atomic.atomic_write(target, b"bytes")
+    assert e.value.filename == target
+    assert e.value.strerror == ("No such file or directory (the folder '%s' does not exist)"
+                                % str(tmp_path / "gone"))
+    assert ".tmp" not in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["BINARYPROTO", "HDF5"])
+def test_snapshot_into_a_folder_removed_after_setup_names_the_snapshot_file(trained, fmt):
+    p = _solver_param("snap/tiny", 4)
+    p.snapshot_format = getattr(caffe_pb2.SolverParameter, fmt)
+    s = caffepy.get_solver(p)              # the prefix probe passes: snap/ exists here
+    for name in os.listdir("snap"):
+        os.remove(os.path.join("snap", name))
+    os.rmdir("snap")
+    s.step(1)
+    with pytest.raises(SolverError) as e:
+        s.snapshot()
+    model = "snap/tiny_iter_1.caffemodel" + (".h5" if fmt == "HDF5" else "")
+    assert str(e.value) == (
+        "Cannot write snapshot '%s': No such file or directory (the folder '%s' does not "
+        "exist). Make sure that the directory of snapshot_prefix 'snap/tiny' exists and is "
+        "writeable." % (model, os.path.abspath("snap")))
+    assert not os.path.exists("snap")

@@ -646,3 +646,77 @@ def test_cli_flags_list_strict_weights():
     flags, _ = cli.parse_flags(["test", "--strict_weights"])
     assert flags.strict_weights is True
     assert cli.parse_flags([])[0].strict_weights is False
+
+
+# -- HDF5 files whose group structure is damaged --------------------------------------------
+
+_H5_SIGNATURES = {b"HEAP": "(bad local heap signature)",
+                  b"SNOD": "(bad symbol table node signature)",
+                  b"TREE": "(wrong B-tree signature)"}
+
+
+def damaged_copies(path, out_dir):
+    """For each signature of a group structure in the HDF5 file ``path`` (local heap, symbol
+    table node, B-tree node): (the copy with that signature overwritten, HDF5's complaint)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    out = []
+    for sig, complaint in _H5_SIGNATURES.items():
+        k = raw.find(sig)
+        while k >= 0:
+            bad = bytearray(raw)
+            bad[k:k + 4] = b"XXXX"
+            p = os.path.join(str(out_dir), "%s%d_%s" % (sig.decode(), k, os.path.basename(path)))
+            with open(p, "wb") as f:
+                f.write(bytes(bad))
+            out.append((p, complaint))
+            k = raw.find(sig, k + 1)
+    return out
+
+
+def test_a_damaged_hdf5_group_structure_is_a_net_error_naming_file_and_group(files, tmp_path):
+    """h5py's RuntimeError of a damaged heap / symbol table / B-tree becomes a NetError
+    naming the file and the group being read; the net keeps its weights. The only damage
+    that goes unnoticed is in the heap of an empty group (no names to look up there)."""
+    damaged = damaged_copies(files["full_h5"], tmp_path)
+    assert len(damaged) >= 9
+    objects = set()
+    for p, complaint in damaged:
+        net = make_net()
+        try:
+            net.copy_from(p)
+        except NetError as e:
+            msg = str(e)
+            head = "%s: cannot read '/" % p
+            assert msg.startswith(head), msg
+            assert "' (a damaged HDF5 file?): RuntimeError: " in msg, msg
+            assert msg.endswith(complaint), msg
+            objects.add(msg[len(head) - 1:msg.index("' (a damaged")])
+            assert_values(net, FILLER)
+        else:
+            assert_values(net, {"ip1": (W1, B1), "ip2": (W2, B2)})
+    # the root's structures fail the lookup of /data, each layer group's its own listing
+    assert {"/data", "/data/ip1", "/data/ip2"} <= objects
+    # Net(..., weights=) goes the same way
+    p, complaint = next(d for d in damaged if "SNOD" in os.path.basename(d[0]))
+    with pytest.raises(NetError, match="^%s: cannot read '/data" % p):
+        caffepy.Net(parse_text(NET, caffe_pb2.NetParameter()), caffepy.TEST, weights=p)
+
+
+def test_a_damaged_hdf5_solver_state_is_a_solver_error_naming_the_file(tmp_path):
+    s = make_solver(tmp_path, fmt="HDF5")
+    s.step(2)
+    model, state = s.snapshot()
+    assert state.endswith(".solverstate.h5")
+    damaged = damaged_copies(state, tmp_path)
+    assert len(damaged) >= 3
+    objects = set()
+    for p, complaint in damaged:
+        fresh = make_solver(tmp_path, fmt="HDF5")
+        msg = failed_restore(fresh, p)
+        head = "%s: cannot read '/" % p
+        assert msg.startswith(head) and msg.endswith(complaint), msg
+        objects.add(msg[len(head) - 1:msg.index("' (a damaged")])
+    assert {"/", "/history"} <= objects
+    fresh.restore(state)                       # the intact pair restores
+    assert_unchanged(solver_values(s), fresh)

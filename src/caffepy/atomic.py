@@ -11,12 +11,16 @@ How a file is written:
 * the temporary file is flushed to disk and renamed over the target with ``os.replace``. A
   rename replaces a symlink standing at the target's path by the new file; the file the
   symlink pointed to is left as it was;
+* an OSError of the write (a folder that does not exist, no permission, a full disk) is
+  raised again as an OSError of the same errno whose ``filename`` is the target, not the
+  temporary file, and whose message says why (e.g. that the folder does not exist);
 * an exception removes the temporary file. A process that is killed cannot, so the first
   write into a folder (per process) removes the temporary files of caffepy's naming that a
   dead caffepy process left there: those last modified before this process loaded caffepy
   whose writer is no longer running on this machine.
 """
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -141,21 +145,43 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def write_error(e, path):
+    """The OSError ``e`` met while writing ``path``, as an OSError of the same errno naming
+    ``path`` (not a temporary file) with the reason: a missing folder is named. An OSError
+    without an errno is returned as it is."""
+    if e.errno is None:
+        return e
+    directory = os.path.dirname(os.path.abspath(path))
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(directory):
+        reason = "%s (%s)" % (reason, "'%s' is not a folder" % directory
+                              if os.path.lexists(directory)
+                              else "the folder '%s' does not exist" % directory)
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = "%s (cannot create files in the folder '%s')" % (reason, directory)
+    return OSError(e.errno, reason, path)
+
+
 @contextlib.contextmanager
 def _atomic(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     _clean_once(directory)
-    tmp, fd = create_temp(path)
+    try:
+        tmp, fd = create_temp(path)
+    except OSError as e:
+        raise write_error(e, path) from None
     try:
         yield tmp, fd
         _fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename in (tmp, None):
+            raise write_error(e, path) from None
         raise
     _fsync_dir(directory)
 

@@ -1,5 +1,6 @@
 """Weight I/O of a Net: Caffe's CopyTrainedLayersFrom (binary NetParameter and HDF5),
 ShareTrainedLayersWith, ToProto / ToHDF5 (written atomically through caffepy.atomic)."""
+import contextlib
 import logging
 import os
 
@@ -7,7 +8,7 @@ import os
 from .. import backend
 from ..atomic import atomic_path
 from ..errors import NetError, ProtoError
-from ..h5files import check_links, h5_child, h5_numbers, open_h5
+from ..h5files import check_links, h5_child, h5_names, h5_numbers, h5_reading, read_h5
 from ..regularizers.masks import net_connectivity_masks
 from ..proto import caffe_pb2
 from ..proto.blobproto import BlobValues
@@ -149,34 +150,41 @@ class NetWeights:
         return plan
 
     def _plan_hdf5(self, path):
-        """The copy from a .caffemodel.h5 (CopyTrainedLayersFromHDF5): /data/<layer>/<j>."""
-        with open_h5(path, NetError, "a .caffemodel.h5") as f:
-            if f.get("data", getlink=True) is None:
+        """The copy from a .caffemodel.h5 (CopyTrainedLayersFromHDF5): /data/<layer>/<j>.
+        Every h5py call runs under h5_reading (a damaged file: NetError naming the file and
+        the object)."""
+        with read_h5(path, NetError, "a .caffemodel.h5") as f:
+            with h5_reading(path, NetError, "/data"):
+                has_data = f.get("data", getlink=True) is not None
+            if not has_data:
                 raise NetError("%s: not a caffemodel.h5 (no /data group)" % path)
             data = h5_child(f, "data", path, NetError, "group")
             check_links(data, path, NetError)
-            names = list(data)
+            names = h5_names(data, path, NetError)
             plan = WeightsCopy(self, path, names)
             groups = [(name, None) for name in names]
             for name, _, tid, targets in self._receivers(groups, first=False):
                 grp = h5_child(data, name, path, NetError, "group")
                 check_links(grp, path, NetError)
-                if len(grp) > len(targets):
+                keys = h5_names(grp, path, NetError)
+                if len(keys) > len(targets):
                     raise NetError("%s: incompatible number of blobs for layer '%s' (source has "
-                                   "%d, net has %d)" % (path, name, len(grp), len(targets)))
+                                   "%d, net has %d)" % (path, name, len(keys), len(targets)))
                 for j, t in enumerate(targets):
                     key = str(j)
-                    if key not in grp:
+                    if key not in keys:
                         if self.param_owners[self.param_id_vecs[tid][j]] != -1:
                             continue
                         raise NetError("%s: incompatible number of blobs for layer '%s' "
                                        "(param %d missing)" % (path, name, j))
                     dset = h5_child(grp, key, path, NetError, "dataset")
+                    with h5_reading(path, NetError, "/data/%s/%s" % (name, key)):
+                        shape = tuple(dset.shape)
                     # hdf5_load_nd_dataset(..., reshape=false): the dims must equal the shape.
-                    if tuple(dset.shape) != tuple(t.shape):
+                    if shape != tuple(t.shape):
                         raise NetError("%s: cannot load param %d of layer '%s' from hdf5; shape "
                                        "mismatch. Source shape is %s; target shape is %s"
-                                       % (path, j, name, " ".join(map(str, dset.shape)),
+                                       % (path, j, name, " ".join(map(str, shape)),
                                           t.shape_string()))
                     plan.add(tid, j, t, h5_numbers(dset, path, NetError), None)
         return plan
@@ -237,11 +245,18 @@ class NetWeights:
         return caffe_pb2.NetParameter.FromString(self._weights_chunks(write_diff).tobytes())
 
     def save(self, path, write_diff=False):
-        """Write a binary .caffemodel (atomically)."""
-        write_serialized(self._weights_chunks(write_diff), path)
+        """Write a binary .caffemodel (atomically). A file that cannot be written (a folder
+        that does not exist, no permission, a full disk) raises NetError naming it."""
+        with _writing(path):
+            write_serialized(self._weights_chunks(write_diff), path)
 
     def save_hdf5(self, path, write_diff=False):
-        """Write the HDF5 form (/data/{layer}/{j}, owners only; /diff for all), atomically."""
+        """Write the HDF5 form (/data/{layer}/{j}, owners only; /diff for all), atomically;
+        a file that cannot be written raises NetError naming it."""
+        with _writing(path):
+            self._write_hdf5(path, write_diff)
+
+    def _write_hdf5(self, path, write_diff):
         import h5py
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             data = f.create_group("data")
@@ -316,6 +331,18 @@ def _looks_like_text(path):
         if e.start < len(head) - 3:         # not just a character cut at the 4 KiB mark
             return False
     return bool(head) and is_text_proto(head[:len(head) - 3] if len(head) == 4096 else head)
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Runs a write of the weights file ``path``: an OSError raises NetError naming the file
+    and the reason (caffepy.atomic names the target, never its temporary file); the OSError
+    stays as the cause, so the snapshot writer can tell the reason."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror if e.errno is not None and e.strerror else str(e)
+        raise NetError("Cannot save weights to '%s': %s" % (os.fspath(path), reason)) from e
 
 
 def _is_hdf5(path):

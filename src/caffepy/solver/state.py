@@ -15,8 +15,8 @@ import numpy as np
 
 from .. import backend
 from ..atomic import atomic_path, create_temp
-from ..errors import CaffepyError, ProtoError, SolverError
-from ..h5files import check_links, h5_child, h5_numbers, open_h5
+from ..errors import CaffepyError, NetError, ProtoError, SolverError
+from ..h5files import check_links, h5_child, h5_names, h5_numbers, h5_reading, read_h5
 from ..proto import blobproto_to_array, caffe_pb2, read_binary
 from ..proto.blobproto import blobproto_chunks
 from ..proto.files import write_serialized
@@ -59,14 +59,14 @@ def write_snapshot(net, param, it, current_step, history, reg_state=None):
     """Write the model, then the solver state; return (model file, state file)."""
     model_ext, state_ext, kind = _FORMATS[param.snapshot_format]
     hdf5 = param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+    model_filename = current = snapshot_filename(param.snapshot_prefix, it, model_ext)
     try:
-        model_filename = snapshot_filename(param.snapshot_prefix, it, model_ext)
         log.info("Snapshotting to %s %s", kind, model_filename)
         if hdf5:
             net.save_hdf5(model_filename, param.snapshot_diff)
         else:
             net.save(model_filename, param.snapshot_diff)
-        state_filename = snapshot_filename(param.snapshot_prefix, it, state_ext)
+        state_filename = current = snapshot_filename(param.snapshot_prefix, it, state_ext)
         log.info("Snapshotting solver state to %s %s", kind, state_filename)
         if hdf5:
             _write_state_hdf5(state_filename, it, model_filename, current_step, history,
@@ -74,12 +74,16 @@ def write_snapshot(net, param, it, current_step, history, reg_state=None):
         else:
             write_serialized(solver_state_chunks(it, model_filename, current_step, history,
                                                  reg_state), state_filename)
-    except OSError as e:
+    except (OSError, NetError) as e:
+        # Net.save raises NetError with the OSError as its cause; caffepy.atomic's OSError
+        # names the file being written (``current`` where an error names none)
+        cause = e if isinstance(e, OSError) else e.__cause__
+        if not isinstance(cause, OSError):
+            raise
         raise SolverError("Cannot write snapshot '%s': %s. Make sure that the directory "
                           "of snapshot_prefix '%s' exists and is writeable."
-                          % (getattr(e, "filename", None)
-                             or snapshot_filename(param.snapshot_prefix, it, ""),
-                             e.strerror or e, param.snapshot_prefix)) from None
+                          % (cause.filename or current, cause.strerror or cause,
+                             param.snapshot_prefix)) from None
     return model_filename, state_filename
 
 
@@ -164,38 +168,40 @@ def _blob_array(bp, path, what):
 
 def _read_state_hdf5(path):
     """The solver state of a .solverstate.h5, every object checked (caffepy.h5files: plain
-    groups and datasets of the file itself, numbers where numbers belong)."""
-    with open_h5(path, SolverError, "a solver state") as f:
-        try:
-            check_links(f, path, SolverError)
-            it = _h5_int(f, "iter", path)
-            learned_net = None
-            if "learned_net" in f:
-                learned_net = _h5_string(h5_child(f, "learned_net", path, SolverError,
-                                                  "dataset"), path)
-            current_step = _h5_int(f, "current_step", path) if "current_step" in f else 0
-            g = h5_child(f, "history", path, SolverError, "group")
-            check_links(g, path, SolverError)
-            names = [str(i) for i in range(len(g))]
-            if sorted(g) != sorted(names):
-                raise SolverError("%s: the history group holds %s; a solver state holds the "
-                                  "datasets 0 to %d" % (path, ", ".join(sorted(g)), len(g) - 1))
-            history = [h5_numbers(h5_child(g, n, path, SolverError, "dataset"), path,
-                                  SolverError) for n in names]
-            reg_state = {}
-            if "regularizers" in f:
-                r = h5_child(f, "regularizers", path, SolverError, "group")
-                check_links(r, path, SolverError)
-                for name in r:
-                    d = h5_child(r, name, path, SolverError, "dataset")
+    groups and datasets of the file itself, numbers where numbers belong). Every h5py call
+    runs under h5_reading (a damaged file: SolverError naming the file and the object)."""
+    with read_h5(path, SolverError, "a solver state") as f:
+        check_links(f, path, SolverError)
+        top = h5_names(f, path, SolverError)
+        it = _h5_int(f, "iter", path)
+        learned_net = None
+        if "learned_net" in top:
+            learned_net = _h5_string(h5_child(f, "learned_net", path, SolverError,
+                                              "dataset"), path)
+        current_step = _h5_int(f, "current_step", path) if "current_step" in top else 0
+        g = h5_child(f, "history", path, SolverError, "group")
+        check_links(g, path, SolverError)
+        present = h5_names(g, path, SolverError)
+        names = [str(i) for i in range(len(present))]
+        if sorted(present) != sorted(names):
+            raise SolverError("%s: the history group holds %s; a solver state holds the "
+                              "datasets 0 to %d" % (path, ", ".join(sorted(present)),
+                                                    len(present) - 1))
+        history = [h5_numbers(h5_child(g, n, path, SolverError, "dataset"), path,
+                              SolverError) for n in names]
+        reg_state = {}
+        if "regularizers" in top:
+            r = h5_child(f, "regularizers", path, SolverError, "group")
+            check_links(r, path, SolverError)
+            for name in h5_names(r, path, SolverError):
+                d = h5_child(r, name, path, SolverError, "dataset")
+                with h5_reading(path, SolverError, "/regularizers/%s" % name):
                     key = d.attrs.get("key")
                     if key is None:
                         raise SolverError("%s: regularizer state '%s' has no 'key' attribute"
                                           % (path, d.name))
                     key = key.decode("utf-8") if isinstance(key, bytes) else str(key)
-                    reg_state[key] = h5_numbers(d, path, SolverError)
-        except (OSError, KeyError, UnicodeDecodeError) as e:
-            raise SolverError("Cannot read solver state '%s': %s" % (path, e)) from None
+                reg_state[key] = h5_numbers(d, path, SolverError)
     return it, learned_net, current_step, history, reg_state
 
 
@@ -210,14 +216,16 @@ def _h5_int(f, name, path):
 
 def _h5_string(dset, path):
     """hdf5_load_string: a string dataset (fixed length, NUL-terminated, or variable)."""
-    if dset.dtype.kind not in "SOU" or dset.size != 1:
-        raise SolverError("%s: '%s' is not a string (dtype %s, %d values)"
-                          % (path, dset.name, dset.dtype, dset.size))
-    v = dset[()]
-    if isinstance(v, np.ndarray):
-        v = v.ravel()[0]
-    if isinstance(v, bytes):
-        v = v.decode("utf-8")
+    with h5_reading(path, SolverError, "/learned_net"):
+        kind, size = dset.dtype.kind, dset.size
+        if kind not in "SOU" or size != 1:
+            raise SolverError("%s: '%s' is not a string (dtype %s, %d values)"
+                              % (path, dset.name, dset.dtype, size))
+        v = dset[()]
+        if isinstance(v, np.ndarray):
+            v = v.ravel()[0]
+        if isinstance(v, bytes):
+            v = v.decode("utf-8")       # not UTF-8: a ValueError, named by h5_reading
     return str(v).rstrip("\0")
 
 
