@@ -22,13 +22,7 @@ CHILD_TIMEOUT_S = 120
 
 # Cases whose behaviour is still missing: {case id: reason}. Each runs as xfail(strict=True),
 # so the day the behaviour lands the case fails until its entry here is removed.
-_H5_RAW = ("a corrupt HDF5 group structure (overwritten heap, symbol-table or B-tree signature) "
-           "escapes as h5py's RuntimeError instead of a caffepy error naming the file")
 XFAIL = {}
-XFAIL.update(("weights-save-%03d" % i, "Net.save/save_hdf5 into a folder that does not exist: a "
-              "bare FileNotFoundError naming the temporary file") for i in (0, 1))
-XFAIL.update(("weights-h5-corrupt-%03d" % i, "Net.copy_from: " + _H5_RAW) for i in (2, 5, 8, 11))
-XFAIL.update(("state-h5-corrupt-%03d" % i, "Solver.restore: " + _H5_RAW) for i in (2, 5, 8))
 
 
 def _params():
