@@ -21,9 +21,9 @@
         iter += 1; snapshot / signal requests (state.py, signals.py)
 
 Structured sparsity (regularizers/): on display iterations, when a group decay is set, the
-solver prototxt has ``regularizer { }`` blocks or ``display_sparsity: true``, the log also shows the SSL fork's sparsity block after the lr line
-and its "Total regularization terms" line after the update; a plain Caffe solver's log is
-Caffe's.
+solver prototxt has ``regularizer { }`` blocks or ``display_sparsity: true``, the log also
+shows the SSL fork's sparsity block after the lr line and its "Total regularization terms"
+line after the update; a plain Caffe solver's log is Caffe's.
 
 The update rule comes from the registry in updaters.py, chosen by ``SolverParameter.type``
 (see factory.py for ``get_solver`` and the pycaffe classes ``SGDSolver`` ...).
@@ -519,14 +519,7 @@ class Solver:
                  p.display, self.smoothed_loss)
         self._timer = now
         self._iterations_last = self.iter
-        outputs = []
-        net = self.net
-        for j, blob in enumerate(net.output_blobs):
-            bid = net.output_blob_indices[j]
-            name = net.blob_names[bid]
-            w = f32(net._blob_loss_weights[bid])
-            for v in backend.to_numpy(blob.data).ravel():
-                outputs.append((len(outputs), name, f32(v), w))
+        outputs = self._train_outputs(f32)
         self._log_outputs("Train", outputs)
         self._emit("train", iter=self.iter, loss=float(self.smoothed_loss), outputs=outputs)
 
@@ -643,17 +636,23 @@ class Solver:
             fn for fn in self._listeners
             if getattr(fn, "__self__", None) not in self._monitors.objects]
 
-    def _notify_iteration(self, loss):
-        """on_iteration(iter, smoothed loss, train outputs, lr) of the listener objects."""
-        self.iteration_loss = float(loss)
+    def _train_outputs(self, cast):
+        """The train net's outputs as (index, blob name, value, loss weight) rows, one per
+        value in Caffe's display order; ``cast`` converts the numbers (f32 or float)."""
         net = self.net
         outputs = []
         for j, blob in enumerate(net.output_blobs):
             bid = net.output_blob_indices[j]
             name = net.blob_names[bid]
-            w = float(net._blob_loss_weights[bid])
+            w = cast(net._blob_loss_weights[bid])
             for v in backend.to_numpy(blob.data).ravel():
-                outputs.append((len(outputs), name, float(v), w))
+                outputs.append((len(outputs), name, cast(v), w))
+        return outputs
+
+    def _notify_iteration(self, loss):
+        """on_iteration(iter, smoothed loss, train outputs, lr) of the listener objects."""
+        self.iteration_loss = float(loss)
+        outputs = self._train_outputs(float)
         it, smoothed, rate = self.iter - 1, float(self.smoothed_loss), self.learning_rate
         for fn in self._monitors.iteration:
             fn(it, smoothed, outputs, rate)
