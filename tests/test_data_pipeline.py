@@ -557,6 +557,30 @@ def test_imagedata_reads_list_in_order_bgr_and_wraps(image_list):
     layer.close()
 
 
+@pytest.mark.parametrize("rank,extra,warned", [(1, "", True), (0, "", False),
+                                               (1, "shuffle: true", False),
+                                               (1, "rand_skip: 2", False)])
+def test_imagedata_warns_other_ranks_that_read_the_same_order(image_list, monkeypatch, caplog,
+                                                              rank, extra, warned):
+    """As Caffe's ImageData: a TRAIN solver other than the first, reading the list unshuffled
+    and unskipped, is told that every process reads the same images in the same order; the
+    batch itself is the whole list's (ImageData is not split among the processes)."""
+    from caffepy import distributed
+    monkeypatch.setitem(distributed._state, "count", 2)
+    monkeypatch.setitem(distributed._state, "rank", rank)
+    rgbs, labels = image_list
+    with caplog.at_level("WARNING", logger="caffepy"):
+        layer, _, top = setup_layer(IMAGEDATA % ("", 2, extra))
+    hits = [r.getMessage() for r in caplog.records if "recommended" in r.getMessage()]
+    assert hits == (["Layer 'img' (ImageData): shuffle or rand_skip recommended when 2 "
+                     "processes train together: each reads the same images in the same "
+                     "order"] if warned else [])
+    if not extra:
+        data, lab = forward(layer, top)
+        np.testing.assert_array_equal(lab, labels[:2])
+    layer.close()
+
+
 def test_imagedata_gray_resize_and_transform(image_list):
     from caffepy.data.image import rgb_to_gray
     rgbs, labels = image_list

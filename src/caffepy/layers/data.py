@@ -563,6 +563,12 @@ class ImageDataLayer(_PrefetchingDataLayer):
                                            error=error)
         self.transformer.init_rand()
         lines = parse_image_list(p.source, error)
+        if (not p.shuffle and not p.rand_skip and self.phase == caffe_pb2.TRAIN
+                and distributed.solver_rank() > 0):
+            # as Caffe: every solver reads the whole list in the same order
+            log.warning("Layer '%s' (ImageData): shuffle or rand_skip recommended when %d "
+                        "processes train together: each reads the same images in the same "
+                        "order", self.layer_param.name, distributed.solver_count())
         shuffle_rng = None
         if p.shuffle:
             shuffle_rng = np.random.default_rng(int(backend.rng().integers(1 << 32)))
