@@ -312,3 +312,21 @@ def test_lrn_in_chunks(split_everything, monkeypatch, across, in_place):
             got = bottom[0].diff.ravel()
             np.testing.assert_allclose(got[::7], num[::7], rtol=1e-3, atol=1e-4)
     assert results[0] == results[1] == results[2]
+
+
+def test_max_pooling_backward_after_the_thread_count_changed(split_everything):
+    """MAX's backward scatters to the winners its forward found: changing the thread count
+    between the two passes must not make new kernels (which would know no winners)."""
+    x = rnd(2, 3, 6, 7)
+    dy = rnd(2, 3, 3, 3, seed=1)
+    text = 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }'
+    split_everything(1)
+    ref_layer, outs, ref_dx, _ = run_layer(text, [x], [dy])
+    split_everything(2)
+    layer, bottom, top = make(text, [x])
+    fwd(layer, bottom, top)
+    assert len(layer.kerns) == 2
+    split_everything(1)
+    bwd(layer, bottom, top, [dy])
+    assert bottom[0].diff.tobytes() == ref_dx[0].tobytes()
+    assert np.count_nonzero(bottom[0].diff) == np.count_nonzero(ref_dx[0]) > 0

@@ -195,15 +195,13 @@ def parts_for(nbytes, count):
     return max(1, min(n, count))
 
 
-def elementwise(fn, arrays, nbytes=None):
+def elementwise(fn, arrays):
     """fn(*pieces) over contiguous pieces of equal-length flat arrays, side by side.
 
     ``arrays`` are 1-D views of one length; each part gets the same [start, stop) range of
     every array. Element-wise results do not depend on the split."""
     count = arrays[0].shape[0]
-    if nbytes is None:
-        nbytes = sum(a.nbytes for a in arrays)
-    n = parts_for(nbytes, count)
+    n = parts_for(sum(a.nbytes for a in arrays), count)
     if n == 1:
         fn(*arrays)
         return

@@ -15,9 +15,6 @@ from .shapes import prod, shape_str
 
 # -- InnerProduct -------------------------------------------------------------------------
 
-_DW_SCRATCH = tuple("dw%d" % w for w in range(16))      # scratch names of the worker threads
-
-
 @register_layer("InnerProduct")
 class InnerProductLayer(Layer):
     """y = x·Wᵀ + b with x flattened to M×K from ``axis`` (W is N×K, or K×N if transpose)."""
@@ -60,9 +57,8 @@ class InnerProductLayer(Layer):
             y += self.blobs[1].data
 
     def _dw_scratch(self, worker, rows):
-        cols = self.N if self.transpose else self.K
-        return self.scratch(_DW_SCRATCH[worker] if worker < len(_DW_SCRATCH) else
-                            "dw%d" % worker, (rows, cols))
+        """The weight-gradient work rows of one worker thread (parallel_chunks.matmul_rows)."""
+        return self.scratch("dw%d" % worker, (rows, self.N if self.transpose else self.K))
 
     def backward_impl(self, top, propagate_down, bottom):
         xp = self.xp

@@ -151,7 +151,6 @@ class PoolingLayer(Layer):
             self.kern = self.kerns[0]
 
     def forward_impl(self, bottom, top):
-        self._plan()
         nc, H, W, OH, OW = self._shape
         x = bottom[0].data.reshape(nc, H, W)
         y = top[0].data.reshape(nc, OH, OW)
@@ -170,7 +169,7 @@ class PoolingLayer(Layer):
     def backward_impl(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        self._plan()
+        # the kernels of the forward pass (reshape made them): MAX's winners are kept there
         nc, H, W, OH, OW = self._shape
         dy = top[0].diff.reshape(nc, OH, OW)
         dx = bottom[0].diff.reshape(nc, H, W)
