@@ -26,13 +26,21 @@ worker per net prints the per-layer table of ``caffe time`` (forward and backwar
 ``--per-layer-threads``, default 1).
 
     python benchmarks/bench_nets.py [--rounds 3] [--nets lenet,cifar10_quick] [--iterations N]
-                                    [--no-torch] [--no-per-layer] [--json FILE]
-    python benchmarks/bench_nets.py --worker caffepy|torch --net lenet|cifar10_quick --threads N
+                                    [--no-torch] [--no-per-layer] [--json FILE] [--caffe BINARY]
+    python benchmarks/bench_nets.py --worker caffepy|torch|caffe --net lenet|cifar10_quick --threads N
                                     [--iterations N] [--warmup N] [--per-layer]
 
 --gpu runs caffepy in GPU mode (CuPy; see docs/gpu.md) and PyTorch on CUDA, synchronizing the
 device around every timed step (per-layer times are then device times, as ``caffe time -gpu``
 reports them); only wall times are reported.
+
+--caffe BINARY adds BVLC Caffe's CPU build as a third reference: the same net files (Input
+blobs, solver files with display, tests and snapshots off) trained by ``caffe train``. Its
+training iteration is the CPU and wall time of a run of ``warmup + 4 x iterations`` iterations
+minus that of a run of ``warmup`` iterations, divided by the difference, so process start and net
+set-up drop out; its per-layer figures come from ``caffe time`` and print beside caffepy's. The
+worker reports the BLAS library the binary loads and the OpenBLAS kernel it picks. One way to get
+that binary on Debian 12 is the ``caffe`` package of Debian 11 (see benchmarks/README.md).
 
 PyTorch is a benchmark tool only (pip install torch==2.13.0, the CPU wheel), never a caffepy
 dependency; it is imported only in the torch worker. For a fair BLAS comparison you may unset
@@ -101,12 +109,10 @@ def run_worker_cmd(cmd, threads, what):
     raise SystemExit("worker %s failed (exit %d): %s" % (what, p.returncode, " ".join(cmd)))
 
 
-def caffepy_solver(name, batch=None, gpu=False, seed=0):
-    """The example net and solver of ``name``, TRAIN phase, its data layer replaced by an Input
-    layer holding one random batch (images in [0, 1), labels in [0, classes)); no test net, no
-    display, no snapshots. Returns the caffepy Solver."""
-    import numpy as np
-    import caffepy
+def input_net(name, batch=None):
+    """The example solver (a SolverParameter) and net (a NetParameter) of ``name``, TRAIN phase,
+    its data layer replaced by an Input layer of one batch; no test net, display or snapshots.
+    Returns (solver param, net param, the data layer's tops)."""
     from caffepy.proto import caffe_pb2, read_text
     from caffepy.solver import read_solver_file
 
@@ -132,6 +138,19 @@ def caffepy_solver(name, batch=None, gpu=False, seed=0):
     for lp in layers:
         net.layer.add().CopyFrom(lp)
     training_only(param, net)
+    return param, net, tops
+
+
+def caffepy_solver(name, batch=None, gpu=False, seed=0):
+    """The example net and solver of ``name`` as input_net makes them, the Input layer holding
+    one random batch (images in [0, 1), labels in [0, classes)). Returns the caffepy Solver."""
+    import numpy as np
+    import caffepy
+    from caffepy.proto import caffe_pb2
+
+    spec = NETS[name]
+    batch = batch or spec["batch"]
+    param, net, tops = input_net(name, batch)
     if gpu:
         caffepy.set_mode_gpu()
         param.solver_mode = caffe_pb2.SolverParameter.GPU
@@ -369,6 +388,126 @@ def torch_worker(args):
             "preempted": (preempted() - n0) / (args.iterations + args.warmup)}
 
 
+# -- BVLC Caffe ---------------------------------------------------------------------------
+
+def caffe_binary_info(binary):
+    """What a BVLC Caffe ``caffe`` binary says it is, and the BLAS library it loads; refuses
+    caffepy's own ``caffe`` command (the two print different --version lines)."""
+    p = subprocess.run([binary, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True)
+    version = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    if "caffepy" in p.stdout or not version.startswith("caffe version"):
+        raise SystemExit("%s is not BVLC Caffe's caffe binary (it says %r)" % (binary, version))
+    blas = "BLAS unknown"
+    try:
+        ldd = subprocess.run(["ldd", binary], stdout=subprocess.PIPE, universal_newlines=True)
+        libs = [ln.split("=>")[1].split("(")[0].strip() for ln in ldd.stdout.splitlines()
+                if "=>" in ln and ("blas" in ln or "libcaffe" in ln)]
+        found = []
+        for lib in libs:
+            if "libcaffe" in lib:
+                sub = subprocess.run(["ldd", lib], stdout=subprocess.PIPE, universal_newlines=True)
+                found += [ln.split("=>")[1].split("(")[0].strip()
+                          for ln in sub.stdout.splitlines() if "=>" in ln and "blas" in ln]
+            else:
+                found.append(lib)
+        if found:
+            paths = sorted({os.path.realpath(f) for f in found})
+            blas = "BLAS " + ", ".join(paths) + openblas_kernel(paths)
+    except OSError:
+        pass
+    return "BVLC %s (%s), %s; OPENBLAS_NUM_THREADS=%s" % (
+        version, binary, blas, os.environ.get("OPENBLAS_NUM_THREADS"))
+
+
+def openblas_kernel(paths):
+    """The kernel OpenBLAS picks here (as Caffe's process will: same machine, same
+    environment), as threadpoolctl reports it for the other frameworks."""
+    import ctypes
+    for path in paths:
+        if "openblas" not in os.path.basename(path):
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            return " (%s kernel)" % lib.openblas_get_corename().decode()
+        except (OSError, AttributeError):
+            pass
+    return ""
+
+
+def run_caffe(binary, args, workdir):
+    """Run ``caffe ARGS`` to the end; (CPU seconds, wall seconds, involuntary switches, stderr)."""
+    env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
+    w0 = time.perf_counter()
+    p = subprocess.Popen([binary] + args, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, universal_newlines=True)
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - w0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.stderr.write(err[-3000:])
+        raise SystemExit("caffe %s failed (exit %d)" % (" ".join(args), p.returncode))
+    return ru.ru_utime + ru.ru_stime, wall, ru.ru_nivcsw, err
+
+
+def caffe_worker(args):
+    """BVLC Caffe training the same net (its Input blobs hold zeros: a convolution, pooling or
+    GEMM costs the same whatever the values). A training iteration's cost is the difference
+    between a run of warmup + n iterations and a run of warmup iterations, divided by n, so
+    start-up and net set-up drop out; ``--iterations`` x 4 timed iterations per sample."""
+    import tempfile
+    from caffepy.proto import caffe_pb2, write_text
+    binary = args.caffe_bin
+    info = [caffe_binary_info(binary)]
+    n = 4 * args.iterations
+    param, net, _ = input_net(args.net, args.batch)
+    param.solver_mode = caffe_pb2.SolverParameter.CPU
+    out = {"framework": "caffe", "net": args.net, "threads": args.threads, "info": info}
+    with tempfile.TemporaryDirectory(prefix="bench-caffe-") as d:
+        write_text(net, os.path.join(d, "net.prototxt"))
+        param.ClearField("net_param")
+        param.net = "net.prototxt"
+        runs = {}
+        for k in (args.warmup, args.warmup + n):
+            param.max_iter = k
+            param.display = k      # the last iteration's loss, for the parent's check
+            write_text(param, os.path.join(d, "solver%d.prototxt" % k))
+            runs[k] = run_caffe(binary, ["train", "-solver", "solver%d.prototxt" % k], d)
+        (c0, w0, _, _), (c1, w1, p1, err) = runs[args.warmup], runs[args.warmup + n]
+        # preemptions: the longer run's, per iteration (a difference of two counts this
+        # small would mostly be noise)
+        out.update(cpu=[(c1 - c0) / n], wall=[(w1 - w0) / n],
+                   preempted=p1 / (args.warmup + n), loss=float("nan"))
+        for line in err.splitlines():
+            if "Iteration %d, loss = " % (args.warmup + n) in line:
+                out["loss"] = float(line.rsplit("=", 1)[1])
+        if args.per_layer:
+            _, _, _, err = run_caffe(binary, ["time", "-model", "net.prototxt",
+                                              "-iterations", str(args.iterations)], d)
+            out["per_layer"] = parse_caffe_time(err)
+    return out
+
+
+def parse_caffe_time(log):
+    """The per-layer table of a ``caffe time`` log, as the caffepy worker reports its own."""
+    names, fwd, bwd, total = [], {}, {}, float("nan")
+    for line in log.splitlines():
+        text = line.split("] ", 1)[-1].strip()
+        for tag, table in (("\tforward: ", fwd), ("\tbackward: ", bwd)):
+            if tag in text:
+                name, value = text.split(tag)
+                name = name.strip()
+                if name not in names:
+                    names.append(name)
+                table[name] = float(value.split()[0])
+        if text.startswith("Average Forward-Backward:"):
+            total = float(text.split(":")[1].split()[0])
+    return {"names": names, "forward": [fwd.get(k, 0.0) for k in names],
+            "backward": [bwd.get(k, 0.0) for k in names], "total": total}
+
+
 # -- the parent -----------------------------------------------------------------------------
 
 def cpu_model():
@@ -400,16 +539,26 @@ def ms(xs):
     return 1e3 * statistics.median(xs)
 
 
-def print_per_layer(name, res, iterations):
+def print_per_layer(name, res, iterations, reference=None):
+    """caffepy's per-layer table, in `caffe time`'s form; with ``reference`` (a caffe worker's
+    result) BVLC Caffe's own `caffe time` figures beside it."""
     pl = res["per_layer"]
-    print("\n== caffepy per layer: %s (batch %d), %d iterations, %d thread(s) =="
-          % (name, NETS[name]["batch"], iterations, res["threads"]))
+    ref = reference["per_layer"] if reference else None
+    print("\n== caffepy per layer: %s (batch %d), %d iterations, %d thread(s)%s =="
+          % (name, NETS[name]["batch"], iterations, res["threads"],
+             "; BVLC Caffe's `caffe time` in brackets" if ref else ""))
     print("Average time per layer:")
+    theirs = dict(zip(ref["names"], zip(ref["forward"], ref["backward"]))) if ref else {}
     for lname, f, b in zip(pl["names"], pl["forward"], pl["backward"]):
-        print("%12s\tforward: %8.3f ms.\tbackward: %8.3f ms." % (lname, f, b))
-    print("Average Forward pass: %.3f ms." % sum(pl["forward"]))
-    print("Average Backward pass: %.3f ms." % sum(pl["backward"]))
-    print("Average Forward-Backward: %.3f ms." % pl["total"])
+        line = "%12s\tforward: %8.3f ms.\tbackward: %8.3f ms." % (lname, f, b)
+        if lname in theirs:
+            line += "\t[%8.3f  %8.3f]" % theirs[lname]
+        print(line)
+    tail = (lambda k: "\t[%.3f]" % sum(ref[k])) if ref else (lambda k: "")
+    print("Average Forward pass: %.3f ms.%s" % (sum(pl["forward"]), tail("forward")))
+    print("Average Backward pass: %.3f ms.%s" % (sum(pl["backward"]), tail("backward")))
+    print("Average Forward-Backward: %.3f ms.%s"
+          % (pl["total"], "\t[%.3f]" % ref["total"] if ref else ""))
 
 
 def parent(args):
@@ -417,8 +566,13 @@ def parent(args):
     cores = args.cores or len(os.sched_getaffinity(0))
     threads = [cores] if args.gpu else sorted({1, min(2, cores), cores})
     frameworks = ["caffepy"] if args.no_torch else ["caffepy", "torch"]
+    if args.caffe_bin:
+        if args.gpu:
+            raise SystemExit("--caffe times BVLC Caffe's CPU build; leave it out with --gpu")
+        frameworks.append("caffe")
     nets = args.nets.split(",")
     extra = ["--gpu"] if args.gpu else []
+    fw_extra = {"caffe": ["--caffe", args.caffe_bin]}
     print("machine: %d cores, %s; load average %s (1, 5, 15 min) at start"
           % (os.cpu_count(), cpu_model(), load_average()))
     print("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" % (os.environ.get("OPENBLAS_CORETYPE"),
@@ -430,7 +584,8 @@ def parent(args):
             its = args.iterations or NETS[name]["iterations"]
             for n in threads:
                 for fw in frameworks:
-                    res = run_worker(script, fw, name, n, its, NETS[name]["warmup"], extra)
+                    res = run_worker(script, fw, name, n, its, NETS[name]["warmup"],
+                                     extra + fw_extra.get(fw, []))
                     key = (fw, name, n)
                     s = samples.setdefault(key, {"cpu": [], "wall": [], "rounds": [],
                                                  "preempted": []})
@@ -449,7 +604,11 @@ def parent(args):
             n = cores if args.gpu else args.per_layer_threads
             per_layer[name] = run_worker(script, "caffepy", name, n, its, NETS[name]["warmup"],
                                          extra + ["--per-layer"])
-            print_per_layer(name, per_layer[name], its)
+            reference = None
+            if args.caffe_bin:
+                reference = run_worker(script, "caffe", name, n, its, NETS[name]["warmup"],
+                                       fw_extra["caffe"] + ["--per-layer"])
+            print_per_layer(name, per_layer[name], its, reference)
 
     print("\n== what each worker reports ==")
     for (fw, n), lines in sorted(info.items()):
@@ -486,25 +645,27 @@ def parent(args):
     rows = [("CPU, 1 thread", "cpu", 1)] if not args.gpu else []
     rows += [("wall, %d thread%s" % (n, "s" if n > 1 else ""), "wall", n) for n in threads]
 
-    print("%-14s %-16s %22s %22s %7s  %s" % ("net", "figure", "caffepy", "torch", "ratio",
-                                             "preemptions/iteration (caffepy, torch)"))
+    others = [fw for fw in frameworks if fw != "caffepy"]
+    print("%-14s %-16s %22s" % ("net", "figure", "caffepy")
+          + "".join(" %22s %7s" % (fw, "ratio") for fw in others)
+          + "  preemptions/iteration (%s)" % ", ".join(frameworks))
     for name in nets:
         for label, what, n in rows:
-            c, t = med("caffepy", name, n, what), med("torch", name, n, what)
-            print("%-14s %-16s %8.2f %13s %8s %13s %7s  %s, %s" % (
-                name, label, c, spread("caffepy", name, n, what),
-                "%.2f" % t if t else "-", spread("torch", name, n, what), ratio(c, t),
-                preempt("caffepy", name, n), preempt("torch", name, n)))
+            c = med("caffepy", name, n, what)
+            line = "%-14s %-16s %8.2f %13s" % (name, label, c, spread("caffepy", name, n, what))
+            for fw in others:
+                t = med(fw, name, n, what)
+                line += " %8s %13s %7s" % ("%.2f" % t if t else "-", spread(fw, name, n, what),
+                                           ratio(c, t))
+            print(line + "  " + ", ".join(preempt(fw, name, n) for fw in frameworks))
     if not args.gpu and 2 in threads:
         print("\nscaling (wall 1 thread / wall 2 threads; 2.00 is perfect): from the medians, "
               "and from the lowest round medians (the rounds least disturbed by other load):")
         for name in nets:
-            sc = {fw: ratio(med(fw, name, 1, "wall"), med(fw, name, 2, "wall"))
-                  for fw in ("caffepy", "torch")}
-            lo = {fw: ratio(lowest(fw, name, 1), lowest(fw, name, 2))
-                  for fw in ("caffepy", "torch")}
-            print("%-14s caffepy %s (%s)   torch %s (%s)"
-                  % (name, sc["caffepy"], lo["caffepy"], sc["torch"], lo["torch"]))
+            print("%-14s" % name + "".join(
+                "   %s %s (%s)" % (fw, ratio(med(fw, name, 1, "wall"), med(fw, name, 2, "wall")),
+                                   ratio(lowest(fw, name, 1), lowest(fw, name, 2)))
+                for fw in frameworks))
     print("\nload average %s at the end; %.0f s in all"
           % (load_average(), time.perf_counter() - t0))
     if args.json:
@@ -517,7 +678,7 @@ def parent(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worker", choices=("caffepy", "torch"),
+    ap.add_argument("--worker", choices=("caffepy", "torch", "caffe"),
                     help="run one framework alone in this process and print its times as JSON")
     ap.add_argument("--net", default="lenet", choices=sorted(NETS), help="the worker's net")
     ap.add_argument("--nets", default=DEFAULT_NETS, help="the nets the parent runs")
@@ -533,6 +694,8 @@ def main(argv=None):
     ap.add_argument("--per-layer-threads", type=int, default=1)
     ap.add_argument("--no-per-layer", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--caffe", metavar="BINARY", dest="caffe_bin",
+                    help="also time BVLC Caffe's CPU build (the path of its caffe binary)")
     ap.add_argument("--json", help="also write every sample to this file")
     ap.add_argument("--gpu", action="store_true",
                     help="caffepy in GPU mode (CuPy), PyTorch on CUDA; times synchronize "
@@ -545,7 +708,8 @@ def main(argv=None):
         if not args.gpu:
             thread_env(os.environ, args.threads)
         args.iterations = args.iterations or NETS[args.net]["iterations"]
-        run = caffepy_worker if args.worker == "caffepy" else torch_worker
+        run = {"caffepy": caffepy_worker, "torch": torch_worker,
+               "caffe": caffe_worker}[args.worker]
         res = run(args)
         for line in res["info"]:
             print(line)

@@ -86,3 +86,72 @@ def test_scripts_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+# -- BVLC Caffe as a third reference (bench_nets.py --caffe) ---------------------------------
+
+# the end of a `caffe time` log (Caffe 1.0, LeNet batch 64, one thread), as glog writes it
+CAFFE_TIME_LOG = """\
+I1206 08:50:48.219789  3453 caffe.cpp:397] Average time per layer: 
+I1206 08:50:48.219791  3453 caffe.cpp:400]       data\tforward: 0.00015 ms.
+I1206 08:50:48.219793  3453 caffe.cpp:403]       data\tbackward: 0.0002 ms.
+I1206 08:50:48.219796  3453 caffe.cpp:400]      conv1\tforward: 0.52204 ms.
+I1206 08:50:48.219798  3453 caffe.cpp:403]      conv1\tbackward: 0.5701 ms.
+I1206 08:50:48.219800  3453 caffe.cpp:400]       loss\tforward: 0.01133 ms.
+I1206 08:50:48.219802  3453 caffe.cpp:403]       loss\tbackward: 0.00115 ms.
+I1206 08:50:48.219862  3453 caffe.cpp:408] Average Forward pass: 4.17352 ms.
+I1206 08:50:48.219864  3453 caffe.cpp:410] Average Backward pass: 5.58315 ms.
+I1206 08:50:48.219866  3453 caffe.cpp:412] Average Forward-Backward: 9.78 ms.
+I1206 08:50:48.219867  3453 caffe.cpp:414] Total Time: 978 ms.
+"""
+
+
+def test_parse_caffe_time_reads_the_per_layer_table():
+    pl = bench_nets.parse_caffe_time(CAFFE_TIME_LOG)
+    assert pl["names"] == ["data", "conv1", "loss"]
+    assert pl["forward"] == [0.00015, 0.52204, 0.01133]
+    assert pl["backward"] == [0.0002, 0.5701, 0.00115]
+    assert pl["total"] == 9.78
+
+
+FAKE_CAFFE = """\
+#!{python}
+# Stands in for BVLC Caffe's binary: 'train' burns {per_iter} s of CPU per iteration of the
+# solver's max_iter after {setup} s of set-up, and logs the last loss as Caffe does.
+import re, sys, time
+if sys.argv[1] == "--version":
+    print("caffe version 1.0.0")
+    sys.exit(0)
+text = open(sys.argv[sys.argv.index("-solver") + 1]).read()
+n = int(re.search(r"max_iter: (\\d+)", text).group(1))
+net = re.search(r'net: "([^"]+)"', text).group(1)
+assert 'type: "Input"' in open(net).read()
+def burn(s):
+    t = time.process_time()
+    while time.process_time() - t < s:
+        pass
+burn({setup})
+burn({per_iter} * n)
+sys.stderr.write("I1206 00:00:00.0 1 solver.cpp:218] Iteration %d, loss = 0.25\\n" % n)
+"""
+
+
+def test_caffe_worker_takes_the_difference_of_two_runs(tmp_path):
+    fake = tmp_path / "caffe"
+    fake.write_text(FAKE_CAFFE.format(python=sys.executable, per_iter=0.004, setup=0.15))
+    fake.chmod(0o755)
+    args = bench_nets.argparse.Namespace(caffe_bin=str(fake), net="lenet", batch=0,
+                                         threads=1, iterations=10, warmup=2, per_layer=False)
+    res = bench_nets.caffe_worker(args)
+    assert res["framework"] == "caffe" and res["loss"] == 0.25
+    # 4 x 10 timed iterations: the set-up drops out, the per-iteration CPU time is left
+    assert res["cpu"][0] == pytest.approx(0.004, rel=0.15)
+    assert "BVLC caffe version 1.0.0" in res["info"][0]
+
+
+def test_caffe_worker_refuses_caffepys_own_caffe_command(tmp_path):
+    fake = tmp_path / "caffe"
+    fake.write_text("#!/bin/sh\necho 'caffepy 0.1.0 (the caffe command of caffepy)'\n")
+    fake.chmod(0o755)
+    with pytest.raises(SystemExit, match="is not BVLC Caffe"):
+        bench_nets.caffe_binary_info(str(fake))
