@@ -233,6 +233,24 @@ def test_accumulated_product_in_row_blocks(split_everything, monkeypatch):
     assert max(sizes) == 3
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_product_in_column_blocks(split_everything, transposed):
+    """out = a·b as column blocks of b and out (an odd width, so the halves differ), b a
+    transposed view or not: the float64 value, the same bits for one and two threads, and
+    two blocks fixed by the shapes."""
+    a = rnd(4, 9)
+    b = rnd(7, 9, seed=1).T if transposed else rnd(9, 7, seed=1)
+    got = []
+    for threads in (1, 2):
+        split_everything(threads)
+        out = np.full((4, 7), np.nan, np.float32)
+        parallel_chunks.matmul_cols(np, a, b, out)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-6)
+        got.append(out.tobytes())
+        assert parallel_chunks.gemm_row_blocks(7, 4, 9) == [(0, 4), (4, 7)]
+    assert got[0] == got[1]
+
+
 def test_inner_product_weight_gradient_scratch_is_a_block(monkeypatch):
     """The weight-gradient work memory of a large InnerProduct is a block of rows
     (ACCUMULATE_BLOCK_BYTES per thread), not a second weight-sized array, and the gradient

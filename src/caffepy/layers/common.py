@@ -51,8 +51,8 @@ class InnerProductLayer(Layer):
         x = bottom[0].flat_data.reshape(self.M, self.K)
         y = top[0].flat_data.reshape(self.M, self.N)
         w = self.blobs[0].data
-        # row blocks of the batch side by side on the cores (caffepy.parallel_chunks)
-        parallel_chunks.matmul_rows(xp, x, w if self.transpose else w.T, y)
+        # blocks of outputs side by side on the cores (caffepy.parallel_chunks)
+        parallel_chunks.matmul_cols(xp, x, w if self.transpose else w.T, y)
         if self.bias_term:
             y += self.blobs[1].data
 
@@ -79,7 +79,7 @@ class InnerProductLayer(Layer):
         if propagate_down[0]:
             w = self.blobs[0].data
             dx = bottom[0].flat_diff.reshape(self.M, self.K)
-            parallel_chunks.matmul_rows(xp, dy, w.T if self.transpose else w, dx)
+            parallel_chunks.matmul_cols(xp, dy, w.T if self.transpose else w, dx)
 
 
 # -- Eltwise ------------------------------------------------------------------------------
