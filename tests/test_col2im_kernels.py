@@ -1,14 +1,14 @@
-"""col2im of channels-last columns: the compiled kernel (and its Python source run uncompiled)
-against the NumPy slice-adds and a per-window float64 reference, bit for bit, on odd shapes:
-strides, padding, dilation, groups, batch 1, a window that runs past the padded image (Caffe's
-truncating output size), kernels wider than the stride."""
+"""col2im of channels-last columns and im2col of channels-first chunks: the compiled kernels
+(and their Python source run uncompiled) against the NumPy code and a per-window reference, bit
+for bit, on odd shapes: strides, padding, dilation, groups, batch 1, a window that runs past the
+padded image (Caffe's truncating output size), kernels wider than the stride."""
 import types
 
 import numpy as np
 import pytest
 
 from caffepy.kernels import compiled
-from caffepy.kernels.im2col import WindowGeometry, col2im_last
+from caffepy.kernels.im2col import IMAGES, ROWS, ChunkColumns, WindowGeometry, col2im_last
 
 # (m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, G)
 CASES = [
@@ -82,3 +82,55 @@ def test_strided_arrays_take_the_numpy_path():
     col2im_last(col, dx, geom, fake)
     assert calls == []
     np.testing.assert_array_equal(dx, reference(np.ascontiguousarray(col), case, geom))
+
+
+# -- im2col of channels-first chunks --------------------------------------------------------
+
+def im2col_reference(x, geom, layout):
+    """Caffe's im2col per window position, zeros outside the image: (m, C, kh, kw, OH, OW)
+    for IMAGES, (C, kh, kw, m, OH, OW) for ROWS."""
+    m, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom.kernel, geom.stride, geom.pad, geom.dilation
+    OH, OW = geom.out_shape
+    col = np.zeros((m, C, kh, kw, OH, OW), np.float32)
+    for a in range(kh):
+        for b in range(kw):
+            for oh in range(OH):
+                for ow in range(OW):
+                    ih, iw = oh * sh - ph + a * dh, ow * sw - pw + b * dw
+                    if 0 <= ih < H and 0 <= iw < W:
+                        col[:, :, a, b, oh, ow] = x[:, :, ih, iw]
+    return col if layout == IMAGES else np.ascontiguousarray(col.transpose(1, 2, 3, 0, 4, 5))
+
+
+def im2col_kernels_for(mode):
+    if mode == "numpy":
+        return None
+    if mode == "python":
+        return types.SimpleNamespace(im2col_images_2d=compiled.im2col_images_2d,
+                                     im2col_rows_2d=compiled.im2col_rows_2d)
+    return kernels_for(mode)
+
+
+@pytest.mark.parametrize("mode", ["numpy", "python", "numba"])
+@pytest.mark.parametrize("layout", [IMAGES, ROWS])
+@pytest.mark.parametrize("case", CASES)
+def test_im2col_channels_first_bits(mode, layout, case):
+    """ChunkColumns.fill with and without the compiled kernel: Caffe's columns bit for bit,
+    for a full chunk and a smaller last one (the buffer keeps stale values in between), and
+    for a strided chunk (the kernel copies it to C order first)."""
+    m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, _ = case
+    geom = WindowGeometry((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    n = m + 1
+    buf = np.full(n * C * kh * kw * geom.out_count, np.nan, np.float32)
+    cols = ChunkColumns(np, C, geom, n, buf, layout, compiled_kernels=im2col_kernels_for(mode))
+    assert (cols.nbytes == 0) == (mode != "numpy" or not cols.padded)   # no padded copy
+    rng = np.random.default_rng(C * H + W)
+    for images in (n, m):
+        x = rng.standard_normal((images, C, H, W)).astype(np.float32)
+        got = cols.fill(x)
+        np.testing.assert_array_equal(got.view(np.uint32),
+                                      im2col_reference(x, geom, layout).view(np.uint32))
+    wide = rng.standard_normal((m, C, H, 2 * W)).astype(np.float32)
+    np.testing.assert_array_equal(cols.fill(wide[..., ::2]),
+                                  im2col_reference(wide[..., ::2], geom, layout))

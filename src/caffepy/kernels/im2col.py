@@ -206,13 +206,20 @@ class ChunkColumns:
     the other layouts when there is no padding), whose windows are then one strided copy.
     """
 
-    def __init__(self, xp, channels, geom, n, col_buffer, layout=ROWS, groups=1):
+    def __init__(self, xp, channels, geom, n, col_buffer, layout=ROWS, groups=1,
+                 compiled_kernels=None):
         self.geom = geom
         self.channels = channels
         self.layout = layout
         self.groups = groups
         self._pshape = padded_shape(geom)
         self.padded = any(geom.pad) or self._pshape != tuple(geom.in_shape)
+        # numba's im2col (caffepy.kernels.compiled) for 2-D channels-first layouts: it reads
+        # the unpadded images, so there is no padded copy; the same bits
+        self._kernel = None
+        if compiled_kernels is not None and xp is np and len(geom.kernel) == 2:
+            self._kernel = {IMAGES: getattr(compiled_kernels, "im2col_images_2d", None),
+                            ROWS: getattr(compiled_kernels, "im2col_rows_2d", None)}.get(layout)
         if col_buffer.size < n * channels * geom.kernel_count * geom.out_count:
             raise ValueError("col_buffer holds %d values, %d images of columns need %d"
                              % (col_buffer.size, n,
@@ -220,7 +227,7 @@ class ChunkColumns:
         self._col = col_buffer
         # zeroed once: only the interior is ever written, the border stays Caffe's zero padding
         self._xpad = (xp.zeros(n * channels * _count(self._pshape), dtype=np.float32)
-                      if self.padded or layout == LAST else None)
+                      if (self.padded or layout == LAST) and self._kernel is None else None)
         self._views = {}
 
     @property
@@ -256,6 +263,11 @@ class ChunkColumns:
 
     def fill(self, x):
         v = self._views.get(x.shape[0]) or self._make(x.shape[0])
+        if self._kernel is not None:
+            if type(x) is not np.ndarray or not x.flags.c_contiguous or x.dtype != np.float32:
+                x = np.ascontiguousarray(x, dtype=np.float32)
+            self._kernel(x, v.col, self.geom.int_params)
+            return v.col
         if v.windows is None:
             v.col[...] = window_view(x, self.geom, self.layout)
             return v.col
