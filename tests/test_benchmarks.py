@@ -155,3 +155,32 @@ def test_caffe_worker_refuses_caffepys_own_caffe_command(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(SystemExit, match="is not BVLC Caffe"):
         bench_nets.caffe_binary_info(str(fake))
+
+
+# -- the GEMM floor (bench_gemm_floor.py) ---------------------------------------------------
+
+def test_gemm_floor_lists_lenets_products(lenet):
+    import bench_gemm_floor
+    rows = bench_gemm_floor.products(lenet.net)
+    got = {}
+    for layer, what, m, k, n, times in rows:
+        got.setdefault((layer, what), []).append((m, k, n, times))
+    # conv1: 20 filters of 1×5×5 over 24×24 outputs, a product per chunk of images, the chunks
+    # covering the batch; no data gradient (the data needs none)
+    assert sum(n // 576 * t for _, _, n, t in got[("conv1", "forward")]) == 64
+    assert {(m, k) for m, k, _, _ in got[("conv1", "forward")]} == {(20, 25)}
+    assert ("conv1", "data gradient") not in got
+    assert {(m, n) for m, _, n, _ in got[("conv2", "weight gradient")]} == {(50, 500)}
+    assert {(m, k) for m, k, _, _ in got[("conv2", "data gradient")]} == {(500, 50)}
+    assert got[("ip1", "forward")] == [(64, 800, 500, 1)]
+    assert got[("ip2", "data gradient")] == [(64, 10, 500, 1)]
+    # the multiply-adds of a LeNet training iteration, counted by hand
+    macs = sum(m * k * n * t for _, _, m, k, n, t in rows)
+    assert macs == 2 * 64 * 576 * 20 * 25 + 3 * 64 * 64 * 50 * 500 + 3 * 64 * 800 * 500 \
+        + 3 * 64 * 500 * 10
+
+
+def test_gemm_floor_times_a_product():
+    import bench_gemm_floor
+    t = bench_gemm_floor.time_product(64, 128, 32, 3, np.random.default_rng(0))
+    assert 0 < t < 0.1
