@@ -27,8 +27,9 @@ worker per net prints the per-layer table of ``caffe time`` (forward and backwar
 
     python benchmarks/bench_nets.py [--rounds 3] [--nets lenet,cifar10_quick] [--iterations N]
                                     [--no-torch] [--no-per-layer] [--json FILE] [--caffe BINARY]
-    python benchmarks/bench_nets.py --worker caffepy|torch|caffe --net lenet|cifar10_quick --threads N
-                                    [--iterations N] [--warmup N] [--per-layer]
+    python benchmarks/bench_nets.py --worker caffepy|torch|caffe --net lenet|cifar10_quick
+                                    --threads N [--iterations N] [--warmup N] [--per-layer]
+                                    [--caffe BINARY]
 
 --gpu runs caffepy in GPU mode (CuPy; see docs/gpu.md) and PyTorch on CUDA, synchronizing the
 device around every timed step (per-layer times are then device times, as ``caffe time -gpu``
