@@ -8,6 +8,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # CAFFEPY_TEST_MODE=gpu runs the tests with caffepy in GPU mode (blobs are CuPy arrays);
 # tools/gpu_check.sh uses it. Unset (or "cpu"): the ordinary NumPy run.
 TEST_MODE = os.environ.get("CAFFEPY_TEST_MODE", "cpu").strip().lower() or "cpu"
+# CAFFEPY_CUPY_STANDIN=1 (with CAFFEPY_TEST_MODE=gpu) runs the GPU path without a GPU, on the
+# strict NumPy-backed stand-in for CuPy in tests/standin (its docstring says what it checks).
+if TEST_MODE == "gpu" and os.environ.get("CAFFEPY_CUPY_STANDIN", "").strip() == "1":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin"))
 
 
 def pytest_configure(config):
@@ -67,7 +71,11 @@ def threads():
 
 
 def pytest_report_header(config):
-    return "caffepy test mode: %s (CAFFEPY_TEST_MODE)" % TEST_MODE
+    if TEST_MODE != "gpu":
+        return "caffepy test mode: %s (CAFFEPY_TEST_MODE)" % TEST_MODE
+    import cupy
+    return "caffepy test mode: gpu (CAFFEPY_TEST_MODE), on CuPy %s from %s" % (
+        cupy.__version__, os.path.dirname(os.path.dirname(cupy.__file__)))
 
 
 _counts = {}

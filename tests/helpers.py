@@ -20,7 +20,7 @@ import shutil
 
 import numpy as np
 
-from caffepy import Blob, cli
+from caffepy import Blob, backend, cli
 from caffepy.backend import to_numpy
 from caffepy.layer import build_layer, create_layer
 from caffepy.proto import caffe_pb2, parse_text
@@ -97,6 +97,13 @@ def copy_case(case_dir, tmp_path):
             os.chmod(os.path.join(root, n), 0o755 if n in dirs else 0o644)
     os.chmod(dst, 0o755)
     return dst
+
+
+def put(dst, host):
+    """dst[...] = host, where dst is a blob's array: in GPU mode (a device array) the host
+    values are moved to the device first, as CuPy requires."""
+    xp = backend.array_module(dst)
+    dst[...] = host if xp is np else xp.asarray(np.asarray(host, dtype=dst.dtype))
 
 
 def assert_close(actual, expected, tol, what):

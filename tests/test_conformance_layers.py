@@ -10,7 +10,7 @@ import pytest
 import caffepy
 from caffepy import backend
 from caffepy.proto import caffe_pb2
-from helpers import LAYER_CASES, assert_close, copy_case, load_meta
+from helpers import LAYER_CASES, assert_close, copy_case, load_meta, put
 
 CASES = sorted(LAYER_CASES)
 
@@ -36,15 +36,15 @@ def test_layer_case(case, tmp_path, monkeypatch):
         def set_inputs():
             for i, srcname in enumerate(meta["bottom_sources"]):
                 if srcname == "parameter":
-                    net.layer_by_name("input_b%d" % i).blobs[0].data[...] = data["bottom_%d" % i]
+                    put(net.layer_by_name("input_b%d" % i).blobs[0].data, data["bottom_%d" % i])
                 else:
-                    net.blobs[meta["bottoms"][i]].data[...] = data["bottom_%d" % i]
+                    put(net.blobs[meta["bottoms"][i]].data, data["bottom_%d" % i])
 
         set_inputs()
         for j in range(meta["num_params"]):
             assert layer.blobs[j].shape == data["param_%d" % j].shape or \
                 layer.blobs[j].count == data["param_%d" % j].size, "param %d shape" % j
-            layer.blobs[j].data[...] = data["param_%d" % j].reshape(layer.blobs[j].shape)
+            put(layer.blobs[j].data, data["param_%d" % j].reshape(layer.blobs[j].shape))
         net.forward_prefilled()
         for k, top in enumerate(meta["tops"]):
             if "top_%d" % k in data:
@@ -59,7 +59,7 @@ def test_layer_case(case, tmp_path, monkeypatch):
                 layer.blobs[j].diff[...] = 0
             for k, top in enumerate(meta["tops"]):
                 if "top_diff_%d" % k in data:
-                    net.blobs[top].diff[...] = data["top_diff_%d" % k].reshape(net.blobs[top].shape)
+                    put(net.blobs[top].diff, data["top_diff_%d" % k].reshape(net.blobs[top].shape))
             net.backward_from_to(len(net.layers) - 1, 0)
             for i in meta["grad_bottoms"]:
                 if meta["bottom_sources"][i] == "parameter":

@@ -1,0 +1,99 @@
+"""The GPU code path without a GPU: tests/standin holds a strict NumPy-backed stand-in for
+CuPy. These tests check that the stand-in enforces CuPy's host/device rules (else running
+caffepy on it would prove nothing), then run every conformance case, layer and solver, with
+caffepy in GPU mode on it, in a child pytest (CAFFEPY_TEST_MODE=gpu CAFFEPY_CUPY_STANDIN=1)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STANDIN = os.path.join(HERE, "standin")
+
+
+@pytest.fixture(scope="module")
+def cp():
+    """The stand-in module, imported under its own name without touching sys.modules['cupy']
+    for the rest of the run (a real CuPy, if installed, stays what `import cupy` gives)."""
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules)
+             if k == "cupy" or k.startswith("cupy.") or k == "cupyx"}
+    sys.path.insert(0, STANDIN)
+    try:
+        import cupy
+        import cupyx
+        yield cupy, cupyx
+    finally:
+        sys.path.remove(STANDIN)
+        for k in [k for k in sys.modules if k == "cupy" or k.startswith("cupy.")
+                  or k == "cupyx"]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def test_device_arrays_never_become_numpy_implicitly(cp):
+    cupy, _ = cp
+    a = cupy.arange(6, dtype=cupy.float32).reshape(2, 3)
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array"):
+        np.asarray(a)
+    host = np.ones((2, 3), np.float32)
+    for mix in (lambda: a + host, lambda: host + a, lambda: np.add(a, host),
+                lambda: cupy.add(a, host), lambda: cupy.matmul(a, host.T)):
+        with pytest.raises(TypeError):
+            mix()
+    np.testing.assert_array_equal(a.get(), np.arange(6).reshape(2, 3))
+    assert isinstance(a.get(), np.ndarray) and isinstance(cupy.asnumpy(a), np.ndarray)
+
+
+def test_numpy_functions_on_device_arrays_stay_on_the_device(cp):
+    cupy, _ = cp
+    a = cupy.asarray(np.array([[1.0, -2.0], [3.0, 4.0]], np.float32))
+    s = np.sum(a)                       # __array_function__: the stand-in's sum
+    assert type(s) is cupy.ndarray and s.ndim == 0 and float(s) == 6.0
+    m = np.maximum(a, 0)                # __array_ufunc__
+    assert type(m) is cupy.ndarray
+    np.testing.assert_array_equal(m.get(), [[1, 0], [3, 4]])
+    r = a.sum(axis=0)                   # methods too, 0-d and n-d results on the device
+    assert type(r) is cupy.ndarray and type(a.max()) is cupy.ndarray
+    out = cupy.empty((2, 2), cupy.float32)
+    assert cupy.multiply(a, 2, out=out) is out
+    np.testing.assert_array_equal(out.get(), [[2, -4], [6, 8]])
+
+
+def test_host_values_enter_only_as_cupy_allows(cp):
+    cupy, cupyx = cp
+    a = cupy.zeros((2, 3), cupy.float32)
+    a[:] = np.full((2, 3), 2, np.float32)       # CuPy's whole-array copy from the host
+    with pytest.raises(TypeError):
+        a[...] = np.ones((2, 3), np.float32)    # any other assignment from the host fails
+    with pytest.raises(TypeError):
+        a[0] = np.ones(3, np.float32)
+    a[1] = 5                                      # scalars are fine
+    a[0, :2] = cupy.asarray(np.array([7, 8], np.float32))
+    np.testing.assert_array_equal(a.get(), [[7, 8, 2], [5, 5, 5]])
+    cupyx.scatter_add(a, (cupy.asarray(np.array([0, 0])), cupy.asarray(np.array([2, 2]))),
+                      cupy.asarray(np.array([1, 1], np.float32)))
+    assert float(a[0, 2]) == 4.0
+    with pytest.raises(AttributeError):
+        cupy.not_a_cupy_function                  # unknown names never fall back to NumPy
+
+
+def test_every_conformance_case_runs_in_gpu_mode_on_the_standin():
+    env = dict(os.environ, CAFFEPY_TEST_MODE="gpu", CAFFEPY_CUPY_STANDIN="1")
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                        os.path.join(HERE, "test_conformance_layers.py"),
+                        os.path.join(HERE, "test_conformance_solvers.py")],
+                       cwd=os.path.dirname(HERE), env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-4000:]
+    # the child ran in GPU mode, on the stand-in
+    assert "caffepy test mode: gpu (CAFFEPY_TEST_MODE), on CuPy 14.2.0+numpy-standin from %s" \
+        % STANDIN in p.stdout, p.stdout[:2000]
+    counts = [ln for ln in p.stdout.splitlines()
+              if ln.startswith(("layer cases:", "solver cases:"))]
+    assert len(counts) == 2, p.stdout[-2000:]
+    for ln in counts:
+        ran = int(ln.split(":")[1].split()[0])
+        assert ran > 0 and ln.split(":")[1].startswith(" %d ran, %d passed, 0 failed, 0 skipped"
+                                                       % (ran, ran)), ln
