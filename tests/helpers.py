@@ -147,9 +147,9 @@ def setup_layer(text, phase=caffe_pb2.TRAIN, bottom=()):
 
 
 def fwd(layer, bottom, top):
-    """Forward; returns a copy of every top's data."""
+    """Forward; returns a host copy of every top's data (NumPy arrays in GPU mode too)."""
     layer.forward(bottom, top)
-    return [t.data.copy() for t in top]
+    return [np.array(to_numpy(t.data), copy=True) for t in top]
 
 
 def bwd(layer, bottom, top, top_diffs, propagate=None):
@@ -158,7 +158,7 @@ def bwd(layer, bottom, top, top_diffs, propagate=None):
     for b in layer.blobs:
         b.diff[...] = 0
     for t, d in zip(top, top_diffs):
-        t.diff[...] = d
+        put(t.diff, d)
     if propagate is None:
         propagate = [True] * len(bottom)
     layer.backward(top, propagate, bottom)
