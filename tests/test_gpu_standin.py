@@ -97,3 +97,70 @@ def test_every_conformance_case_runs_in_gpu_mode_on_the_standin():
         ran = int(ln.split(":")[1].split()[0])
         assert ran > 0 and ln.split(":")[1].startswith(" %d ran, %d passed, 0 failed, 0 skipped"
                                                        % (ran, ran)), ln
+
+
+def _train(work, solver, extra_env, *flags):
+    env = dict(os.environ, **extra_env)
+    p = subprocess.run([sys.executable, "-m", "caffepy", "train", "-solver", solver] + list(flags),
+                       cwd=str(work), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:]
+    return p.stdout
+
+
+def test_lenet_trains_resumes_and_snapshots_in_gpu_mode_as_on_the_cpu(tmp_path):
+    """The LeNet example through the command line with -gpu 0 on the stand-in: LMDB batches
+    onto the device, the test net, snapshots and a resume; the same losses, accuracies and
+    weights as the CPU run (the two paths sum in different orders: relative 1e-3)."""
+    import caffepy
+    from caffepy import backend
+    from caffepy.cli import example
+
+    example.copy_example("mnist", str(tmp_path))
+    with open(tmp_path / "lenet_solver.prototxt") as f:
+        text = f.read()
+    for key, value in (("max_iter", 20), ("test_interval", 10), ("snapshot", 10),
+                       ("display", 5)):
+        text = "\n".join(ln if not ln.startswith(key + ":") else "%s: %d" % (key, value)
+                         for ln in text.splitlines())
+    for mode in ("CPU", "GPU"):
+        body = text.replace("solver_mode: GPU", "").replace("solver_mode: CPU", "")
+        body = body.replace('snapshot_prefix: "lenet"', 'snapshot_prefix: "%s"' % mode.lower())
+        (tmp_path / ("solver_%s.prototxt" % mode)).write_text(
+            body + "\nsolver_mode: %s\nrandom_seed: 1701\n" % mode)
+    gpu_env = {"PYTHONPATH": STANDIN}
+    cpu = _train(tmp_path, "solver_CPU.prototxt", {})
+    gpu = _train(tmp_path, "solver_GPU.prototxt", gpu_env, "-gpu", "0")
+    resumed = _train(tmp_path, "solver_GPU.prototxt", gpu_env, "-gpu", "0",
+                     "-snapshot", "gpu_iter_10.solverstate")
+    # (a resumed run reads its data from the start again, as Caffe's does: compare it with a
+    # resumed CPU run, not with the uninterrupted one)
+    resumed_cpu = _train(tmp_path, "solver_CPU.prototxt", {},
+                         "-snapshot", "cpu_iter_10.solverstate")
+
+    def numbers(log, pattern):
+        import re
+        return [float(v) for v in re.findall(pattern, log)]
+
+    loss = r"Iteration \d+ .*?loss = ([-\d.e+]+)"
+    acc = r"accuracy = ([-\d.e+]+)"
+    assert len(numbers(cpu, loss)) == len(numbers(gpu, loss)) >= 4
+    np.testing.assert_allclose(numbers(gpu, loss), numbers(cpu, loss), rtol=1e-3)
+    np.testing.assert_allclose(numbers(gpu, acc), numbers(cpu, acc), rtol=1e-3)
+    for log in (gpu, resumed):                       # device 0 is the stand-in's
+        assert "GPU 0: NumPy stand-in device" in log
+    assert "GPU 0" not in cpu + resumed_cpu
+    assert "Resuming from gpu_iter_10.solverstate" in resumed
+    assert len(numbers(resumed, loss)) == len(numbers(resumed_cpu, loss)) >= 2
+    np.testing.assert_allclose(numbers(resumed, loss), numbers(resumed_cpu, loss), rtol=1e-3)
+    np.testing.assert_allclose(numbers(resumed, acc), numbers(resumed_cpu, acc), rtol=1e-3)
+    # the snapshots, read back on the CPU
+    backend.set_mode_cpu()
+    nets = {}
+    for mode in ("cpu", "gpu"):
+        nets[mode] = caffepy.Net(str(tmp_path / "lenet.prototxt"), caffepy.TEST,
+                                 weights=str(tmp_path / ("%s_iter_20.caffemodel" % mode)))
+    assert list(nets["cpu"].params) == ["conv1", "conv2", "ip1", "ip2"]
+    for name, blobs in nets["cpu"].params.items():
+        for a, b in zip(blobs, nets["gpu"].params[name]):
+            np.testing.assert_allclose(b.data, a.data, rtol=1e-3, atol=1e-5)
