@@ -188,6 +188,38 @@ def test_max_forward_backward(case, specials, mode):
     np.testing.assert_array_equal(dx.view(np.uint32), expect.view(np.uint32))
 
 
+@pytest.mark.parametrize("specials", [False, True], ids=["ties", "nan_inf"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[4] < c[2] or c[5] < c[3]],
+                         ids=[i for c, i in zip(CASES, IDS) if c[4] < c[2] or c[5] < c[3]])
+def test_max_backward_gather_same_bits_as_scatter(case, specials):
+    """The device path's MAX backward (a gather over kernel positions, no atomic adds) gives
+    the scatter's bits and Caffe's: each pixel sums the windows it won in row-major output
+    order, overlapping windows (stride 1: up to nine), ceil-mode and padded edges, empty
+    windows, ties, NaN and infinities."""
+    N, C, H, W = case[:4]
+    kern, OH, OW = make_pool(case, "numpy")
+    assert not kern.global_like
+    x = tied_input((N, C, H, W), seed=sum(case[:6]), specials=specials)
+    top = np.empty((N, C, OH, OW), np.float32)
+    mask = np.empty((N, C, OH, OW), np.float32)
+    kern.forward_max(x.reshape(N * C, H, W), top.reshape(N * C, OH, OW),
+                     mask.reshape(N * C, OH, OW))
+    dy = top_diff((N, C, OH, OW), seed=2)
+    if specials:
+        dy.reshape(-1)[::7] = np.inf
+        dy.reshape(-1)[3::11] = np.nan
+    got = {}
+    for how in ("_scatter_code", "_gather_code"):
+        dx = np.zeros((N, C, H, W), np.float32)
+        getattr(kern, how)(dy.reshape(N * C, OH, OW), dx.reshape(N * C, H, W))
+        got[how] = dx
+    _, ref_mask = ref_max(x, case, OH, OW)
+    np.testing.assert_array_equal(mask, ref_mask)
+    expect = ref_max_backward(ref_mask, dy, (N, C, H, W))
+    for dx in got.values():
+        np.testing.assert_array_equal(dx.view(np.uint32), expect.view(np.uint32))
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_ave_forward_backward(case, mode):

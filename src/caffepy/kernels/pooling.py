@@ -77,6 +77,15 @@ def _legacy_scatter_add():  # pragma: no cover - older CuPy
     return _cupyx_scatter_add
 
 
+def _covering_outputs(size, out, stride, offset):
+    """[lo, hi): the outputs o whose input o·stride + offset lies in range(size)."""
+    lo = min(out, (-offset + stride - 1) // stride) if offset < 0 else 0
+    hi = out
+    while hi > lo and (hi - 1) * stride + offset >= size:
+        hi -= 1
+    return lo, hi
+
+
 def _nan_ignoring_max(xp, a):
     """The max of each row of ``a`` ignoring NaN (NaN for an all-NaN row), without warnings."""
     if xp is np:
@@ -327,7 +336,37 @@ class Pool2D:
                                                 dx.reshape(self.nc, -1))
             return
         dx[...] = 0
-        self._scatter_code(dy, dx)
+        if xp is np:
+            self._scatter_code(dy, dx)
+        else:
+            self._gather_code(dy, dx)
+
+    def _gather_code(self, dy, dx):
+        """dx (zeroed) += dy at each output's winner, as a gather over kernel positions (the
+        device path): position (kh, kw) adds, at once for every window, the top diffs of the
+        windows it won into the pixels it covers — a strided slice of dx, no pixel twice. The
+        positions go in reverse row-major order, so each pixel receives its windows in
+        row-major output order, Caffe's order (its CPU loop and its GPU kernel alike): the same
+        bits as _scatter_code, with no atomic adds whose order varies between runs."""
+        xp = self.xp
+        code = self._winner_codes()
+        term = self._buf("gather_term", (self.nc, self.OH, self.OW), np.float32)
+        hit = self._buf("gather_hit", (self.nc, self.OH, self.OW), np.bool_)
+        for i in reversed(range(self.kh)):
+            oh0, oh1 = _covering_outputs(self.H, self.OH, self.sh, i - self.ph)
+            for k in reversed(range(self.kw)):
+                ow0, ow1 = _covering_outputs(self.W, self.OW, self.sw, k - self.pw)
+                if oh1 <= oh0 or ow1 <= ow0:
+                    continue
+                box = (slice(None), slice(oh0, oh1), slice(ow0, ow1))
+                t, h = term[box], hit[box]
+                xp.equal(code[box], self._cand[i * self.kw + k], out=h)
+                t.fill(0)
+                xp.copyto(t, dy[box], where=h)
+                ih0, iw0 = oh0 * self.sh + i - self.ph, ow0 * self.sw + k - self.pw
+                dxv = dx[:, ih0:ih0 + (oh1 - oh0 - 1) * self.sh + 1:self.sh,
+                         iw0:iw0 + (ow1 - ow0 - 1) * self.sw + 1:self.sw]
+                dxv += t
 
     def _scatter_code(self, dy, dx):
         """dx (zeroed) += dy at each output's winner, in Caffe's order."""
