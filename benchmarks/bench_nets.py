@@ -394,8 +394,11 @@ def torch_worker(args):
 def caffe_binary_info(binary):
     """What a BVLC Caffe ``caffe`` binary says it is, and the BLAS library it loads; refuses
     caffepy's own ``caffe`` command (the two print different --version lines)."""
-    p = subprocess.run([binary, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       universal_newlines=True)
+    try:
+        p = subprocess.run([binary, "--version"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, universal_newlines=True)
+    except OSError as e:
+        raise SystemExit("--caffe %s: cannot run it (%s)" % (binary, e.strerror or e)) from None
     version = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
     if "caffepy" in p.stdout or not version.startswith("caffe version"):
         raise SystemExit("%s is not BVLC Caffe's caffe binary (it says %r)" % (binary, version))

@@ -180,7 +180,6 @@ def test_gemm_floor_lists_lenets_products(lenet):
         + 3 * 64 * 500 * 10
 
 
-def test_gemm_floor_times_a_product():
-    import bench_gemm_floor
-    t = bench_gemm_floor.time_product(64, 128, 32, 3, np.random.default_rng(0))
-    assert 0 < t < 0.1
+def test_caffe_worker_names_a_binary_it_cannot_run(tmp_path):
+    with pytest.raises(SystemExit, match="--caffe .*no-caffe-here: cannot run it"):
+        bench_nets.caffe_binary_info(str(tmp_path / "no-caffe-here"))
