@@ -251,6 +251,73 @@ def test_product_in_column_blocks(split_everything, transposed):
     assert got[0] == got[1]
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_wide_product_computed_transposed(split_everything, with_bias):
+    """out = a·bᵀ (+ bias) for a wide product (an odd width at least 4 times the height): as
+    (b·aᵀ)ᵀ in two column blocks fixed by the shapes, the float64 value, the same bits for one
+    and two threads, each of them the bits of the transposed product; a narrower product and
+    a single row are left to the caller."""
+    a, w = rnd(3, 9), rnd(13, 9, seed=1)
+    bias = rnd(13, seed=2) if with_bias else None
+    work = []
+
+    def scratch(shape):
+        work.append(shape)
+        return np.full(shape, np.nan, np.float32)
+
+    got = []
+    for threads in (1, 2):
+        split_everything(threads)
+        out = np.full((3, 13), np.nan, np.float32)
+        assert parallel_chunks.matmul_transposed_out(np, a, w.T, out, scratch, bias)
+        ref = a.astype(np.float64) @ w.T.astype(np.float64)
+        if with_bias:
+            ref += bias
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        expect = np.concatenate([np.matmul(w[:7], a.T).T, np.matmul(w[7:], a.T).T], axis=1)
+        if with_bias:
+            expect = expect + bias
+        np.testing.assert_array_equal(out, expect)
+        got.append(out.tobytes())
+    assert got[0] == got[1] and work == [(13, 3), (13, 3)]
+    assert parallel_chunks.gemm_row_blocks(13, 3, 9) == [(0, 7), (7, 13)]
+    out = np.zeros((4, 13), np.float32)
+    assert not parallel_chunks.matmul_transposed_out(np, rnd(4, 9), w.T, out, scratch)
+    assert not parallel_chunks.matmul_transposed_out(np, rnd(1, 9), w.T, out[:1], scratch)
+    assert not out.any() and len(work) == 2
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_inner_product_short_batch(split_everything, transpose):
+    """A batch of 3 through 40 outputs (the forward computed transposed unless the weights are
+    stored transposed): top, bottom and param diffs against float64, one and two threads the
+    same bits."""
+    x, dy = rnd(3, 2, 5), rnd(3, 40, seed=1)
+    text = ('type: "InnerProduct" inner_product_param { num_output: 40 transpose: %s '
+            'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } }'
+            % ("true" if transpose else "false"))
+    wv, bv = rnd(40, 10, seed=2), rnd(40, seed=3)
+    w, b = wv.astype(np.float64), bv.astype(np.float64)
+    got = []
+    for threads in (1, 2):
+        split_everything(threads)
+        layer, bottom, top = make(text, [x])
+        layer.blobs[0].data[...] = wv.T if transpose else wv
+        layer.blobs[1].data[...] = bv
+        outs = fwd(layer, bottom, top)
+        bwd(layer, bottom, top, [dy])
+        dxs, dps = [bottom[0].diff.copy()], [p.diff.copy() for p in layer.blobs]
+        xf = x.reshape(3, 10).astype(np.float64)
+        np.testing.assert_allclose(outs[0], xf @ w.T + b, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dxs[0].reshape(3, 10), dy @ w, rtol=1e-5, atol=1e-5)
+        dw = dy.T.astype(np.float64) @ xf
+        np.testing.assert_allclose(dps[0], dw.T if transpose else dw, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dps[1], dy.sum(axis=0), rtol=1e-5, atol=1e-5)
+        assert ("yt" in getattr(layer, "_scratch", {})) == (not transpose)
+        got.append(b"".join(a.tobytes() for a in outs + dxs + dps))
+    assert got[0] == got[1]
+
+
 def test_inner_product_weight_gradient_scratch_is_a_block(monkeypatch):
     """The weight-gradient work memory of a large InnerProduct is a block of rows
     (ACCUMULATE_BLOCK_BYTES per thread), not a second weight-sized array, and the gradient

@@ -267,6 +267,40 @@ def matmul_cols(xp, a, b, out):
                             out=out[:, blocks[p][0]:blocks[p][1]]), len(blocks))
 
 
+# matmul_transposed_out: a product whose result is at least this many times wider than it is
+# tall is computed the other way round, as outᵀ = bᵀ·aᵀ, then transposed (see its docstring).
+TRANSPOSED_OUT_RATIO = 4
+
+
+def matmul_transposed_out(xp, a, b, out, work, bias=None):
+    """out = a·b (+ ``bias``, one value per column), for a short ``a`` and a wide ``b`` that is
+    the transpose of a C-contiguous array (an InnerProduct's x·Wᵀ): computed as outᵀ = bᵀ·aᵀ
+    into ``work(shape)`` (which returns a float32 (n × m) array), then transposed into ``out``
+    with the bias added, one block of columns per thread (gemm_row_blocks of outᵀ, fixed by the
+    shapes, so the same bits for any thread count). OpenBLAS runs (64 × 800)·(800 × 500) with a
+    transposed right operand in 0.33 ms on one thread, the transposed problem in 0.24 ms, and
+    the transpose costs 0.02. Returns False, doing nothing, when the product is not wide enough
+    (n < TRANSPOSED_OUT_RATIO · m) or not on the CPU: the caller then uses matmul_cols."""
+    m, k = a.shape
+    n = b.shape[1]
+    if xp is not _np or m < 2 or n < TRANSPOSED_OUT_RATIO * m:
+        return False
+    bt = b.T
+    wt = work((n, m))
+    blocks = gemm_row_blocks(n, m, k)
+
+    def block(p):
+        start, stop = blocks[p]
+        w = wt[start:stop]
+        xp.matmul(bt[start:stop], a.T, out=w)
+        if bias is None:
+            out[:, start:stop] = w.T
+        else:
+            xp.add(w.T, bias[start:stop], out=out[:, start:stop])
+    run(block, len(blocks))
+    return True
+
+
 def elementwise_with_temp(fn, arrays, temp):
     """fn(*pieces, work) over contiguous pieces of equal-length flat arrays, ``work`` a piece of
     the 1-D buffer ``temp`` as long as the others: the arrays are split among the threads and

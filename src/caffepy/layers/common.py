@@ -51,10 +51,16 @@ class InnerProductLayer(Layer):
         x = bottom[0].flat_data.reshape(self.M, self.K)
         y = top[0].flat_data.reshape(self.M, self.N)
         w = self.blobs[0].data
+        bias = self.blobs[1].data if self.bias_term else None
+        # a short batch through many outputs: Wᵀ's product the other way round, then transposed
+        # with the bias added (caffepy.parallel_chunks.matmul_transposed_out)
+        if not self.transpose and parallel_chunks.matmul_transposed_out(
+                xp, x, w.T, y, lambda shape: self.scratch("yt", shape), bias):
+            return
         # blocks of outputs side by side on the cores (caffepy.parallel_chunks)
         parallel_chunks.matmul_cols(xp, x, w if self.transpose else w.T, y)
-        if self.bias_term:
-            y += self.blobs[1].data
+        if bias is not None:
+            y += bias
 
     def _dw_scratch(self, worker, rows):
         """The weight-gradient work rows of one worker thread (parallel_chunks.matmul_rows)."""
