@@ -297,6 +297,51 @@ def test_compiled_same_bits_as_numpy(shape, k, s, p, mode):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("mode", ["python", "numba"])
+@pytest.mark.parametrize("H,W,k,s,p,pairs", [
+    (24, 24, 2, 2, 0, [(0, 1), (2, 3)]),    # LeNet's pool1: both column phases of each row
+    (32, 32, 3, 2, 0, [(0, 1), (2, 3)]),    # CIFAR-10 quick's pool1 (ceil: a grid column more)
+    (7, 9, 3, 2, 1, [(0, 1), (2, 3)]),      # pad 1: the pair's columns start one apart
+    (6, 5, 3, 2, 1, [(0, 1)]),              # vertical stride 1 (one row phase), odd width
+    (9, 9, 1, 2, 0, []),                     # a 1-wide window: one column phase, nothing to pair
+    (9, 9, 3, 3, 0, []),                     # stride 3: copied column by column
+])
+def test_phase_grids_copy_pairs_stride_two_columns(H, W, k, s, p, pairs, mode):
+    """A horizontal stride of 2 pairs each row phase's two column phases (one pass over an
+    image row fills both); the copy into the grids puts every image pixel where the strided
+    NumPy copy puts it, and the copy back gives the image again (pixels in no grid untouched)."""
+    sh = 1 if (H, W) == (6, 5) else s
+    OH = pooled_size(H, k, sh, p, True, bool(p))
+    OW = pooled_size(W, k, s, p, True, bool(p))
+    pool = Pool2D(np, 3, H, W, k, k, sh, s, p, p, OH, OW, use_compiled=kernels_for(mode))
+    boxes = pool._c_boxes
+    assert [(f, int(boxes[f, 6])) for f in range(len(boxes)) if boxes[f, 6] >= 0] == pairs
+    assert all(boxes[g, 6] == -2 for _, g in pairs)
+    assert (boxes[:, 6] == -1).sum() == len(boxes) - 2 * len(pairs)
+    if pairs and p:
+        f, g = pairs[0]
+        assert boxes[f, 3] != boxes[g, 3]       # the columns one of the pair has alone
+    copy = compiled._copy_phase_grids if mode == "numba" else compiled._copy_phase_grids_py
+    x = np.random.default_rng(3).standard_normal((3, H, W)).astype(np.float32)
+    plane = pool.Hq * pool.Wq
+    grids = np.full((len(boxes), 3 * plane + pool.maxshift), np.nan, np.float32)
+    geom = pool._c_geom.copy()
+    geom[4] = 3
+    copy(x, 0, 3, grids, boxes, geom, False)
+    for ab, (dst, src) in pool.phases.items():
+        g = grids[pool.phase_index[ab], :3 * plane].reshape(3, pool.Hq, pool.Wq)
+        if dst is not None:
+            np.testing.assert_array_equal(g[dst], x[src])
+    back = np.full_like(x, -7)
+    copy(back, 0, 3, grids, boxes, geom, True)
+    seen = np.zeros(x.shape, bool)
+    for dst, src in pool.phases.values():
+        if dst is not None:
+            seen[src] = True
+    np.testing.assert_array_equal(back[seen], x[seen])
+    assert (back[~seen] == -7).all()
+
+
 def test_compiled_max_keeps_the_first_zero_as_caffe():
     # Caffe's scan keeps the first of equal maxima, sign of zero included
     pool = Pool2D(np, 1, 1, 3, 1, 2, 1, 1, 0, 0, 1, 2, use_compiled=kernels_for("python"))
@@ -343,11 +388,13 @@ def test_a_numba_that_cannot_compile_falls_back_to_numpy(monkeypatch, caplog):
 
     monkeypatch.setenv("CAFFEPY_COMPILED", "1")
     monkeypatch.setattr(compiled, "_loaded", None)
-    monkeypatch.setattr(compiled, "_fill_phase_grids", compiled._fill_phase_grids)
+    for name in ("_copy_phase_grids", "_copy_columns", "_copy_pair"):
+        monkeypatch.setattr(compiled, name, getattr(compiled, name))
     monkeypatch.setattr(numba, "njit", broken)
     assert compiled.kernels() is None
     assert "could not compile" in caplog.text and "no such option" in caplog.text
-    assert compiled._fill_phase_grids is compiled._fill_phase_grids_py
+    assert compiled._copy_phase_grids is compiled._copy_phase_grids_py
+    assert compiled._copy_columns is compiled._copy_columns_py
     layer, bottom, top = make(MAX_LAYER, [np.arange(49, dtype=np.float32).reshape(1, 1, 7, 7)])
     assert layer.kern._compiled is None
     np.testing.assert_array_equal(fwd_top(layer, bottom, top),

@@ -59,8 +59,9 @@ def _compile():
     try:
         return _build(numba)
     except Exception as e:         # an unsupported numba release: keep to the NumPy code
-        global _fill_phase_grids
-        _fill_phase_grids = _fill_phase_grids_py
+        global _copy_phase_grids, _copy_columns, _copy_pair
+        _copy_phase_grids, _copy_columns, _copy_pair = (_copy_phase_grids_py, _copy_columns_py,
+                                                        _copy_pair_py)
         log.warning("numba %s could not compile caffepy's kernels (%s: %s); using the NumPy "
                     "code", getattr(numba, "__version__", "?"), type(e).__name__, e)
         return None
@@ -74,9 +75,11 @@ def _build(numba):
     def jit(signatures, fn):
         return numba.njit(signatures, cache=True, nogil=True, error_model="numpy")(fn)
 
-    # the kernels call this helper by its module name: compile it first
-    global _fill_phase_grids
-    _fill_phase_grids = numba.njit(cache=True, nogil=True)(_fill_phase_grids_py)
+    # the kernels call these helpers by their module names: compile them first
+    global _copy_phase_grids, _copy_columns, _copy_pair
+    _copy_columns = numba.njit(cache=True, nogil=True)(_copy_columns_py)
+    _copy_pair = numba.njit(cache=True, nogil=True)(_copy_pair_py)
+    _copy_phase_grids = numba.njit(cache=True, nogil=True)(_copy_phase_grids_py)
 
     return types.SimpleNamespace(
         maxpool_forward=jit(
@@ -202,10 +205,11 @@ def maxpool_forward(x, top, code, grids, best, wins, phase, shift, cand, boxes, 
     block of planes at a time in ``grids`` (phases, block cells + the largest shift; cells
     outside the image hold -inf and are never written), so the block stays in cache: kernel
     position j reads ``grids[phase[j]]`` at cell + ``shift[j]`` and has code ``cand[j]`` (NF
-    minus its offset from the window origin). ``boxes`` (phases, 6): the grid rows [ilo, ihi)
+    minus its offset from the window origin). ``boxes`` (phases, 7): the grid rows [ilo, ihi)
     and columns [jlo, jhi) that hold image pixels and the first pixel's (h0, w0), as
-    (ilo, ihi, h0, jlo, jhi, w0); ``geom``: (stride_h, stride_w, grid rows, grid columns,
-    planes per block, ...). ``best``/``wins``: work rows of a block's cells.
+    (ilo, ihi, h0, jlo, jhi, w0), and the pairing of _copy_phase_grids; ``geom``: (stride_h,
+    stride_w, grid rows, grid columns, planes per block, ...). ``best``/``wins``: work rows of a
+    block's cells.
     """
     nc = x.shape[0]
     OH, OW = top.shape[1], top.shape[2]
@@ -215,7 +219,7 @@ def maxpool_forward(x, top, code, grids, best, wins, phase, shift, cand, boxes, 
     for p0 in range(0, nc, P):
         npl = min(P, nc - p0)
         n = npl * plane
-        _fill_phase_grids(x, p0, npl, grids, boxes, geom)
+        _copy_phase_grids(x, p0, npl, grids, boxes, geom, False)
         for c in range(n):
             best[c] = lowest
             wins[c] = 0
@@ -229,12 +233,16 @@ def maxpool_forward(x, top, code, grids, best, wins, phase, shift, cand, boxes, 
                 m = -np.int32(gt)                      # all ones where v wins
                 best[c] = v if gt else b
                 wins[c] = (cj & m) | (wins[c] & ~m)
+        # the block's output box to the top, row by row (flat unsigned indices: the short row
+        # copies vectorise; indexing [p, oh, ow] took four times as long)
+        tf, cf = top.reshape(-1), code.reshape(-1)
         for q in range(npl):
             for oh in range(OH):
-                o = q * plane + oh * Wq
-                for ow in range(OW):
-                    top[p0 + q, oh, ow] = best[o + ow]
-                    code[p0 + q, oh, ow] = wins[o + ow]
+                o = np.uint64(q * plane + oh * Wq)
+                d = np.uint64(((p0 + q) * OH + oh) * OW)
+                for ow in range(np.uint64(OW)):
+                    tf[d + ow] = best[o + ow]
+                    cf[d + ow] = wins[o + ow]
 
 
 def maxpool_backward(code, dy, base_nf, dx):
@@ -243,15 +251,17 @@ def maxpool_backward(code, dy, base_nf, dx):
     origin, 0 for none; ``base_nf`` (OH, OW): each window's origin h·W + w, plus NF;
     ``dy`` (planes, OH, OW); ``dx`` (planes, H·W)."""
     nc, OH, OW = dy.shape
+    cf, dyf, bf = code.reshape(-1), dy.reshape(-1), base_nf.reshape(-1)
+    n = OH * OW
     for p in range(nc):
         d = dx[p]
         for i in range(d.shape[0]):
             d[i] = 0
-        for oh in range(OH):
-            for ow in range(OW):
-                k = code[p, oh, ow]
-                if k != 0:
-                    d[base_nf[oh, ow] - k] += dy[p, oh, ow]
+        o = p * n
+        for i in range(n):
+            k = cf[o + i]
+            if k != 0:
+                d[bf[i] - k] += dyf[o + i]
 
 
 # -- AVE pooling --------------------------------------------------------------------------------
@@ -267,18 +277,21 @@ def avepool_forward(x, top, divisor, grids, acc, phase, shift, boxes, geom):
     for p0 in range(0, nc, geom[4]):
         npl = min(geom[4], nc - p0)
         n = npl * plane
-        _fill_phase_grids(x, p0, npl, grids, boxes, geom)
+        _copy_phase_grids(x, p0, npl, grids, boxes, geom, False)
         for c in range(n):
             acc[c] = 0
         for j in range(phase.shape[0]):
             xv = grids[phase[j], shift[j]:shift[j] + n]
             for c in range(n):
                 acc[c] += xv[c]
+        tf, df = top.reshape(-1), divisor.reshape(-1)
         for q in range(npl):
             for oh in range(OH):
-                o = q * plane + oh * geom[3]
-                for ow in range(OW):
-                    top[p0 + q, oh, ow] = acc[o + ow] / divisor[oh, ow]
+                o = np.uint64(q * plane + oh * geom[3])
+                d = np.uint64(((p0 + q) * OH + oh) * OW)
+                v = np.uint64(oh * OW)
+                for ow in range(np.uint64(OW)):
+                    tf[d + ow] = acc[o + ow] / df[v + ow]
 
 
 def avepool_backward(dy, dx, divisor, grids, spread, phase, shift, boxes, geom):
@@ -288,11 +301,10 @@ def avepool_backward(dy, dx, divisor, grids, spread, phase, shift, boxes, geom):
     phase grids hold every pixel (else dx is zeroed first)."""
     nc, OH, OW = dy.shape
     H, W = dx.shape[1], dx.shape[2]
-    sh, sw, Hq, Wq, P = geom[0], geom[1], geom[2], geom[3], geom[4]
+    Hq, Wq, P = geom[2], geom[3], geom[4]
     plane = Hq * Wq
     K = phase.shape[0]
-    dxf = dx.reshape(-1)
-    usw = np.uint64(sw)
+    dxf, dyf, df = dx.reshape(-1), dy.reshape(-1), divisor.reshape(-1)
     for p0 in range(0, nc, P):
         npl = min(P, nc - p0)
         n = npl * plane
@@ -300,9 +312,11 @@ def avepool_backward(dy, dx, divisor, grids, spread, phase, shift, boxes, geom):
             spread[c] = 0
         for q in range(npl):
             for oh in range(OH):
-                o = q * plane + oh * Wq
-                for ow in range(OW):
-                    spread[o + ow] = dy[p0 + q, oh, ow] / divisor[oh, ow]
+                o = np.uint64(q * plane + oh * Wq)
+                d = np.uint64(((p0 + q) * OH + oh) * OW)
+                v = np.uint64(oh * OW)
+                for ow in range(np.uint64(OW)):
+                    spread[o + ow] = dyf[d + ow] / df[v + ow]
         for f in range(grids.shape[0]):
             g = grids[f]
             for c in range(g.shape[0]):
@@ -315,39 +329,96 @@ def avepool_backward(dy, dx, divisor, grids, spread, phase, shift, boxes, geom):
         if geom[5] == 0:
             for i in range(p0 * H * W, (p0 + npl) * H * W):
                 dxf[i] = 0
-        for f in range(boxes.shape[0]):
-            ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
-            jlo, jhi, w0 = boxes[f, 3], boxes[f, 4], boxes[f, 5]
-            gr = grids[f]
-            for q in range(npl):
-                for r in range(ilo, ihi):
-                    dst = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + w0)
-                    src = np.uint64(q * plane + r * Wq + jlo)
-                    for cc in range(jhi - jlo):
-                        dxf[dst + np.uint64(cc) * usw] = gr[src + np.uint64(cc)]
+        _copy_phase_grids(dx, p0, npl, grids, boxes, geom, True)
 
 
-def _fill_phase_grids_py(x, p0, npl, grids, boxes, geom):
-    """Copy planes p0 .. p0+npl of x into the block's phase grids (image cells only)."""
+def _copy_phase_grids_py(x, p0, npl, grids, boxes, geom, to_image):
+    """Copy planes p0 .. p0+npl of x into the block's phase grids (image cells only), or with
+    ``to_image`` the grids' image cells back into x.
+
+    ``boxes[f, 6]`` pairs the phases of a horizontal stride of 2: the phase of even grid
+    columns' image pixels names its partner (the next pixels to the right), which says -2 and is
+    copied with it. One pass over an image row then serves both, in the row's order (twice as
+    fast as two strided passes); a phase with no partner (-1), and the columns one of a pair
+    has beyond the other, are copied alone."""
+    for f in range(boxes.shape[0]):
+        g = boxes[f, 6]
+        if g == -2:
+            continue
+        if g < 0:
+            _copy_columns(x, p0, npl, grids, boxes, geom, f, boxes[f, 3], boxes[f, 4], to_image)
+            continue
+        lo = max(boxes[f, 3], boxes[g, 3])
+        hi = max(lo, min(boxes[f, 4], boxes[g, 4]))
+        for ph in (f, g):
+            # (a call for an empty range measured as costly as the copy: test first)
+            if boxes[ph, 3] < lo:
+                _copy_columns(x, p0, npl, grids, boxes, geom, ph, boxes[ph, 3],
+                              min(lo, boxes[ph, 4]), to_image)
+            if boxes[ph, 4] > hi:
+                _copy_columns(x, p0, npl, grids, boxes, geom, ph, max(hi, boxes[ph, 3]),
+                              boxes[ph, 4], to_image)
+        if hi > lo:
+            _copy_pair(x, p0, npl, grids, boxes, geom, f, g, lo, hi, to_image)
+
+
+def _copy_columns_py(x, p0, npl, grids, boxes, geom, f, c0, c1, to_image):
+    """Phase f's grid columns [c0, c1) of planes p0 .. p0+npl (image pixels only)."""
     H, W = x.shape[1], x.shape[2]
     sh, sw, Hq, Wq = geom[0], geom[1], geom[2], geom[3]
     plane = Hq * Wq
     xf = x.reshape(-1)
     usw = np.uint64(sw)
-    for f in range(boxes.shape[0]):
-        ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
-        jlo, jhi, w0 = boxes[f, 3], boxes[f, 4], boxes[f, 5]
-        gr = grids[f]
-        for q in range(npl):
-            for r in range(ilo, ihi):
-                # unsigned indices: no negative-index wraparound, so the copy vectorises
-                src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + w0)
-                dst = np.uint64(q * plane + r * Wq + jlo)
-                for cc in range(jhi - jlo):
-                    gr[dst + np.uint64(cc)] = xf[src + np.uint64(cc) * usw]
+    ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
+    first = boxes[f, 5] + (c0 - boxes[f, 3]) * sw
+    gr = grids[f]
+    n = np.uint64(c1 - c0)
+    for q in range(npl):
+        for r in range(ilo, ihi):
+            # unsigned indices: no negative-index wraparound, so the copy vectorises
+            src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + first)
+            dst = np.uint64(q * plane + r * Wq + c0)
+            if to_image:
+                for cc in range(n):
+                    xf[src + cc * usw] = gr[dst + cc]
+            else:
+                for cc in range(n):
+                    gr[dst + cc] = xf[src + cc * usw]
 
 
-_fill_phase_grids = _fill_phase_grids_py       # compiled by kernels() along with its callers
+def _copy_pair_py(x, p0, npl, grids, boxes, geom, f, g, c0, c1, to_image):
+    """Grid columns [c0, c1) of a pair of stride-2 phases f and g: column c of f holds image
+    pixel w, of g w + 1 (f's box gives w)."""
+    H, W = x.shape[1], x.shape[2]
+    sh, Hq, Wq = geom[0], geom[2], geom[3]
+    plane = Hq * Wq
+    xf = x.reshape(-1)
+    g0, g1 = grids[f], grids[g]
+    ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
+    first = boxes[f, 5] + (c0 - boxes[f, 3]) * 2
+    n = np.uint64(c1 - c0)
+    two, one = np.uint64(2), np.uint64(1)
+    for q in range(npl):
+        for r in range(ilo, ihi):
+            src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + first)
+            dst = np.uint64(q * plane + r * Wq + c0)
+            # unsigned: the two accesses of a pixel pair vectorise as one
+            if to_image:
+                for cc in range(n):
+                    s2 = src + two * cc
+                    xf[s2] = g0[dst + cc]
+                    xf[s2 + one] = g1[dst + cc]
+            else:
+                for cc in range(n):
+                    s2 = src + two * cc
+                    g0[dst + cc] = xf[s2]
+                    g1[dst + cc] = xf[s2 + one]
+
+
+# compiled by kernels() along with their callers
+_copy_phase_grids = _copy_phase_grids_py
+_copy_columns = _copy_columns_py
+_copy_pair = _copy_pair_py
 
 
 # -- solver update ------------------------------------------------------------------------------

@@ -192,11 +192,20 @@ class Pool2D:
                                      dtype=np.int64)
             self._c_shift = np.array([shift for _, _, shift in self.offsets], dtype=np.int64)
             self._c_cand = np.array(self._cand, dtype=np.int32)
-            boxes = np.zeros((len(phases), 6), dtype=np.int64)
+            boxes = np.zeros((len(phases), 7), dtype=np.int64)
+            boxes[:, 6] = -1
             for ab, (dst, src) in self.phases.items():
                 if dst is not None:
-                    boxes[self.phase_index[ab]] = (dst[1].start, dst[1].stop, src[1].start,
-                                                   dst[2].start, dst[2].stop, src[2].start)
+                    boxes[self.phase_index[ab], :6] = (dst[1].start, dst[1].stop, src[1].start,
+                                                       dst[2].start, dst[2].stop, src[2].start)
+            if sw == 2:
+                # a row's two column phases are copied in one pass (compiled._copy_phase_grids):
+                # grid column c holds pixel 2c − pw of the first, 2c − pw + 1 of the second
+                for a in range(sh):
+                    f, g = self.phase_index.get((a, 0)), self.phase_index.get((a, 1))
+                    if (f is not None and g is not None and self.phases[(a, 0)][0] is not None
+                            and self.phases[(a, 1)][0] is not None):
+                        boxes[f, 6], boxes[g, 6] = g, -2
             self._c_boxes = boxes
             plane = self.Hq * self.Wq
             self._c_block = max(1, COMPILED_BLOCK // plane)       # planes per block
