@@ -110,6 +110,54 @@ def test_relu_values():
     np.testing.assert_allclose(dx, [[0.01, -0.02, 0.03, -0.4, 0.5, -0.6]], rtol=1e-6)
 
 
+SPECIAL = np.array([[-np.inf, -3.0, -0.0, 0.0, 2.0, np.inf, np.nan, -1e-30]], np.float32)
+SPECIAL_DY = np.array([[0.5, -1.0, 2.0, -0.25, 4.0, 1.5, 3.0, np.inf]], np.float32)
+
+
+def caffe_relu(x, dy, slope):
+    """Caffe's CPU ReLU term for term in float32: std::max / std::min return their first
+    argument unless the second compares greater / smaller."""
+    f = np.float32
+    y, dx = np.empty_like(x), np.empty_like(x)
+    for i, v in np.ndenumerate(x):
+        hi = f(0) if v < 0 else v
+        lo = f(0) if 0 < v else v
+        with np.errstate(invalid="ignore"):
+            y[i] = hi + f(slope) * lo
+            dx[i] = dy[i] * (f(v > 0) + f(slope) * f(v <= 0))
+    return y, dx
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("slope", [0.0, 0.1, 0.25])
+@pytest.mark.parametrize("path", ["numpy", "python", "numba"])
+def test_relu_special_values_as_caffe(slope, path, in_place, monkeypatch):
+    """-inf, NaN, signed zeros, infinities and tiny values through forward and backward, with
+    Caffe's CPU formula: with slope 0 a -inf gives NaN (0 · -inf), as in Caffe. The NumPy
+    code, the compiled kernels' Python source and the compiled kernels agree, in place (one
+    array read and written) and not (a non-negative slope keeps the sign, so backward reads
+    the same factors from the output)."""
+    import types
+    from caffepy.kernels import compiled
+    if path == "numpy":
+        monkeypatch.setattr(compiled, "kernels", lambda: None)
+    elif path == "python":
+        monkeypatch.setattr(compiled, "kernels", lambda: types.SimpleNamespace(
+            relu_forward=compiled.relu_forward, relu_backward=compiled.relu_backward))
+    elif compiled.kernels() is None:
+        pytest.skip("numba is not installed or turned off")
+    text = 'type: "ReLU" relu_param { negative_slope: %g }' % slope
+    with np.errstate(invalid="ignore"):
+        _, y, dx = run(text, SPECIAL, SPECIAL_DY, in_place=in_place)
+    expect_y, expect_dx = caffe_relu(SPECIAL, SPECIAL_DY, slope)
+    if in_place:                    # backward reads the output: -inf became NaN (slope 0)
+        expect_dx = caffe_relu(expect_y, SPECIAL_DY, slope)[1]
+    np.testing.assert_array_equal(y, expect_y)
+    np.testing.assert_array_equal(dx, expect_dx)
+    assert np.isnan(y[0, 0]) == (slope == 0)
+    assert dx[0, 6] == 0            # NaN input: Caffe's factor is 0 + slope · 0
+
+
 def test_relu_in_place_reads_output_like_caffe():
     # In place, Caffe's backward sees the output: with a negative slope every y > 0.
     _, y, dx = run('type: "ReLU" relu_param { negative_slope: -0.3 }', X, DY, in_place=True)
