@@ -363,6 +363,21 @@ def test_compiled_sgd_kernel_as_python_matches_caffe_order():
     np.testing.assert_array_equal(g, expect_h)
 
 
+@pytest.mark.parametrize("mode", ["python", "numba"])
+def test_l2_decay_kernel_is_caffes_axpy(mode):
+    """diff += decay · data: the product rounded to float32, then the sum, as NumPy's two
+    steps (and Caffe's axpy without a fused multiply-add) give it."""
+    fn = compiled.l2_decay if mode == "python" else kernels_for("numba").l2_decay
+    rng = np.random.default_rng(8)
+    data = (rng.standard_normal(1031) * 1e3).astype(np.float32)
+    diff = rng.standard_normal(1031).astype(np.float32)
+    decay = np.float32(0.0005)
+    work = data * decay
+    expect = diff + work
+    fn(data, diff, decay)
+    np.testing.assert_array_equal(diff.view(np.uint32), expect.view(np.uint32))
+
+
 # -- the switch, the lazy import and the cache folder -------------------------------------------
 
 MAX_LAYER = 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }'

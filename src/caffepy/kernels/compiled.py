@@ -99,6 +99,7 @@ def _build(numba):
                         i64[::1], i64[::1], i64[:, ::1], i64[::1])],
             avepool_backward),
         sgd_momentum=jit([numba.void(f32[::1], f32[::1], f32, f32)], sgd_momentum),
+        l2_decay=jit([numba.void(f32[::1], f32[::1], f32)], l2_decay),
         relu_forward=jit([numba.void(f32[::1], f32[::1], f32)], relu_forward),
         relu_backward=jit([numba.void(f32[::1], f32[::1], f32[::1], f32)], relu_backward),
         col2im_last_2d=jit([numba.void(f32[:, :, :, :, :, :, ::1], f32[:, :, :, ::1],
@@ -457,6 +458,14 @@ def relu_backward(x, dy, dx, slope):
 
 
 # -- solver update ------------------------------------------------------------------------------
+
+def l2_decay(data, diff, local_decay):
+    """diff += local_decay · data in one pass (Caffe's caffe_axpy for L2 weight decay: the
+    product rounded to float32, then the sum); NumPy needed a product into a work buffer and
+    an add, block by block."""
+    for i in range(diff.shape[0]):
+        diff[i] = diff[i] + local_decay * data[i]
+
 
 def sgd_momentum(diff, history, local_rate, momentum):
     """SGD with momentum in one pass: h = momentum·h + local_rate·g; g = h, with Caffe's
