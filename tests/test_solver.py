@@ -235,6 +235,81 @@ def test_sgd_l1_lr_mult_decay_mult(tmp_path, monkeypatch):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7)
 
 
+FUSED_CASES = [
+    # (solver text, net, params expected fused)
+    ('momentum: 0.9\nweight_decay: 0.01\n', default_net(lr1=2.0, decay1=0.0), [0, 1]),
+    ('momentum: 0.5\nweight_decay: 0.1\niter_size: 2\nclip_gradients: 0.5\n',
+     default_net(decay1=3.0), [0, 1]),
+    ('momentum: 0.9\n', default_net(), [0, 1]),                  # no weight decay at all
+    ('momentum: 0.5\nweight_decay: 0.1\nregularization_type: "L1"\n',
+     default_net(decay1=0.0), [1]),                              # L1 runs apart; decay 0 fuses
+    ('type: "Nesterov"\nmomentum: 0.9\nweight_decay: 0.01\n', default_net(), []),
+]
+
+
+@pytest.mark.parametrize("text,net,expect", FUSED_CASES)
+def test_fused_sgd_step_same_bits_as_separate_steps(text, net, expect, tmp_path, monkeypatch):
+    """Where numba is installed, plain SGD runs regularize, the update rule and data -= diff as
+    one compiled pass per param. Against the same solver with the pass turned off: the same
+    bits for weights, diffs (the update value) and history after 6 iterations, with lr_mult,
+    decay_mult 0, iter_size, clipping; L1 decay, other rules and masked params run apart."""
+    from caffepy.kernels import compiled
+    from caffepy.solver.solver import Solver
+    if compiled.kernels() is None:
+        pytest.skip("numba is not installed or turned off")
+    text += 'base_lr: 0.05\nlr_policy: "fixed"\n'
+    steps = []
+    real = Solver._fused_sgd_step
+
+    def spy(self, kernels, param_id, rate):
+        ok = real(self, kernels, param_id, rate)
+        if ok:
+            steps.append(param_id)
+        return ok
+
+    monkeypatch.setattr(Solver, "_fused_sgd_step", spy)
+    fused = make_solver(tmp_path, monkeypatch, text, net)
+    fused.step(6)
+    assert sorted(set(steps)) == expect and len(steps) == 6 * len(expect)
+    monkeypatch.setattr(Solver, "_fused_sgd_kernels", lambda self: None)
+    apart = make_solver(tmp_path, monkeypatch, text, net)
+    apart.step(6)
+    for a, b in zip(fused.net.learnable_params, apart.net.learnable_params):
+        np.testing.assert_array_equal(a.data.view(np.uint32), b.data.view(np.uint32))
+        np.testing.assert_array_equal(a.diff.view(np.uint32), b.diff.view(np.uint32))
+    for a, b in zip(fused.history, apart.history):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_fused_sgd_step_leaves_masked_params_and_subclasses_alone(tmp_path, monkeypatch):
+    """A param with a connectivity mask, and a Solver subclass replacing regularize, take the
+    separate steps (the mask still holds its weights; the subclass's step still runs)."""
+    from caffepy.kernels import compiled
+    from caffepy.solver import SGDSolver
+    if compiled.kernels() is None:
+        pytest.skip("numba is not installed or turned off")
+    text = 'base_lr: 0.1\nlr_policy: "fixed"\nmomentum: 0.9\nweight_decay: 0.01\n'
+    solver = make_solver(tmp_path, monkeypatch, text)
+    blob = solver.net.learnable_params[0]
+    blob.mask = np.array([1, 0, 1], np.float32)
+    assert solver._fused_sgd_kernels() is not None
+    assert not solver._fused_sgd_step(solver._fused_sgd_kernels(), 0, 0.1)
+    solver.step(3)
+    assert blob.data[1] == np.float32(W0[1]) and blob.data[0] != np.float32(W0[0])
+
+    calls = []
+
+    class Counting(SGDSolver):
+        def regularize(self, param_id):
+            calls.append(param_id)
+            super().regularize(param_id)
+
+    sub = make_solver(tmp_path, monkeypatch, text, cls=Counting)
+    assert sub._fused_sgd_kernels() is None
+    sub.step(2)
+    assert calls == [0, 1, 0, 1]
+
+
 def test_lr_mult_zero_freezes_param(tmp_path, monkeypatch):
     net = default_net(lr1=0.0)
     solver = make_solver(tmp_path, monkeypatch, 'base_lr: 0.1\nlr_policy: "fixed"\n'

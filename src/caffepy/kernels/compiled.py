@@ -100,6 +100,7 @@ def _build(numba):
             avepool_backward),
         sgd_momentum=jit([numba.void(f32[::1], f32[::1], f32, f32)], sgd_momentum),
         l2_decay=jit([numba.void(f32[::1], f32[::1], f32)], l2_decay),
+        sgd_step=jit([numba.void(f32[::1], f32[::1], f32[::1], f32, f32, f32)], sgd_step),
         relu_forward=jit([numba.void(f32[::1], f32[::1], f32)], relu_forward),
         relu_backward=jit([numba.void(f32[::1], f32[::1], f32[::1], f32)], relu_backward),
         col2im_last_2d=jit([numba.void(f32[:, :, :, :, :, :, ::1], f32[:, :, :, ::1],
@@ -465,6 +466,24 @@ def l2_decay(data, diff, local_decay):
     an add, block by block."""
     for i in range(diff.shape[0]):
         diff[i] = diff[i] + local_decay * data[i]
+
+
+def sgd_step(data, diff, history, local_decay, local_rate, momentum):
+    """A whole SGD step of one param in one pass, each operation Caffe's in its order:
+    diff += local_decay · data (L2 weight decay, skipped when local_decay is 0, as Caffe skips
+    it), h = momentum · h + local_rate · diff (caffe_cpu_axpby), diff = h, data -= diff
+    (Blob::Update). The same bits as l2_decay, sgd_momentum and the update one after another,
+    with one pass over the three arrays instead of three."""
+    decay = local_decay != 0
+    for i in range(diff.shape[0]):
+        g = diff[i]
+        if decay:
+            g = g + local_decay * data[i]
+        h = history[i] * momentum
+        h = h + local_rate * g
+        history[i] = h
+        diff[i] = h
+        data[i] = data[i] - h
 
 
 def sgd_momentum(diff, history, local_rate, momentum):
