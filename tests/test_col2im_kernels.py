@@ -134,3 +134,53 @@ def test_im2col_channels_first_bits(mode, layout, case):
     wide = rng.standard_normal((m, C, H, 2 * W)).astype(np.float32)
     np.testing.assert_array_equal(cols.fill(wide[..., ::2]),
                                   im2col_reference(wide[..., ::2], geom, layout))
+
+
+# -- a convolution's bias term ----------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["python", "numba"])
+def test_channel_bias_kernel_bits(mode):
+    """y[n, c, p] += bias[c]: the same bits as NumPy's broadcast add, NaN and infinities
+    included."""
+    fn = compiled.add_channel_bias if mode == "python" else kernels_for(mode).add_channel_bias
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal((3, 5, 37)).astype(np.float32)
+    y[0, 1, :3] = [np.inf, -np.inf, np.nan]
+    bias = (rng.standard_normal(5) * 100).astype(np.float32)
+    bias[4] = -np.inf
+    expect = y + bias.reshape(1, 5, 1)
+    with np.errstate(invalid="ignore"):
+        fn(y, bias)
+    np.testing.assert_array_equal(y.view(np.uint32), expect.view(np.uint32))
+
+
+@pytest.mark.parametrize("compiled_on", [False, True])
+def test_convolution_forward_with_bias_the_same_either_way(compiled_on, monkeypatch):
+    """A channels-first convolution's forward with the compiled bias term or NumPy's add: the
+    same bits (LeNet's conv1 shape, a batch not divisible by the chunk)."""
+    from caffepy.layers import conv
+    from helpers import fwd, make
+    if compiled_on and compiled.kernels() is None:
+        pytest.skip("numba is not installed or CAFFEPY_COMPILED=0")
+    x = np.random.default_rng(5).standard_normal((7, 1, 28, 28)).astype(np.float32)
+    text = ('type: "Convolution" convolution_param { num_output: 20 kernel_size: 5 '
+            'weight_filler { type: "constant" value: 0.01 } '
+            'bias_filler { type: "constant" value: 0.25 } }')
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 3 * 25 * 576 * 4)     # chunks of 3 images
+    real = compiled.kernels
+    got = []
+    for on in (False, compiled_on):
+        monkeypatch.setattr(compiled, "kernels", real if on else (lambda: None))
+        layer, bottom, top = make(text, [x])
+        layer.blobs[0].data[...] = np.random.default_rng(6).standard_normal(
+            layer.blobs[0].shape).astype(np.float32)
+        assert not layer._channels_last_is_better()
+        out = fwd(layer, bottom, top)[0]
+        assert (layer._compiled is not None) == on
+        got.append(out.copy())
+    np.testing.assert_array_equal(got[0].view(np.uint32), got[1].view(np.uint32))
+    w = layer.blobs[0].data.astype(np.float64).reshape(20, 25)
+    cols = np.lib.stride_tricks.sliding_window_view(x[:, 0].astype(np.float64), (5, 5),
+                                                    axis=(1, 2))
+    ref = np.einsum("nhwij,oij->nohw", cols, w.reshape(20, 5, 5)) + 0.25
+    np.testing.assert_allclose(got[1], ref, rtol=1e-5, atol=1e-5)

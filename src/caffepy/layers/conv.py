@@ -549,7 +549,11 @@ class ConvolutionLayer(_ConvolutionBase):
                     col = cols.fill(x[a:a + m]).reshape(m, C * K, P)
                     y = y3[a:a + m]
                     self._gemm_groups(w, col, y)
-                    if b3 is not None:
+                    if b3 is None:
+                        continue
+                    if self._compiled is not None and y.flags.c_contiguous:
+                        self._compiled.add_channel_bias(y, b3.reshape(-1))
+                    else:
                         y += b3
 
             self._run_blocks(block_forward)
@@ -725,7 +729,10 @@ class DeconvolutionLayer(_ConvolutionBase):
                            self.geom)
                     if b3 is not None:
                         y3 = y[a:a + m].reshape(m, O, -1)
-                        y3 += b3
+                        if self._compiled is not None and y3.flags.c_contiguous:
+                            self._compiled.add_channel_bias(y3, b3.reshape(-1))
+                        else:
+                            y3 += b3
 
             self._run_blocks(block_forward)
 
