@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from caffepy.kernels import compiled
-from caffepy.kernels.im2col import IMAGES, ROWS, ChunkColumns, WindowGeometry, col2im_last
+from caffepy.kernels.im2col import (IMAGES, LAST, ROWS, ChunkColumns, WindowGeometry,
+                                   col2im_last)
 
 # (m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, G)
 CASES = [
@@ -108,7 +109,8 @@ def im2col_kernels_for(mode):
         return None
     if mode == "python":
         return types.SimpleNamespace(im2col_images_2d=compiled.im2col_images_2d,
-                                     im2col_rows_2d=compiled.im2col_rows_2d)
+                                     im2col_rows_2d=compiled.im2col_rows_2d,
+                                     windows_last_2d=compiled.windows_last_2d)
     return kernels_for(mode)
 
 
@@ -134,6 +136,38 @@ def test_im2col_channels_first_bits(mode, layout, case):
     wide = rng.standard_normal((m, C, H, 2 * W)).astype(np.float32)
     np.testing.assert_array_equal(cols.fill(wide[..., ::2]),
                                   im2col_reference(wide[..., ::2], geom, layout))
+
+
+@pytest.mark.parametrize("mode", ["numpy", "python", "numba"])
+@pytest.mark.parametrize("case", CASES)
+def test_im2col_channels_last_bits(mode, case):
+    """ChunkColumns.fill in the LAST layout (the compiled copy of the windows out of the
+    channels-last padded chunk, or NumPy's strided copy): Caffe's columns, each window's
+    (kernel position, channel) run in row-major order per group, bit for bit, for a full
+    chunk, a smaller last one and a strided chunk; groups, dilation, stride, padding and a
+    window past the padded image included."""
+    m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, G = case
+    geom = WindowGeometry((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    OH, OW = geom.out_shape
+    n = m + 1
+    buf = np.full(n * C * kh * kw * geom.out_count, np.nan, np.float32)
+    kern = im2col_kernels_for(mode)
+    cols = ChunkColumns(np, C, geom, n, buf, LAST, G, compiled_kernels=kern)
+    assert (cols._windows_kernel is not None) == (mode != "numpy")
+    rng = np.random.default_rng(C * H + W + G)
+
+    def reference(x):
+        ref = im2col_reference(x, geom, IMAGES)          # (m, C, kh, kw, OH, OW)
+        ref = ref.reshape(len(x), G, C // G, kh, kw, OH, OW)
+        return np.ascontiguousarray(ref.transpose(0, 5, 6, 1, 3, 4, 2))
+
+    for images in (n, m):
+        x = rng.standard_normal((images, C, H, W)).astype(np.float32)
+        got = cols.fill(x)
+        assert got.shape == (images, OH, OW, G, kh, kw, C // G)
+        np.testing.assert_array_equal(got.view(np.uint32), reference(x).view(np.uint32))
+    wide = rng.standard_normal((m, C, H, 2 * W)).astype(np.float32)
+    np.testing.assert_array_equal(cols.fill(wide[..., ::2]), reference(wide[..., ::2]))
 
 
 # -- a convolution's bias term ----------------------------------------------------------------

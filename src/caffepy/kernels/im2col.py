@@ -193,7 +193,7 @@ def window_view(x, geom, layout=ROWS, groups=1):
 
 
 class _ChunkViews:
-    __slots__ = ("interior", "source", "windows", "col")
+    __slots__ = ("interior", "source", "windows", "col", "xpad")
 
 
 class ChunkColumns:
@@ -217,9 +217,13 @@ class ChunkColumns:
         # numba's im2col (caffepy.kernels.compiled) for 2-D channels-first layouts: it reads
         # the unpadded images, so there is no padded copy; the same bits
         self._kernel = None
+        # and, for LAST, numba's copy of the windows out of the channels-last padded images
+        self._windows_kernel = None
         if compiled_kernels is not None and xp is np and len(geom.kernel) == 2:
             self._kernel = {IMAGES: getattr(compiled_kernels, "im2col_images_2d", None),
                             ROWS: getattr(compiled_kernels, "im2col_rows_2d", None)}.get(layout)
+            if layout == LAST:
+                self._windows_kernel = getattr(compiled_kernels, "windows_last_2d", None)
         if col_buffer.size < n * channels * geom.kernel_count * geom.out_count:
             raise ValueError("col_buffer holds %d values, %d images of columns need %d"
                              % (col_buffer.size, n,
@@ -245,12 +249,13 @@ class ChunkColumns:
         else:
             shape = (m,) + g.out_shape + (G,) + g.kernel + (C // G,)
         v.col = self._col[:m * C * g.kernel_count * g.out_count].reshape(shape)
-        v.interior = v.source = v.windows = None
+        v.interior = v.source = v.windows = v.xpad = None
         if self._xpad is not None:
             xpad = self._xpad[:m * C * _count(self._pshape)]
             inner = tuple(slice(p, p + i) for p, i in zip(g.pad, g.in_shape))
             if self.layout == LAST:
                 xpad = xpad.reshape((m,) + self._pshape + (C,))
+                v.xpad = xpad
                 v.interior = xpad[(slice(None),) + inner + (slice(None),)]
                 # the chunk's (m, C, *in) seen with its channels last, to copy into interior
                 v.source = tuple(range(2, 2 + len(g.in_shape))) + (1,)
@@ -272,7 +277,10 @@ class ChunkColumns:
             v.col[...] = window_view(x, self.geom, self.layout)
             return v.col
         v.interior[...] = x.transpose((0,) + v.source) if v.source else x
-        v.col[...] = v.windows
+        if self._windows_kernel is not None and self.layout == LAST:
+            self._windows_kernel(v.xpad, v.col, self.geom.int_params)
+        else:
+            v.col[...] = v.windows
         return v.col
 
 
