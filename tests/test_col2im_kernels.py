@@ -9,7 +9,7 @@ import pytest
 
 from caffepy.kernels import compiled
 from caffepy.kernels.im2col import (IMAGES, LAST, ROWS, ChunkColumns, WindowGeometry,
-                                   col2im_last)
+                                    col2im_last)
 
 # (m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, G)
 CASES = [
