@@ -17,6 +17,8 @@
                                              (SSL group lasso first, then the plug-ins)
             compute_update_value(param_id, rate)   the update rule (updaters.py)
           net.update()                       data -= diff (masked: connectivity_mode)
+            (plain SGD on the CPU with numba: regularize, the rule and data -= diff run as one
+            compiled pass per param, the same operations in the same order: the same bits)
           zerout()                           |w| < zerout_threshold -> 0 (when set)
         iter += 1; snapshot / signal requests (state.py, signals.py)
 
