@@ -403,7 +403,7 @@ def test_a_numba_that_cannot_compile_falls_back_to_numpy(monkeypatch, caplog):
 
     monkeypatch.setenv("CAFFEPY_COMPILED", "1")
     monkeypatch.setattr(compiled, "_loaded", None)
-    for name in ("_copy_phase_grids", "_copy_columns", "_copy_pair"):
+    for name in ("_copy_phase_grids", "_copy_columns"):
         monkeypatch.setattr(compiled, name, getattr(compiled, name))
     monkeypatch.setattr(numba, "njit", broken)
     assert compiled.kernels() is None
@@ -469,3 +469,34 @@ def test_numba_imported_at_first_layer_setup_not_at_import(tmp_path):
                                                                                   out[2]]
     assert not os.path.exists(other)
     assert _run(LAZY, {"CAFFEPY_COMPILED": "0"})[:2] == ["False", "False"]
+
+
+LAZY_COMPILE = """
+import numpy as np
+from caffepy.kernels import compiled
+from caffepy.layer import build_layer
+k = compiled.kernels()
+if k is None:
+    print('none')
+else:
+    names = ('maxpool_forward', 'avepool_forward', 'avepool_backward', 'relu_forward')
+    print(' '.join(str(n in vars(k)) for n in names))
+    layer, bottom, top = build_layer(
+        'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }',
+        [np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)])
+    layer.forward(bottom, top)
+    print(' '.join(str(n in vars(k)) for n in names))
+    print(','.join('%g' % v for v in top[0].data.ravel()))
+"""
+
+
+def test_kernels_are_compiled_when_first_used(tmp_path):
+    """kernels() compiles one small kernel (the check that numba works); each of the others is
+    compiled the first time a layer uses it: a MAX pooling layer's forward compiles MAX
+    pooling, not AVE pooling or ReLU."""
+    out = _run(LAZY_COMPILE, {"XDG_CACHE_HOME": str(tmp_path)})
+    if out == ["none"]:
+        pytest.skip("numba is not installed")
+    assert out[:4] == ["False"] * 4
+    assert out[4:8] == ["True", "False", "False", "False"]
+    assert out[8] == "5,7,13,15"

@@ -5,18 +5,19 @@ layer or an update rule asks (never at ``import caffepy``) and returns the compi
 None when numba is not installed or the environment sets ``CAFFEPY_COMPILED=0``; every caller
 then runs its NumPy code, which stays the reference: each kernel here gives the same bits.
 
-The kernels are compiled once per machine and cached on disk: in ``$NUMBA_CACHE_DIR`` when the
-user sets it, else in ``~/.cache/caffepy/numba`` (``$XDG_CACHE_HOME/caffepy/numba``). They run
-on the calling thread (no numba threading layer), so they never compete with BLAS's threads.
+Each kernel is compiled the first time it is used, once per machine, and cached on disk: in
+``$NUMBA_CACHE_DIR`` when the user sets it, else in ``~/.cache/caffepy/numba``
+(``$XDG_CACHE_HOME/caffepy/numba``). They run on the calling thread (no numba threading layer),
+so they never compete with BLAS's threads.
 
 The functions below are plain Python written in the subset numba compiles; ``kernels()``
-compiles them. Run uncompiled they give the same results, slowly (the tests use that where
-numba is missing).
+compiles them as they are used. Run uncompiled they give the same results, slowly (the tests
+use that where numba is missing).
 """
 import logging
 import os
 import sys
-import types
+import threading
 
 import numpy as np
 
@@ -59,37 +60,54 @@ def _compile():
     try:
         return _build(numba)
     except Exception as e:         # an unsupported numba release: keep to the NumPy code
-        global _copy_phase_grids, _copy_columns, _copy_pair
-        _copy_phase_grids, _copy_columns, _copy_pair = (_copy_phase_grids_py, _copy_columns_py,
-                                                        _copy_pair_py)
+        global _copy_phase_grids, _copy_columns
+        _copy_phase_grids, _copy_columns = _copy_phase_grids_py, _copy_columns_py
         log.warning("numba %s could not compile caffepy's kernels (%s: %s); using the NumPy "
                     "code", getattr(numba, "__version__", "?"), type(e).__name__, e)
         return None
 
 
+class _Kernels:
+    """The compiled kernels by name, each compiled (or loaded from the disk cache) the first time
+    it is used, so a process compiles only what its layers and solver call (all of them, the
+    first time on a machine: about 6 s; LeNet's share about half of that)."""
+
+    def __init__(self, makers):
+        self._makers = makers           # name -> function returning the compiled kernel
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        makers = self.__dict__.get("_makers")
+        if makers is None or name not in makers:
+            raise AttributeError(name)
+        with self._lock:
+            fn = self.__dict__.get(name)
+            if fn is None:
+                fn = makers[name]()
+                setattr(self, name, fn)
+        return fn
+
+
 def _build(numba):
-    f32, i64, i32 = numba.float32, numba.int64, numba.int32
-    codes = (numba.uint8, numba.uint16)      # Pool2D's code types (uint32 codes stay NumPy)
+    f32, i64 = numba.float32, numba.int64
 
     # error_model="numpy": float division by zero gives inf/NaN (as in Caffe), not an exception
     def jit(signatures, fn):
-        return numba.njit(signatures, cache=True, nogil=True, error_model="numpy")(fn)
+        return lambda: numba.njit(signatures, cache=True, nogil=True, error_model="numpy")(fn)
+
+    def jit_per_type(fn):
+        """A kernel whose arguments are all arrays of Pool2D's (the dtype of its winner codes
+        varies): compiled for the types of its first call, each code type only if used."""
+        return lambda: numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
 
     # the kernels call these helpers by their module names: compile them first
-    global _copy_phase_grids, _copy_columns, _copy_pair
+    global _copy_phase_grids, _copy_columns
     _copy_columns = numba.njit(cache=True, nogil=True)(_copy_columns_py)
-    _copy_pair = numba.njit(cache=True, nogil=True)(_copy_pair_py)
     _copy_phase_grids = numba.njit(cache=True, nogil=True)(_copy_phase_grids_py)
 
-    return types.SimpleNamespace(
-        maxpool_forward=jit(
-            [numba.void(f32[:, :, ::1], f32[:, :, ::1], c[:, :, ::1], f32[:, ::1], f32[::1],
-                        i32[::1], i64[::1], i64[::1], i32[::1], i64[:, ::1], i64[::1])
-             for c in codes],
-            maxpool_forward),
-        maxpool_backward=jit(
-            [numba.void(c[:, :, ::1], f32[:, :, ::1], i64[:, ::1], f32[:, ::1]) for c in codes],
-            maxpool_backward),
+    kern = _Kernels(dict(
+        maxpool_forward=jit_per_type(maxpool_forward),
+        maxpool_backward=jit_per_type(maxpool_backward),
         avepool_forward=jit(
             [numba.void(f32[:, :, ::1], f32[:, :, ::1], f32[:, ::1], f32[:, ::1], f32[::1],
                         i64[::1], i64[::1], i64[:, ::1], i64[::1])],
@@ -112,7 +130,11 @@ def _build(numba):
                                        i64[::1])], im2col_rows_2d),
         windows_last_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, :, :, :, ::1],
                                         i64[::1])], windows_last_2d),
-    )
+    ))
+    # one small kernel now: a numba that cannot compile them shows here, and caffepy keeps to
+    # its NumPy code (kernels() returns None)
+    kern.l2_decay
+    return kern
 
 
 # -- im2col (channels-first, 2-D) ------------------------------------------------------------
@@ -387,79 +409,63 @@ def _copy_phase_grids_py(x, p0, npl, grids, boxes, geom, to_image):
         if g == -2:
             continue
         if g < 0:
-            _copy_columns(x, p0, npl, grids, boxes, geom, f, boxes[f, 3], boxes[f, 4], to_image)
+            _copy_columns(x, p0, npl, grids, boxes, geom, f, -1, boxes[f, 3], boxes[f, 4],
+                          to_image)
             continue
         lo = max(boxes[f, 3], boxes[g, 3])
         hi = max(lo, min(boxes[f, 4], boxes[g, 4]))
         for ph in (f, g):
-            # (a call for an empty range measured as costly as the copy: test first)
+            # (a call for an empty range measured as costly as half the copy: test first)
             if boxes[ph, 3] < lo:
-                _copy_columns(x, p0, npl, grids, boxes, geom, ph, boxes[ph, 3],
+                _copy_columns(x, p0, npl, grids, boxes, geom, ph, -1, boxes[ph, 3],
                               min(lo, boxes[ph, 4]), to_image)
             if boxes[ph, 4] > hi:
-                _copy_columns(x, p0, npl, grids, boxes, geom, ph, max(hi, boxes[ph, 3]),
+                _copy_columns(x, p0, npl, grids, boxes, geom, ph, -1, max(hi, boxes[ph, 3]),
                               boxes[ph, 4], to_image)
         if hi > lo:
-            _copy_pair(x, p0, npl, grids, boxes, geom, f, g, lo, hi, to_image)
+            _copy_columns(x, p0, npl, grids, boxes, geom, f, g, lo, hi, to_image)
 
 
-def _copy_columns_py(x, p0, npl, grids, boxes, geom, f, c0, c1, to_image):
-    """Phase f's grid columns [c0, c1) of planes p0 .. p0+npl (image pixels only)."""
+def _copy_columns_py(x, p0, npl, grids, boxes, geom, f, g, c0, c1, to_image):
+    """Phase f's grid columns [c0, c1) of planes p0 .. p0+npl (image pixels only); with a
+    partner phase g >= 0 (a stride-2 pair), g's same columns too: column c of f holds image
+    pixel w, of g w + 1 (f's box gives w), so the two are read or written as pixel pairs."""
     H, W = x.shape[1], x.shape[2]
     sh, sw, Hq, Wq = geom[0], geom[1], geom[2], geom[3]
     plane = Hq * Wq
     xf = x.reshape(-1)
-    usw = np.uint64(sw)
+    usw, one = np.uint64(sw), np.uint64(1)
     ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
     first = boxes[f, 5] + (c0 - boxes[f, 3]) * sw
-    gr = grids[f]
+    g0, g1 = grids[f], grids[max(g, 0)]
     n = np.uint64(c1 - c0)
     for q in range(npl):
         for r in range(ilo, ihi):
-            # unsigned indices: no negative-index wraparound, so the copy vectorises
+            # unsigned indices: no negative-index wraparound, so the copies vectorise (a
+            # pair's two accesses as one)
             src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + first)
             dst = np.uint64(q * plane + r * Wq + c0)
-            if to_image:
+            if g < 0 and to_image:
                 for cc in range(n):
-                    xf[src + cc * usw] = gr[dst + cc]
+                    xf[src + cc * usw] = g0[dst + cc]
+            elif g < 0:
+                for cc in range(n):
+                    g0[dst + cc] = xf[src + cc * usw]
+            elif to_image:
+                for cc in range(n):
+                    s = src + cc * usw
+                    xf[s] = g0[dst + cc]
+                    xf[s + one] = g1[dst + cc]
             else:
                 for cc in range(n):
-                    gr[dst + cc] = xf[src + cc * usw]
-
-
-def _copy_pair_py(x, p0, npl, grids, boxes, geom, f, g, c0, c1, to_image):
-    """Grid columns [c0, c1) of a pair of stride-2 phases f and g: column c of f holds image
-    pixel w, of g w + 1 (f's box gives w)."""
-    H, W = x.shape[1], x.shape[2]
-    sh, Hq, Wq = geom[0], geom[2], geom[3]
-    plane = Hq * Wq
-    xf = x.reshape(-1)
-    g0, g1 = grids[f], grids[g]
-    ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
-    first = boxes[f, 5] + (c0 - boxes[f, 3]) * 2
-    n = np.uint64(c1 - c0)
-    two, one = np.uint64(2), np.uint64(1)
-    for q in range(npl):
-        for r in range(ilo, ihi):
-            src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + first)
-            dst = np.uint64(q * plane + r * Wq + c0)
-            # unsigned: the two accesses of a pixel pair vectorise as one
-            if to_image:
-                for cc in range(n):
-                    s2 = src + two * cc
-                    xf[s2] = g0[dst + cc]
-                    xf[s2 + one] = g1[dst + cc]
-            else:
-                for cc in range(n):
-                    s2 = src + two * cc
-                    g0[dst + cc] = xf[s2]
-                    g1[dst + cc] = xf[s2 + one]
+                    s = src + cc * usw
+                    g0[dst + cc] = xf[s]
+                    g1[dst + cc] = xf[s + one]
 
 
 # compiled by kernels() along with their callers
 _copy_phase_grids = _copy_phase_grids_py
 _copy_columns = _copy_columns_py
-_copy_pair = _copy_pair_py
 
 
 # -- bias ---------------------------------------------------------------------------------------

@@ -220,9 +220,12 @@ class ChunkColumns:
         # and, for LAST, numba's copy of the windows out of the channels-last padded images
         self._windows_kernel = None
         if compiled_kernels is not None and xp is np and len(geom.kernel) == 2:
-            self._kernel = {IMAGES: getattr(compiled_kernels, "im2col_images_2d", None),
-                            ROWS: getattr(compiled_kernels, "im2col_rows_2d", None)}.get(layout)
-            if layout == LAST:
+            # (only the kernel this layout uses: each is compiled the first time it is asked for)
+            if layout == IMAGES:
+                self._kernel = getattr(compiled_kernels, "im2col_images_2d", None)
+            elif layout == ROWS:
+                self._kernel = getattr(compiled_kernels, "im2col_rows_2d", None)
+            else:
                 self._windows_kernel = getattr(compiled_kernels, "windows_last_2d", None)
         if col_buffer.size < n * channels * geom.kernel_count * geom.out_count:
             raise ValueError("col_buffer holds %d values, %d images of columns need %d"
