@@ -403,7 +403,7 @@ def test_a_numba_that_cannot_compile_falls_back_to_numpy(monkeypatch, caplog):
 
     monkeypatch.setenv("CAFFEPY_COMPILED", "1")
     monkeypatch.setattr(compiled, "_loaded", None)
-    for name in ("_copy_phase_grids", "_copy_columns"):
+    for name in ("_copy_phase_grids", "_copy_columns", "_copy_pair"):
         monkeypatch.setattr(compiled, name, getattr(compiled, name))
     monkeypatch.setattr(numba, "njit", broken)
     assert compiled.kernels() is None

@@ -60,8 +60,9 @@ def _compile():
     try:
         return _build(numba)
     except Exception as e:         # an unsupported numba release: keep to the NumPy code
-        global _copy_phase_grids, _copy_columns
-        _copy_phase_grids, _copy_columns = _copy_phase_grids_py, _copy_columns_py
+        global _copy_phase_grids, _copy_columns, _copy_pair
+        _copy_phase_grids, _copy_columns, _copy_pair = (_copy_phase_grids_py, _copy_columns_py,
+                                                        _copy_pair_py)
         log.warning("numba %s could not compile caffepy's kernels (%s: %s); using the NumPy "
                     "code", getattr(numba, "__version__", "?"), type(e).__name__, e)
         return None
@@ -101,8 +102,9 @@ def _build(numba):
         return lambda: numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
 
     # the kernels call these helpers by their module names: compile them first
-    global _copy_phase_grids, _copy_columns
+    global _copy_phase_grids, _copy_columns, _copy_pair
     _copy_columns = numba.njit(cache=True, nogil=True)(_copy_columns_py)
+    _copy_pair = numba.njit(cache=True, nogil=True)(_copy_pair_py)
     _copy_phase_grids = numba.njit(cache=True, nogil=True)(_copy_phase_grids_py)
 
     kern = _Kernels(dict(
@@ -215,13 +217,15 @@ def windows_last_2d(xpad, col, geom):
                         if whole:
                             s = np.uint64(row)
                             for i in range(run):
-                                cf[d + i] = xf[s + i]
+                                u = np.uint64(i)
+                                cf[d + u] = xf[s + u]
                             d += run
                             continue
                         for kw in range(KW):
                             s = np.uint64(row + kw * dw * C)
                             for i in range(run):
-                                cf[d + i] = xf[s + i]
+                                u = np.uint64(i)
+                                cf[d + u] = xf[s + u]
                             d += run
 
 
@@ -304,8 +308,9 @@ def maxpool_forward(x, top, code, grids, best, wins, phase, shift, cand, boxes, 
                 o = np.uint64(q * plane + oh * Wq)
                 d = np.uint64(((p0 + q) * OH + oh) * OW)
                 for ow in range(np.uint64(OW)):
-                    tf[d + ow] = best[o + ow]
-                    cf[d + ow] = wins[o + ow]
+                    u = np.uint64(ow)
+                    tf[d + u] = best[o + u]
+                    cf[d + u] = wins[o + u]
 
 
 def maxpool_backward(code, dy, base_nf, dx):
@@ -354,7 +359,8 @@ def avepool_forward(x, top, divisor, grids, acc, phase, shift, boxes, geom):
                 d = np.uint64(((p0 + q) * OH + oh) * OW)
                 v = np.uint64(oh * OW)
                 for ow in range(np.uint64(OW)):
-                    tf[d + ow] = acc[o + ow] / df[v + ow]
+                    u = np.uint64(ow)
+                    tf[d + u] = acc[o + u] / df[v + u]
 
 
 def avepool_backward(dy, dx, divisor, grids, spread, phase, shift, boxes, geom):
@@ -379,7 +385,8 @@ def avepool_backward(dy, dx, divisor, grids, spread, phase, shift, boxes, geom):
                 d = np.uint64(((p0 + q) * OH + oh) * OW)
                 v = np.uint64(oh * OW)
                 for ow in range(np.uint64(OW)):
-                    spread[o + ow] = dyf[d + ow] / df[v + ow]
+                    u = np.uint64(ow)
+                    spread[o + u] = dyf[d + u] / df[v + u]
         for f in range(grids.shape[0]):
             g = grids[f]
             for c in range(g.shape[0]):
@@ -409,63 +416,84 @@ def _copy_phase_grids_py(x, p0, npl, grids, boxes, geom, to_image):
         if g == -2:
             continue
         if g < 0:
-            _copy_columns(x, p0, npl, grids, boxes, geom, f, -1, boxes[f, 3], boxes[f, 4],
-                          to_image)
+            _copy_columns(x, p0, npl, grids, boxes, geom, f, boxes[f, 3], boxes[f, 4], to_image)
             continue
         lo = max(boxes[f, 3], boxes[g, 3])
         hi = max(lo, min(boxes[f, 4], boxes[g, 4]))
         for ph in (f, g):
-            # (a call for an empty range measured as costly as half the copy: test first)
+            # (a call for an empty range measured as costly as the copy: test first)
             if boxes[ph, 3] < lo:
-                _copy_columns(x, p0, npl, grids, boxes, geom, ph, -1, boxes[ph, 3],
+                _copy_columns(x, p0, npl, grids, boxes, geom, ph, boxes[ph, 3],
                               min(lo, boxes[ph, 4]), to_image)
             if boxes[ph, 4] > hi:
-                _copy_columns(x, p0, npl, grids, boxes, geom, ph, -1, max(hi, boxes[ph, 3]),
+                _copy_columns(x, p0, npl, grids, boxes, geom, ph, max(hi, boxes[ph, 3]),
                               boxes[ph, 4], to_image)
         if hi > lo:
-            _copy_columns(x, p0, npl, grids, boxes, geom, f, g, lo, hi, to_image)
+            _copy_pair(x, p0, npl, grids, boxes, geom, f, g, lo, hi, to_image)
 
 
-def _copy_columns_py(x, p0, npl, grids, boxes, geom, f, g, c0, c1, to_image):
-    """Phase f's grid columns [c0, c1) of planes p0 .. p0+npl (image pixels only); with a
-    partner phase g >= 0 (a stride-2 pair), g's same columns too: column c of f holds image
-    pixel w, of g w + 1 (f's box gives w), so the two are read or written as pixel pairs."""
+def _copy_columns_py(x, p0, npl, grids, boxes, geom, f, c0, c1, to_image):
+    """Phase f's grid columns [c0, c1) of planes p0 .. p0+npl (image pixels only)."""
     H, W = x.shape[1], x.shape[2]
     sh, sw, Hq, Wq = geom[0], geom[1], geom[2], geom[3]
     plane = Hq * Wq
     xf = x.reshape(-1)
-    usw, one = np.uint64(sw), np.uint64(1)
+    usw = np.uint64(sw)
     ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
     first = boxes[f, 5] + (c0 - boxes[f, 3]) * sw
-    g0, g1 = grids[f], grids[max(g, 0)]
+    gr = grids[f]
     n = np.uint64(c1 - c0)
     for q in range(npl):
         for r in range(ilo, ihi):
-            # unsigned indices: no negative-index wraparound, so the copies vectorise (a
-            # pair's two accesses as one)
+            # unsigned indices: no negative-index wraparound, so the copy vectorises
             src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + first)
             dst = np.uint64(q * plane + r * Wq + c0)
-            if g < 0 and to_image:
+            if to_image:
                 for cc in range(n):
-                    xf[src + cc * usw] = g0[dst + cc]
-            elif g < 0:
-                for cc in range(n):
-                    g0[dst + cc] = xf[src + cc * usw]
-            elif to_image:
-                for cc in range(n):
-                    s = src + cc * usw
-                    xf[s] = g0[dst + cc]
-                    xf[s + one] = g1[dst + cc]
+                    u = np.uint64(cc)
+                    xf[src + u * usw] = gr[dst + u]
             else:
                 for cc in range(n):
-                    s = src + cc * usw
-                    g0[dst + cc] = xf[s]
-                    g1[dst + cc] = xf[s + one]
+                    u = np.uint64(cc)
+                    gr[dst + u] = xf[src + u * usw]
+
+
+def _copy_pair_py(x, p0, npl, grids, boxes, geom, f, g, c0, c1, to_image):
+    """Grid columns [c0, c1) of a pair of stride-2 phases f and g: column c of f holds image
+    pixel w, of g w + 1 (f's box gives w). (Its row loop is _copy_columns'; one function for
+    both, choosing its copy loop per call, made the pooling kernels a third slower.)"""
+    H, W = x.shape[1], x.shape[2]
+    sh, Hq, Wq = geom[0], geom[2], geom[3]
+    plane = Hq * Wq
+    xf = x.reshape(-1)
+    g0, g1 = grids[f], grids[g]
+    ilo, ihi, h0 = boxes[f, 0], boxes[f, 1], boxes[f, 2]
+    first = boxes[f, 5] + (c0 - boxes[f, 3]) * 2
+    n = np.uint64(c1 - c0)
+    two, one = np.uint64(2), np.uint64(1)
+    for q in range(npl):
+        for r in range(ilo, ihi):
+            src = np.uint64(((p0 + q) * H + h0 + (r - ilo) * sh) * W + first)
+            dst = np.uint64(q * plane + r * Wq + c0)
+            # unsigned: the two accesses of a pixel pair vectorise as one
+            if to_image:
+                for cc in range(n):
+                    u = np.uint64(cc)
+                    s2 = src + two * u
+                    xf[s2] = g0[dst + u]
+                    xf[s2 + one] = g1[dst + u]
+            else:
+                for cc in range(n):
+                    u = np.uint64(cc)
+                    s2 = src + two * u
+                    g0[dst + u] = xf[s2]
+                    g1[dst + u] = xf[s2 + one]
 
 
 # compiled by kernels() along with their callers
 _copy_phase_grids = _copy_phase_grids_py
 _copy_columns = _copy_columns_py
+_copy_pair = _copy_pair_py
 
 
 # -- bias ---------------------------------------------------------------------------------------
@@ -480,7 +508,8 @@ def add_channel_bias(y, bias):
             b = bias[c]
             row = np.uint64((n * C + c) * P)
             for p in range(np.uint64(P)):
-                yf[row + p] += b
+                u = np.uint64(p)
+                yf[row + u] += b
 
 
 # -- ReLU ---------------------------------------------------------------------------------------
