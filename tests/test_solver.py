@@ -259,19 +259,19 @@ def test_fused_sgd_step_same_bits_as_separate_steps(text, net, expect, tmp_path,
         pytest.skip("numba is not installed or turned off")
     text += 'base_lr: 0.05\nlr_policy: "fixed"\n'
     steps = []
-    real = Solver._fused_sgd_step
+    real = Solver._fused_step
 
-    def spy(self, kernels, param_id, rate):
-        ok = real(self, kernels, param_id, rate)
+    def spy(self, param_id, rate):
+        ok = real(self, param_id, rate)
         if ok:
             steps.append(param_id)
         return ok
 
-    monkeypatch.setattr(Solver, "_fused_sgd_step", spy)
+    monkeypatch.setattr(Solver, "_fused_step", spy)
     fused = make_solver(tmp_path, monkeypatch, text, net)
     fused.step(6)
     assert sorted(set(steps)) == expect and len(steps) == 6 * len(expect)
-    monkeypatch.setattr(Solver, "_fused_sgd_kernels", lambda self: None)
+    monkeypatch.setattr(Solver, "_may_fuse_update", lambda self: False)
     apart = make_solver(tmp_path, monkeypatch, text, net)
     apart.step(6)
     for a, b in zip(fused.net.learnable_params, apart.net.learnable_params):
@@ -292,8 +292,8 @@ def test_fused_sgd_step_leaves_masked_params_and_subclasses_alone(tmp_path, monk
     solver = make_solver(tmp_path, monkeypatch, text)
     blob = solver.net.learnable_params[0]
     blob.mask = np.array([1, 0, 1], np.float32)
-    assert solver._fused_sgd_kernels() is not None
-    assert not solver._fused_sgd_step(solver._fused_sgd_kernels(), 0, 0.1)
+    assert solver._may_fuse_update()
+    assert not solver._fused_step(0, 0.1)
     solver.step(3)
     assert blob.data[1] == np.float32(W0[1]) and blob.data[0] != np.float32(W0[0])
 
@@ -305,7 +305,7 @@ def test_fused_sgd_step_leaves_masked_params_and_subclasses_alone(tmp_path, monk
             super().regularize(param_id)
 
     sub = make_solver(tmp_path, monkeypatch, text, cls=Counting)
-    assert sub._fused_sgd_kernels() is None
+    assert not sub._may_fuse_update()
     sub.step(2)
     assert calls == [0, 1, 0, 1]
 

@@ -13,6 +13,7 @@ from caffepy.proto import caffe_pb2
 from caffepy.regularizers import Regularizer
 from caffepy.solver import (SGDSolver, Solver, SolverError, UpdateRule, get_learning_rate,
                             register_update_rule, solver_class, solver_type_list)
+from caffepy.solver.updaters import SGDRule
 from test_solver import BASIC, make_solver, quad_layer, weights
 
 
@@ -36,6 +37,31 @@ class SignRule(UpdateRule):
     def update(self, diff, history, local_rate, it, scratch):
         np.sign(diff, out=diff)
         diff *= local_rate
+
+
+@register_update_rule("TestHalfSGD")
+class HalfSGDRule(SGDRule):
+    """SGD whose update value is then halved: a user rule built on SGD."""
+
+    def update(self, diff, history, local_rate, it, scratch):
+        super().update(diff, history, local_rate, it, scratch)
+        diff *= np.float32(0.5)
+
+
+def test_a_rule_built_on_sgd_keeps_its_own_update(tmp_path, monkeypatch):
+    """SGD's one-pass step (SGDRule.fused_step) is not taken by a subclass that replaces
+    update: every step runs its update, whose halving shows in the weights."""
+    text = ('type: "TestHalfSGD"\nbase_lr: 0.1\nlr_policy: "fixed"\nmomentum: 0.9\n'
+            'weight_decay: 0.01\n')
+    solver = make_solver(tmp_path, monkeypatch, text)
+    assert isinstance(solver.rule, HalfSGDRule)
+    w0 = weights(solver)
+    g = [w - t for w, t in zip(w0, ([0, 0, 0], [1, 1]))]      # the first targets
+    solver.step(1)
+    f = np.float32
+    for w, g0, w_before in zip(weights(solver), g, w0):
+        step = (f(0.1) * (g0 + f(0.01) * w_before)).astype(np.float32) * f(0.5)
+        np.testing.assert_allclose(w, w_before - step, rtol=1e-6)
 
 
 def test_learnable_param_info_names_the_owner_of_a_shared_param(tmp_path, monkeypatch):

@@ -17,8 +17,8 @@
                                              (SSL group lasso first, then the plug-ins)
             compute_update_value(param_id, rate)   the update rule (updaters.py)
           net.update()                       data -= diff (masked: connectivity_mode)
-            (plain SGD on the CPU with numba: regularize, the rule and data -= diff run as one
-            compiled pass per param, the same operations in the same order: the same bits)
+            (where the rule has a fused step, e.g. SGD on the CPU with numba: regularize, the
+            rule and data -= diff run as one pass per param, the same bits)
           zerout()                           |w| < zerout_threshold -> 0 (when set)
         iter += 1; snapshot / signal requests (state.py, signals.py)
 
@@ -46,11 +46,10 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .. import backend, parallel_chunks
+from .. import backend
 from ..blob import Blob
 from ..distributed import root_solver
 from ..errors import RegularizerError, SolverError
-from ..kernels import compiled
 from ..monitor.divergence import check_on_nan, gradient_sumsq, handle_divergence
 from ..net import Net
 from ..proto.files import message_text
@@ -64,7 +63,7 @@ from .listeners import ListenerSet, is_listener_object
 from .lr_policies import check_lr_policy, get_learning_rate
 from .param import SolverParameterView
 from .signals import SignalHandler, SolverAction, check_action
-from .updaters import SGDRule, get_update_rule
+from .updaters import get_update_rule
 
 if TYPE_CHECKING:
     import os
@@ -349,11 +348,11 @@ class Solver:
             ctx.local_rate = float(f32(f32(rate) * f32(ctx.lr_mult)))
         if display and (self._show_sparsity or self._regularizers):
             self.regularization_term = self.regularization_penalty()
-        fused = self._fused_sgd_kernels()
+        fuse = self._may_fuse_update()
         done = set()
         for param_id in range(len(self.net.learnable_params)):
             self.normalize(param_id)
-            if fused is not None and self._fused_sgd_step(fused, param_id, rate):
+            if fuse and self._fused_step(param_id, rate):
                 done.add(param_id)
                 continue
             self.regularize(param_id)
@@ -371,28 +370,21 @@ class Solver:
             if hook is not None:
                 hook(self)
 
-    def _fused_sgd_kernels(self):
-        """The compiled kernels when this solver's update may run fused (_fused_sgd_step):
-        plain SGD, no regularizer chain beyond weight decay, and none of the steps replaced
-        in a subclass; else None."""
-        if (type(self.rule) is not SGDRule or self._regularizers
-                or type(self).regularize is not Solver.regularize
-                or type(self).compute_update_value is not Solver.compute_update_value
-                or type(self.net).update is not Net.update):
-            return None
-        return compiled.kernels()
+    def _may_fuse_update(self):
+        """Whether this iteration's update may run fused (_fused_step): no regularizer chain
+        beyond weight decay, and none of the steps replaced in a subclass."""
+        return not (self._regularizers
+                    or type(self).regularize is not Solver.regularize
+                    or type(self).compute_update_value is not Solver.compute_update_value
+                    or type(self.net).update is not Net.update)
 
-    def _fused_sgd_step(self, kernels, param_id, rate):
-        """regularize, compute_update_value and the param's data -= diff in one compiled pass
-        (kernels.sgd_step: the same operations in the same order, the same bits), for a CPU
-        param without a connectivity mask whose weight decay, if any, is plain L2. Returns
-        False, doing nothing, for any other param."""
+    def _fused_step(self, param_id, rate):
+        """regularize, compute_update_value and the param's data -= diff in one pass, where the
+        update rule has one (UpdateRule.fused_step: the same operations in the same order, the
+        same bits), for a param without a connectivity mask whose weight decay, if any, is
+        plain L2. Returns False, doing nothing, otherwise."""
         blob = self.net.learnable_params[param_id]
         if blob.mask is not None or type(blob).update is not Blob.update:
-            return False
-        data, diff, history = blob.flat_data, blob.flat_diff, self._flat_history[param_id][0]
-        if not all(type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous
-                   for a in (data, diff, history)):
             return False
         decay = f32(0)
         if self._weight_decay is not None:
@@ -403,13 +395,8 @@ class Solver:
                           is not None):
                 return False
         local_rate = f32(f32(rate) * f32(self.net.params_lr[param_id]))
-        momentum = f32(self._param.momentum)
-        step = kernels.sgd_step
-        # the compiled pass releases the GIL: a large param's parts run side by side
-        parallel_chunks.elementwise(
-            lambda data, diff, history: step(data, diff, history, decay, local_rate, momentum),
-            (data, diff, history))
-        return True
+        return self.rule.fused_step(blob.flat_data, blob.flat_diff, self._flat_history[param_id],
+                                    decay, local_rate)
 
     def get_learning_rate(self) -> float:
         """This iteration's rate under ``lr_policy`` (advances ``current_step``)."""
