@@ -33,6 +33,13 @@ CASES = [
     (1, 2, 6, 7, 6, 7, 1, 1, 0, 0, True),      # one window covers the image (global)
     (2, 2, 8, 8, 4, 4, 2, 2, 2, 2, True),      # pad 2: windows that are mostly padding
     (2, 2, 19, 18, 17, 16, 1, 1, 1, 1, True),  # offsets past 255: 16-bit codes
+    # 2 x 2, stride 2, no padding: the compiled forward reads the image (maxpool2_forward)
+    (2, 3, 6, 8, 2, 2, 2, 2, 0, 0, True),      # every pixel in one window
+    (2, 2, 7, 9, 2, 2, 2, 2, 0, 0, True),      # ceil, odd sizes: a last row and column of
+    (1, 2, 9, 6, 2, 2, 2, 2, 0, 0, True),      # windows one pixel wide or high
+    (1, 2, 7, 5, 2, 2, 2, 2, 0, 0, False),     # FLOOR, odd sizes: pixels no window sees
+    (2, 1, 1, 1, 2, 2, 2, 2, 0, 0, True),      # a 1 x 1 image
+    (1, 1, 3, 259, 2, 2, 2, 2, 0, 0, True),    # NF = W + 2 past 255: 16-bit codes
 ]
 IDS = ["%dx%dx%dx%d_k%dx%d_s%dx%d_p%dx%d_%s" % (c[:10] + ("ceil" if c[10] else "floor",))
        for c in CASES]
@@ -134,6 +141,7 @@ def top_diff(shape, seed):
 def python_kernels():
     """compiled.py's kernels run as plain Python (no numba needed)."""
     return types.SimpleNamespace(maxpool_forward=compiled.maxpool_forward,
+                                 maxpool2_forward=compiled.maxpool2_forward,
                                  maxpool_backward=compiled.maxpool_backward,
                                  avepool_forward=compiled.avepool_forward,
                                  avepool_backward=compiled.avepool_backward,
@@ -479,24 +487,29 @@ k = compiled.kernels()
 if k is None:
     print('none')
 else:
-    names = ('maxpool_forward', 'avepool_forward', 'avepool_backward', 'relu_forward')
+    names = ('maxpool2_forward', 'maxpool_forward', 'avepool_forward', 'avepool_backward',
+             'relu_forward')
     print(' '.join(str(n in vars(k)) for n in names))
-    layer, bottom, top = build_layer(
-        'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }',
-        [np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)])
-    layer.forward(bottom, top)
-    print(' '.join(str(n in vars(k)) for n in names))
-    print(','.join('%g' % v for v in top[0].data.ravel()))
+    for kernel in (2, 3):
+        layer, bottom, top = build_layer(
+            'type: "Pooling" pooling_param { pool: MAX kernel_size: %d stride: 2 }' % kernel,
+            [np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)])
+        layer.forward(bottom, top)
+        print(' '.join(str(n in vars(k)) for n in names))
+        print(','.join('%g' % v for v in top[0].data.ravel()))
 """
 
 
 def test_kernels_are_compiled_when_first_used(tmp_path):
     """kernels() compiles one small kernel (the check that numba works); each of the others is
-    compiled the first time a layer uses it: a MAX pooling layer's forward compiles MAX
-    pooling, not AVE pooling or ReLU."""
+    compiled the first time a layer uses it: a 2 x 2, stride 2 MAX pooling layer's forward
+    compiles that kernel only, a 3 x 3 one the general MAX pooling, and neither compiles AVE
+    pooling or ReLU."""
     out = _run(LAZY_COMPILE, {"XDG_CACHE_HOME": str(tmp_path)})
     if out == ["none"]:
         pytest.skip("numba is not installed")
-    assert out[:4] == ["False"] * 4
-    assert out[4:8] == ["True", "False", "False", "False"]
-    assert out[8] == "5,7,13,15"
+    assert out[:5] == ["False"] * 5
+    assert out[5:10] == ["True", "False", "False", "False", "False"]
+    assert out[10] == "5,7,13,15"
+    assert out[11:16] == ["True", "True", "False", "False", "False"]
+    assert out[16] == "10,11,14,15"

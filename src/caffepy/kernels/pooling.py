@@ -187,6 +187,10 @@ class Pool2D:
             self._compiled = compiled.kernels() if use_compiled is None else use_compiled
         # MAX with uint32 codes (offsets past 65535) stays NumPy
         self._compiled_max = self._compiled if self.code_dtype != np.uint32 else None
+        # 2 x 2 windows, stride 2, no padding (every pixel in one window): the compiled MAX
+        # forward reads the image itself (compiled.maxpool2_forward), no phase grids
+        self._max2 = (kh == kw == sh == sw == 2 and ph == pw == 0
+                      and OH in (H // 2, (H + 1) // 2) and OW in (W // 2, (W + 1) // 2))
         if self._compiled is not None:
             self._c_phase = np.array([self.phase_index[ab] for _, ab, _ in self.offsets],
                                      dtype=np.int64)
@@ -269,14 +273,17 @@ class Pool2D:
 
     def _forward_max_compiled(self, x, top):
         """The maxima and the winners' codes in one compiled pass (kernels/compiled.py)."""
-        block = self._c_block * self.Hq * self.Wq
-        grids = self._buf("c_grids", (len(self.phases), block + self.maxshift), np.float32,
-                          -np.inf)
         code = self._buf("c_code", (self.nc, self.OH, self.OW), self.code_dtype)
-        self._compiled_max.maxpool_forward(
-            x, top, code, grids, self._buf("c_best", (block,), np.float32),
-            self._buf("c_wins", (block,), np.int32), self._c_phase, self._c_shift,
-            self._c_cand, self._c_boxes, self._c_geom)
+        if self._max2:
+            self._compiled_max.maxpool2_forward(x, top, code)
+        else:
+            block = self._c_block * self.Hq * self.Wq
+            grids = self._buf("c_grids", (len(self.phases), block + self.maxshift), np.float32,
+                              -np.inf)
+            self._compiled_max.maxpool_forward(
+                x, top, code, grids, self._buf("c_best", (block,), np.float32),
+                self._buf("c_wins", (block,), np.int32), self._c_phase, self._c_shift,
+                self._c_cand, self._c_boxes, self._c_geom)
         self._code_box = code
         self._code_valid = True
 
