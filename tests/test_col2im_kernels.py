@@ -18,6 +18,8 @@ CASES = [
     (3, 3, 9, 8, 3, 2, 1, 2, 2, 1, 2, 1, 1),      # dilation, pad wider than the kernel's reach
     (2, 5, 6, 6, 4, 4, 3, 3, 1, 1, 1, 1, 1),      # the last window ends past the padded image
     (1, 2, 4, 7, 1, 5, 1, 1, 0, 2, 1, 1, 1),      # rectangular kernel
+    (2, 3, 8, 8, 5, 5, 1, 1, 2, 2, 1, 1, 1),      # stride 1: up to 25 terms a pixel
+    (1, 4, 7, 9, 3, 3, 1, 1, 1, 1, 1, 2, 1),      # horizontal dilation (runs of C)
 ]
 
 
