@@ -137,7 +137,14 @@ def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, ima
     bwd(layer, bottom, top, [dy])
     close(bottom[0].diff, rdx)
     close(layer.blobs[0].diff, rdw)
-    close(layer.blobs[1].diff, dy.sum(axis=(0,) + tuple(range(2, dy.ndim))))
+    rdb = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+    close(layer.blobs[1].diff, rdb)
+    # param diffs accumulate (iter_size, shared weights): a second backward adds the blocks'
+    # sums onto the first's, and the bottom diff is overwritten, not added to
+    layer.backward(top, [True], bottom)
+    close(bottom[0].diff, rdx)
+    close(layer.blobs[0].diff, 2 * rdw)
+    close(layer.blobs[1].diff, 2 * rdb)
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
