@@ -662,6 +662,17 @@ def parent(args):
                 line += " %8s %13s %7s" % ("%.2f" % t if t else "-", spread(fw, name, n, what),
                                            ratio(c, t))
             print(line + "  " + ", ".join(preempt(fw, name, n) for fw in frameworks))
+    if others and args.rounds > 1:
+        print("\ncaffepy / each reference, round by round (the median of the rounds' ratios "
+              "[lowest-highest]; the frameworks of a round run back to back, so a drift of the "
+              "machine's speed over the run cancels):")
+        for name in nets:
+            for label, what, n in rows:
+                line = "%-14s %-16s" % (name, label)
+                for fw in others:
+                    r = round_ratios(samples, fw, name, n, what)
+                    line += "   %s %s" % (fw, "%.2f [%.2f-%.2f]" % r if r else "-")
+                print(line)
     if not args.gpu and 2 in threads:
         print("\nscaling (wall 1 thread / wall 2 threads; 2.00 is perfect): from the medians, "
               "and from the lowest round medians (the rounds least disturbed by other load):")
@@ -678,6 +689,22 @@ def parent(args):
                        "info": {"%s/%d" % k: v for k, v in info.items()},
                        "samples": {"%s/%s/%d" % k: v for k, v in samples.items()},
                        "per_layer": {k: v["per_layer"] for k, v in per_layer.items()}}, f, indent=1)
+
+
+def round_ratios(samples, fw, name, n, what):
+    """caffepy's time over ``fw``'s, round by round (each round runs the frameworks back to
+    back, so a slow drift of the machine's speed, which moves both, cancels): (median, lowest,
+    highest) of the per-round ratios of the round medians, or None without both samples.
+    ``samples``: {(framework, net, threads): {"rounds": [(cpu ms, wall ms), ...]}};
+    ``what``: "cpu" or "wall"."""
+    a, b = samples.get(("caffepy", name, n)), samples.get((fw, name, n))
+    if not a or not b:
+        return None
+    k = 0 if what == "cpu" else 1
+    rs = [x[k] / y[k] for x, y in zip(a["rounds"], b["rounds"]) if y[k]]
+    if not rs:
+        return None
+    return statistics.median(rs), min(rs), max(rs)
 
 
 def main(argv=None):

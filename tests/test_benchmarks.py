@@ -66,6 +66,17 @@ def test_ledger_counts_a_buffer_once_in_the_first_category():
     assert ledger.bytes == {"a": 4000, "c": 24}
 
 
+def test_round_ratios_pair_each_round_with_its_own_reference():
+    """A drift that slows every framework of a round alike cancels in the per-round ratios."""
+    samples = {("caffepy", "lenet", 1): {"rounds": [(6.0, 6.1), (9.0, 9.2), (7.0, 7.1)]},
+               ("caffe", "lenet", 1): {"rounds": [(10.0, 10.0), (15.0, 16.0), (10.0, 10.0)]}}
+    med, lo, hi = bench_nets.round_ratios(samples, "caffe", "lenet", 1, "cpu")
+    assert (med, lo, hi) == pytest.approx((0.6, 0.6, 0.7))
+    med, lo, hi = bench_nets.round_ratios(samples, "caffe", "lenet", 1, "wall")
+    assert (med, lo, hi) == pytest.approx((0.61, 0.575, 0.71))
+    assert bench_nets.round_ratios(samples, "torch", "lenet", 1, "cpu") is None
+
+
 def test_worker_prints_one_json_result():
     out = subprocess.run([sys.executable, os.path.join(BENCH, "bench_nets.py"), "--worker",
                           "caffepy", "--net", "lenet", "--threads", "1", "--iterations", "2",
