@@ -16,7 +16,9 @@ the same cores. It reports medians over all timed iterations of
   ``torch.set_num_threads(1)`` for PyTorch): the robust figure on a shared machine;
 * wall time per iteration with one thread per core;
 
-the ratios caffepy / PyTorch of both, and each framework's scaling (wall time with 1 thread
+the ratios caffepy / PyTorch of both, the same ratios round by round (the median of each
+round's ratio: the frameworks of a round run back to back, so a drift of the machine's speed
+over the run cancels), and each framework's scaling (wall time with 1 thread
 divided by wall time with 2 threads, also from the lowest round medians: the rounds least
 disturbed by other processes). Each worker sizes every thread pool it may start (OpenMP,
 OpenBLAS, MKL, ``CAFFEPY_NUM_THREADS``) to its ``--threads`` before importing anything, and
