@@ -143,9 +143,10 @@ class _ConvolutionBase(Layer):
     take in turn (caffepy.parallel_chunks.run_blocks), and each block into chunks of at most
     ``chunk`` images whose im2col columns fit in L2 (CHUNK_BYTES); per chunk, one im2col and
     one GEMM per group. Backward recomputes the chunk's columns for the weight gradient
-    rather than keeping forward's. Each block sums its own weight and bias gradients; they are
-    added to the param diffs in block order. Blocks and chunks depend on the batch and the
-    layer only, so the results are the same bits whatever the thread count and timing.
+    rather than keeping forward's. Each block sums its own weight and bias gradients; these
+    are summed in block order, then added to the param diffs. Blocks and chunks depend on the
+    batch and the layer only, so the results are the same bits whatever the thread count and
+    timing.
 
     Scratch, sized by the chunk — never by the batch (per worker thread, made where first
     needed):
