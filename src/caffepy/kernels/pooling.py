@@ -31,8 +31,9 @@ With numba installed (and ``CAFFEPY_COMPILED`` not "0"), MAX and AVE run compile
 so a block stays in cache while every window step reads it (2 x 2 MAX windows with stride 2 and
 no padding need no grids: that kernel reads each window's four pixels from the image). MAX finds
 each maximum and its code in the same pass (Caffe's strict '>' scan) and its backward scatters
-from the codes in Caffe's order. Same codes, same sums in the same order, so the same bits (a zero maximum may differ in
-sign: fmax does not promise which of -0 and +0 it keeps, the scan keeps the first, as Caffe).
+from the codes in Caffe's order. Same codes, same sums in the same order, so the same bits (a
+zero maximum may differ in sign: fmax does not promise which of -0 and +0 it keeps, the scan
+keeps the first, as Caffe).
 """
 import numpy as np
 
