@@ -29,8 +29,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_CONFORMANCE = os.path.join(HERE, "conformance")
 MANIFEST = os.path.join(REPO_CONFORMANCE, "MANIFEST.sha256")
 SHARED = os.environ.get("CAFFEPY_SHARED", os.path.join(HERE, "..", "..", "shared"))
-SHARED_CONFORMANCE = os.path.join(SHARED, "conformance")
-ONLY_CONFORMANCE = os.environ.get("CAFFEPY_CONFORMANCE")
+SHARED_CONFORMANCE = os.path.abspath(os.path.join(SHARED, "conformance"))
+# a relative folder is the one beside where pytest was started (solver cases run in their own
+# temporary folder, so it is resolved now)
+ONLY_CONFORMANCE = (os.path.abspath(os.environ["CAFFEPY_CONFORMANCE"])
+                    if os.environ.get("CAFFEPY_CONFORMANCE") else None)
 
 
 def _case_names(root, kind):

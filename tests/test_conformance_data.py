@@ -48,3 +48,24 @@ def test_runners_see_every_listed_case(kind, cases):
               if rel.startswith(kind + "/") and rel.endswith("/meta.json")}
     assert listed, "no %s cases listed" % kind
     assert listed <= set(cases), "listed but not run: %s" % sorted(listed - set(cases))
+
+
+def test_a_relative_conformance_folder_is_the_one_where_pytest_started(tmp_path):
+    """CAFFEPY_CONFORMANCE=../some/folder names a folder beside the directory pytest starts
+    in, even though the solver cases then run in temporary folders of their own."""
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    case = tmp_path / "cases" / "layers" / "one"
+    case.mkdir(parents=True)
+    (case / "meta.json").write_text("{}")
+    start = tmp_path / "start"
+    start.mkdir()
+    env = dict(os.environ, CAFFEPY_CONFORMANCE=os.path.join("..", "cases"),
+               PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = ("import os, helpers; os.chdir('/'); "
+            "print(helpers.ONLY_CONFORMANCE); print(sorted(helpers.LAYER_CASES.items()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(start), env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == str(tmp_path / "cases")
+    assert out[1] == str([("one", str(case))])
