@@ -318,6 +318,40 @@ def test_inner_product_short_batch(split_everything, transpose):
     assert got[0] == got[1]
 
 
+def test_inner_product_backward_hands_both_gradients_to_the_pool_at_once(split_everything,
+                                                                         monkeypatch):
+    """InnerProduct's backward runs the blocks of its weight gradient and of its data gradient
+    in one hand-off to the pool (each hand-off wakes a thread), with the same results as one
+    thread."""
+    M, K, N = 6, 12, 10
+    x, dy = rnd(M, K), rnd(M, N, seed=1)
+    text = ('type: "InnerProduct" inner_product_param { num_output: %d '
+            'weight_filler { type: "gaussian" std: 1 } }' % N)
+    calls = []
+    run_blocks = parallel_chunks.run_blocks
+
+    def counting(fn, nblocks):
+        calls.append(nblocks)
+        return run_blocks(fn, nblocks)
+    monkeypatch.setattr(parallel_chunks, "run_blocks", counting)
+    got = []
+    for threads in (1, 2):
+        split_everything(threads)
+        layer, bottom, top = make(text, [x])
+        layer.blobs[0].data[...] = rnd(N, K, seed=2)
+        fwd(layer, bottom, top)
+        calls.clear()
+        bwd(layer, bottom, top, [dy])
+        assert calls == [4]             # two row blocks of dW and two column blocks of dx
+        w = layer.blobs[0].data.astype(np.float64)
+        np.testing.assert_allclose(layer.blobs[0].diff, dy.T.astype(np.float64) @ x,
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(bottom[0].diff, dy @ w, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.blobs[1].diff, dy.sum(axis=0), rtol=1e-5, atol=1e-5)
+        got.append(layer.blobs[0].diff.tobytes() + bottom[0].diff.tobytes())
+    assert got[0] == got[1]
+
+
 def test_inner_product_weight_gradient_scratch_is_a_block(monkeypatch):
     """The weight-gradient work memory of a large InnerProduct is a block of rows
     (ACCUMULATE_BLOCK_BYTES per thread), not a second weight-sized array, and the gradient

@@ -70,22 +70,25 @@ class InnerProductLayer(Layer):
         xp = self.xp
         dy = top[0].flat_diff.reshape(self.M, self.N)
         x = bottom[0].flat_data.reshape(self.M, self.K)
+        # the weight and data gradients' blocks go to the cores together (caffepy.parallel_chunks)
+        jobs = []
         if self.param_propagate(0):
             wdiff = self.blobs[0].diff
-            # param diffs accumulate: the product goes to scratch, a block of rows at a time
-            # (caffepy.parallel_chunks), then +=
+            # param diffs accumulate: the product goes to scratch, a block of rows at a time,
+            # then +=
             if self.transpose:
-                parallel_chunks.matmul_rows(xp, x.T, dy, wdiff, self._dw_scratch)
+                jobs += parallel_chunks.matmul_rows_jobs(xp, x.T, dy, wdiff, self._dw_scratch)
             else:
-                parallel_chunks.matmul_rows(xp, dy.T, x, wdiff, self._dw_scratch)
+                jobs += parallel_chunks.matmul_rows_jobs(xp, dy.T, x, wdiff, self._dw_scratch)
+        if propagate_down[0]:
+            w = self.blobs[0].data
+            dx = bottom[0].flat_diff.reshape(self.M, self.K)
+            jobs += parallel_chunks.matmul_cols_jobs(xp, dy, w.T if self.transpose else w, dx)
+        parallel_chunks.run_jobs(jobs)
         if self.bias_term and self.param_propagate(1):
             db = self.scratch("db", (self.N,))
             xp.sum(dy, axis=0, out=db)
             self.blobs[1].diff[...] += db
-        if propagate_down[0]:
-            w = self.blobs[0].data
-            dx = bottom[0].flat_diff.reshape(self.M, self.K)
-            parallel_chunks.matmul_cols(xp, dy, w.T if self.transpose else w, dx)
 
 
 # -- Eltwise ------------------------------------------------------------------------------
