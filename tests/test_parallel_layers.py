@@ -82,6 +82,28 @@ def test_pooling_split_over_planes(split_everything, method, N, C, H, W, k, s, p
     assert results[0][1].tobytes() == results[1][1].tobytes()
 
 
+def test_compiled_two_by_two_max_pooling_counts_a_quarter_of_its_bytes(threads):
+    """The compiled 2 x 2, stride 2 MAX kernel passes over the image once, about as fast as
+    the phase-grid kernels over a quarter of it, so it is split among the threads only from
+    four times the bytes (MIN_SPLIT_BYTES): an input of 1.2 MB is one part on two threads for
+    2 x 2 windows, two parts for 3 x 3 windows (and for 2 x 2 without numba)."""
+    from caffepy.kernels import compiled
+    threads(2)
+    x = rnd(2, 16, 96, 96)
+    assert parallel_chunks.MIN_SPLIT_BYTES < x.nbytes < 4 * parallel_chunks.MIN_SPLIT_BYTES
+    for k, parts in ((3, 2), (2, 1 if compiled.kernels() is not None else 2)):
+        text = 'type: "Pooling" pooling_param { pool: MAX kernel_size: %d stride: 2 }' % k
+        layer, bottom, top = make(text, [x])
+        y = fwd(layer, bottom, top)[0]
+        assert len(layer.kerns) == parts
+        yref, _ = ref_pool(x, k, 2, 0, "MAX")
+        np.testing.assert_array_equal(y, yref.astype(np.float32))
+    avg = 'type: "Pooling" pooling_param { pool: AVE kernel_size: 2 stride: 2 }'
+    layer, bottom, top = make(avg, [x])
+    fwd(layer, bottom, top)
+    assert len(layer.kerns) == 2
+
+
 def test_max_pooling_mask_top_split(split_everything):
     x = rnd(2, 3, 6, 7)
     text = ('type: "Pooling" top: "y" top: "mask" '

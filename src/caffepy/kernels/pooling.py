@@ -108,6 +108,13 @@ def _phase_range(size, grid, phase, stride, pad):
     return lo, hi, lo * stride + off
 
 
+def reads_image(kh, kw, sh, sw, ph, pw, H, W, OH, OW):
+    """Whether the compiled MAX forward reads the image itself (compiled.maxpool2_forward):
+    2 x 2 windows, stride 2, no padding, every pixel in at most one window."""
+    return (kh == kw == sh == sw == 2 and ph == pw == 0
+            and OH in (H // 2, (H + 1) // 2) and OW in (W // 2, (W + 1) // 2))
+
+
 class Pool2D:
     """Geometry and buffers for pooling ``nc`` planes of H×W into OH×OW outputs.
 
@@ -191,8 +198,7 @@ class Pool2D:
         self._compiled_max = self._compiled if self.code_dtype != np.uint32 else None
         # 2 x 2 windows, stride 2, no padding (every pixel in one window): the compiled MAX
         # forward reads the image itself (compiled.maxpool2_forward), no phase grids
-        self._max2 = (kh == kw == sh == sw == 2 and ph == pw == 0
-                      and OH in (H // 2, (H + 1) // 2) and OW in (W // 2, (W + 1) // 2))
+        self._max2 = reads_image(kh, kw, sh, sw, ph, pw, H, W, OH, OW)
         if self._compiled is not None:
             self._c_phase = np.array([self.phase_index[ab] for _, ab, _ in self.offsets],
                                      dtype=np.int64)
