@@ -14,6 +14,7 @@ from helpers import bwd, fwd, make
 def split_everything(monkeypatch, threads):
     """Lower the split thresholds to nothing; returns set_threads(n) (conftest's ``threads``)."""
     monkeypatch.setattr(parallel_chunks, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(parallel_chunks, "MIN_SPLIT_BYTES_COMPILED", 0)
     monkeypatch.setattr(parallel_chunks, "MIN_SPLIT_MACS", 0)
     return threads
 
@@ -102,6 +103,28 @@ def test_compiled_two_by_two_max_pooling_counts_a_quarter_of_its_bytes(threads):
     layer, bottom, top = make(avg, [x])
     fwd(layer, bottom, top)
     assert len(layer.kerns) == 2
+
+
+def test_compiled_elementwise_passes_split_only_when_large(threads, monkeypatch):
+    """A compiled element-wise pass runs at the speed of memory, so it is split among the
+    threads only from MIN_SPLIT_BYTES_COMPILED (counting all its arrays), a NumPy one from
+    MIN_SPLIT_BYTES; the parts cover the arrays in order either way."""
+    threads(2)
+    monkeypatch.setattr(parallel_chunks, "MIN_SPLIT_BYTES", 1000)
+    monkeypatch.setattr(parallel_chunks, "MIN_SPLIT_BYTES_COMPILED", 4000)
+    seen = []
+
+    def record(a, b):
+        seen.append((a[0], a.shape[0]))
+        b[...] = 2 * a
+    for n, compiled_pass, parts in ((100, False, 1), (300, False, 2), (300, True, 1),
+                                    (501, True, 2)):
+        seen.clear()
+        a = np.arange(n, dtype=np.float32)
+        b = np.zeros(n, np.float32)
+        parallel_chunks.elementwise(record, (a, b), compiled=compiled_pass)
+        assert len(seen) == parts and sum(m for _, m in seen) == n
+        np.testing.assert_array_equal(b, 2 * a)
 
 
 def test_max_pooling_mask_top_split(split_everything):

@@ -70,7 +70,7 @@ class ReLULayer(NeuronLayer):
         if k is not None:
             # the compiled pass releases the GIL: a large blob's halves run side by side
             parallel_chunks.elementwise(lambda x, y: k.relu_forward(x, y, s),
-                                        (x.reshape(-1), y.reshape(-1)))
+                                        (x.reshape(-1), y.reshape(-1)), compiled=True)
             return
         # max(x, 0) + slope * min(x, 0), branch-free (xp.where is slower)
         neg = self.scratch("neg", x.shape)
@@ -92,7 +92,8 @@ class ReLULayer(NeuronLayer):
         k = self._kernels(x, dy, dx)
         if k is not None:
             parallel_chunks.elementwise(lambda x, dy, dx: k.relu_backward(x, dy, dx, s),
-                                        (x.reshape(-1), dy.reshape(-1), dx.reshape(-1)))
+                                        (x.reshape(-1), dy.reshape(-1), dx.reshape(-1)),
+                                        compiled=True)
             return
         pos = self.scratch("pos", x.shape, xp.bool_).reshape(-1)
         if s == 0:

@@ -41,7 +41,7 @@ def apply_weight_decay(regularization_type, local_decay, data, diff, temp=None, 
         if k is not None and data.flags.c_contiguous and diff.flags.c_contiguous:
             # one compiled pass (it releases the GIL: a large param's halves run side by side)
             parallel_chunks.elementwise(lambda data, diff: k.l2_decay(data, diff, local_decay),
-                                        (data, diff))
+                                        (data, diff), compiled=True)
             return
     if temp is None:
         if regularization_type == "L2" and decay is None:

@@ -124,7 +124,8 @@ class SGDRule(UpdateRule):
                 and diff.flags.c_contiguous and h.flags.c_contiguous):
             rate, sgd = f32(local_rate), self._fused.sgd_momentum
             # the compiled pass releases the GIL: a large param's halves run side by side
-            parallel_chunks.elementwise(lambda diff, h: sgd(diff, h, rate, momentum), (diff, h))
+            parallel_chunks.elementwise(lambda diff, h: sgd(diff, h, rate, momentum), (diff, h),
+                                        compiled=True)
             return
         xp = backend.array_module(diff)
         h *= momentum                              # cblas_sscal(momentum, h)
@@ -145,7 +146,8 @@ class SGDRule(UpdateRule):
         step = self._fused.sgd_step
         # the compiled pass releases the GIL: a large param's parts run side by side
         parallel_chunks.elementwise(
-            lambda data, diff, h: step(data, diff, h, decay, rate, momentum), (data, diff, h))
+            lambda data, diff, h: step(data, diff, h, decay, rate, momentum), (data, diff, h),
+            compiled=True)
         return True
 
 
