@@ -397,6 +397,32 @@ def test_inner_product_backward_hands_both_gradients_to_the_pool_at_once(split_e
     assert got[0] == got[1]
 
 
+def test_small_inner_product_backward_makes_no_hand_off(threads, monkeypatch):
+    """Products too small to split (LeNet's ip2: 64 x 500 -> 10) run on the calling thread: a
+    weight and a data gradient of one block each are not handed to the pool together."""
+    M, K, N = 64, 500, 10
+    x, dy = rnd(M, K), rnd(M, N, seed=1)
+    assert M * K * N < parallel_chunks.MIN_SPLIT_MACS
+    text = ('type: "InnerProduct" inner_product_param { num_output: %d '
+            'weight_filler { type: "gaussian" std: 1 } }' % N)
+    calls = []
+    run_blocks = parallel_chunks.run_blocks
+
+    def counting(fn, nblocks):
+        calls.append(nblocks)
+        return run_blocks(fn, nblocks)
+    monkeypatch.setattr(parallel_chunks, "run_blocks", counting)
+    threads(2)
+    layer, bottom, top = make(text, [x])
+    fwd(layer, bottom, top)
+    bwd(layer, bottom, top, [dy])
+    assert calls == []
+    np.testing.assert_allclose(layer.blobs[0].diff, dy.T.astype(np.float64) @ x,
+                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(bottom[0].diff, dy @ layer.blobs[0].data.astype(np.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_inner_product_weight_gradient_scratch_is_a_block(monkeypatch):
     """The weight-gradient work memory of a large InnerProduct is a block of rows
     (ACCUMULATE_BLOCK_BYTES per thread), not a second weight-sized array, and the gradient

@@ -71,20 +71,20 @@ class InnerProductLayer(Layer):
         dy = top[0].flat_diff.reshape(self.M, self.N)
         x = bottom[0].flat_data.reshape(self.M, self.K)
         # the weight and data gradients' blocks go to the cores together (caffepy.parallel_chunks)
-        jobs = []
+        dw_jobs = dx_jobs = ()
         if self.param_propagate(0):
             wdiff = self.blobs[0].diff
             # param diffs accumulate: the product goes to scratch, a block of rows at a time,
             # then +=
             if self.transpose:
-                jobs += parallel_chunks.matmul_rows_jobs(xp, x.T, dy, wdiff, self._dw_scratch)
+                dw_jobs = parallel_chunks.matmul_rows_jobs(xp, x.T, dy, wdiff, self._dw_scratch)
             else:
-                jobs += parallel_chunks.matmul_rows_jobs(xp, dy.T, x, wdiff, self._dw_scratch)
+                dw_jobs = parallel_chunks.matmul_rows_jobs(xp, dy.T, x, wdiff, self._dw_scratch)
         if propagate_down[0]:
             w = self.blobs[0].data
             dx = bottom[0].flat_diff.reshape(self.M, self.K)
-            jobs += parallel_chunks.matmul_cols_jobs(xp, dy, w.T if self.transpose else w, dx)
-        parallel_chunks.run_jobs(jobs)
+            dx_jobs = parallel_chunks.matmul_cols_jobs(xp, dy, w.T if self.transpose else w, dx)
+        parallel_chunks.run_jobs(dw_jobs, dx_jobs)
         if self.bias_term and self.param_propagate(1):
             db = self.scratch("db", (self.N,))
             xp.sum(dy, axis=0, out=db)
