@@ -363,15 +363,9 @@ def test_inner_product_short_batch(split_everything, transpose):
     assert got[0] == got[1]
 
 
-def test_inner_product_backward_hands_both_gradients_to_the_pool_at_once(split_everything,
-                                                                         monkeypatch):
-    """InnerProduct's backward runs the blocks of its weight gradient and of its data gradient
-    in one hand-off to the pool (each hand-off wakes a thread), with the same results as one
-    thread."""
-    M, K, N = 6, 12, 10
-    x, dy = rnd(M, K), rnd(M, N, seed=1)
-    text = ('type: "InnerProduct" inner_product_param { num_output: %d '
-            'weight_filler { type: "gaussian" std: 1 } }' % N)
+@pytest.fixture
+def hand_offs(monkeypatch):
+    """The block counts of every hand-off to the pool (parallel_chunks.run_blocks) from now."""
     calls = []
     run_blocks = parallel_chunks.run_blocks
 
@@ -379,15 +373,27 @@ def test_inner_product_backward_hands_both_gradients_to_the_pool_at_once(split_e
         calls.append(nblocks)
         return run_blocks(fn, nblocks)
     monkeypatch.setattr(parallel_chunks, "run_blocks", counting)
+    return calls
+
+
+def test_inner_product_backward_hands_both_gradients_to_the_pool_at_once(split_everything,
+                                                                         hand_offs):
+    """InnerProduct's backward runs the blocks of its weight gradient and of its data gradient
+    in one hand-off to the pool (each hand-off wakes a thread), with the same results as one
+    thread."""
+    M, K, N = 6, 12, 10
+    x, dy = rnd(M, K), rnd(M, N, seed=1)
+    text = ('type: "InnerProduct" inner_product_param { num_output: %d '
+            'weight_filler { type: "gaussian" std: 1 } }' % N)
     got = []
     for threads in (1, 2):
         split_everything(threads)
         layer, bottom, top = make(text, [x])
         layer.blobs[0].data[...] = rnd(N, K, seed=2)
         fwd(layer, bottom, top)
-        calls.clear()
+        hand_offs.clear()
         bwd(layer, bottom, top, [dy])
-        assert calls == [4]             # two row blocks of dW and two column blocks of dx
+        assert hand_offs == [4]             # two row blocks of dW and two column blocks of dx
         w = layer.blobs[0].data.astype(np.float64)
         np.testing.assert_allclose(layer.blobs[0].diff, dy.T.astype(np.float64) @ x,
                                    rtol=1e-5, atol=1e-5)
@@ -397,7 +403,7 @@ def test_inner_product_backward_hands_both_gradients_to_the_pool_at_once(split_e
     assert got[0] == got[1]
 
 
-def test_small_inner_product_backward_makes_no_hand_off(threads, monkeypatch):
+def test_small_inner_product_backward_makes_no_hand_off(threads, hand_offs):
     """Products too small to split (LeNet's ip2: 64 x 500 -> 10) run on the calling thread: a
     weight and a data gradient of one block each are not handed to the pool together."""
     M, K, N = 64, 500, 10
@@ -405,18 +411,11 @@ def test_small_inner_product_backward_makes_no_hand_off(threads, monkeypatch):
     assert M * K * N < parallel_chunks.MIN_SPLIT_MACS
     text = ('type: "InnerProduct" inner_product_param { num_output: %d '
             'weight_filler { type: "gaussian" std: 1 } }' % N)
-    calls = []
-    run_blocks = parallel_chunks.run_blocks
-
-    def counting(fn, nblocks):
-        calls.append(nblocks)
-        return run_blocks(fn, nblocks)
-    monkeypatch.setattr(parallel_chunks, "run_blocks", counting)
     threads(2)
     layer, bottom, top = make(text, [x])
     fwd(layer, bottom, top)
     bwd(layer, bottom, top, [dy])
-    assert calls == []
+    assert hand_offs == []
     np.testing.assert_allclose(layer.blobs[0].diff, dy.T.astype(np.float64) @ x,
                                rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(bottom[0].diff, dy @ layer.blobs[0].data.astype(np.float64),
