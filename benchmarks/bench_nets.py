@@ -100,16 +100,42 @@ def training_only(param, net):
     param.snapshot_after_train = False
 
 
-def run_worker_cmd(cmd, threads, what):
-    """Run one worker command with every thread pool sized ``threads``; its result dict."""
+def start_worker_cmd(cmd, threads):
+    """Start one worker command with every thread pool sized ``threads``; its Popen."""
     env = thread_env(dict(os.environ), threads)
-    p = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       universal_newlines=True)
-    for line in p.stdout.splitlines():
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+
+
+def worker_result(proc, cmd, what):
+    """Wait for a worker started by start_worker_cmd; its result dict."""
+    out, err = proc.communicate()
+    for line in out.splitlines():
         if line.startswith(RESULT):
             return json.loads(line[len(RESULT):])
-    sys.stderr.write(p.stderr[-3000:])
-    raise SystemExit("worker %s failed (exit %d): %s" % (what, p.returncode, " ".join(cmd)))
+    sys.stderr.write(err[-3000:])
+    raise SystemExit("worker %s failed (exit %d): %s" % (what, proc.returncode, " ".join(cmd)))
+
+
+def run_worker_cmd(cmd, threads, what):
+    """Run one worker command with every thread pool sized ``threads``; its result dict."""
+    return worker_result(start_worker_cmd(cmd, threads), cmd, what)
+
+
+def barrier(directory, parties, timeout=600.0):
+    """Wait until ``parties`` workers, this one included, have reached this point: each leaves
+    a file named by its process id in ``directory`` and polls for the others' (every half a
+    millisecond), so workers started together begin their timed loops together whatever their
+    set-up times (bench_scaling.py)."""
+    open(os.path.join(directory, "%d.ready" % os.getpid()), "w").close()
+    deadline = time.monotonic() + timeout
+    while sum(n.endswith(".ready") for n in os.listdir(directory)) < parties:
+        if time.monotonic() > deadline:
+            raise SystemExit("barrier %s: %d of %d workers arrived in %.0f s"
+                             % (directory, sum(n.endswith(".ready")
+                                               for n in os.listdir(directory)),
+                                parties, timeout))
+        time.sleep(0.0005)
 
 
 def input_net(name, batch=None):
@@ -253,19 +279,33 @@ def caffepy_threads():
     return "caffepy %s, %d kernel threads" % (version, fn())
 
 
-def measure(step, iterations, warmup, sync=_no_sync):
-    """CPU and wall seconds of each of ``iterations`` calls of ``step`` after ``warmup`` calls."""
+def measure(step, iterations, warmup, sync=_no_sync, ready=None, span=None):
+    """CPU and wall seconds of each of ``iterations`` calls of ``step`` after ``warmup`` calls.
+    ``ready()``, if given, runs between the two (a barrier); ``span``, a list, receives the
+    clock time (time.time()) at which the timed calls began and ended."""
     for _ in range(warmup):
         step()
     sync()
+    if ready is not None:
+        ready()
     cpu, wall = [], []
+    t0 = time.time()
     for _ in range(iterations):
         c0, w0 = time.process_time(), time.perf_counter()
         step()
         sync()
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
+    if span is not None:
+        span[:] = [t0, time.time()]
     return cpu, wall
+
+
+def worker_barrier(args):
+    """The ready() of a worker given --barrier DIR --parties N, else None."""
+    if not args.barrier:
+        return None
+    return lambda: barrier(args.barrier, args.parties)
 
 
 def preempted():
@@ -288,8 +328,11 @@ def caffepy_worker(args):
     sync = device_sync()
     out = {"framework": "caffepy", "net": args.net, "threads": args.threads}
     n0 = preempted()
-    cpu, wall = measure(lambda: s.step(1), args.iterations, args.warmup, sync)
-    out.update(cpu=cpu, wall=wall, loss=float(s.smoothed_loss),
+    span = []
+    cpu, wall = measure(lambda: s.step(1), args.iterations, args.warmup, sync,
+                        worker_barrier(args), span)
+    out.update(cpu=cpu, wall=wall, span=span, batch=args.batch or NETS[args.net]["batch"],
+               loss=float(s.smoothed_loss),
                info=[caffepy_threads()] + blas_info(),
                preempted=(preempted() - n0) / (args.iterations + args.warmup))
     if args.gpu:
@@ -384,10 +427,12 @@ def torch_worker(args):
                torch.backends.cpu.get_cpu_capability(), torch.backends.mkl.is_available(),
                torch.backends.mkldnn.is_available())]
     n0 = preempted()
-    cpu, wall = measure(step, args.iterations, args.warmup, sync)
+    span = []
+    cpu, wall = measure(step, args.iterations, args.warmup, sync, worker_barrier(args), span)
     info += [torch.cuda.get_device_name()] if args.gpu else blas_info()
     return {"framework": "torch", "net": args.net, "threads": args.threads, "info": info,
-            "cpu": cpu, "wall": wall, "loss": loss(),
+            "cpu": cpu, "wall": wall, "span": span, "batch": args.batch or NETS[args.net]["batch"],
+            "loss": loss(),
             "preempted": (preempted() - n0) / (args.iterations + args.warmup)}
 
 
@@ -733,6 +778,10 @@ def main(argv=None):
     ap.add_argument("--gpu", action="store_true",
                     help="caffepy in GPU mode (CuPy), PyTorch on CUDA; times synchronize "
                          "the device")
+    ap.add_argument("--barrier", metavar="DIR",
+                    help="worker: wait after warm-up until --parties workers have reached this "
+                         "point (files in DIR), then time")
+    ap.add_argument("--parties", type=int, default=2)
     args = ap.parse_args(argv)
     for name in args.nets.split(","):
         if name not in NETS:

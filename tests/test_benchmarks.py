@@ -13,6 +13,7 @@ sys.path.insert(0, BENCH)
 
 import bench_memory  # noqa: E402
 import bench_nets  # noqa: E402
+import bench_scaling  # noqa: E402
 
 # LeNet, batch 64: the floats of each blob the net holds (relu1 works in place on ip1)
 LENET_ACTIVATIONS = {"data": 64 * 1 * 28 * 28, "label": 64, "conv1": 64 * 20 * 24 * 24,
@@ -91,8 +92,44 @@ def test_worker_prints_one_json_result():
     assert np.isfinite(res["loss"])
 
 
+def test_pair_of_workers_times_the_two_halves_together():
+    """bench_scaling.py's pair: two one-thread workers, half the batch each, whose timed loops
+    start at the barrier together."""
+    a, b = bench_scaling.run_pair("caffepy", "lenet", 63, iterations=3, warmup=1)
+    assert (a["batch"], b["batch"]) == (31, 32)
+    assert a["threads"] == b["threads"] == 1
+    assert len(a["wall"]) == len(b["wall"]) == 3
+    assert abs(a["span"][0] - b["span"][0]) < 0.5
+    assert bench_scaling.overlap([a["span"], b["span"]]) > 0
+
+
+def test_barrier_names_who_is_missing(tmp_path):
+    with pytest.raises(SystemExit, match="1 of 2 workers arrived"):
+        bench_nets.barrier(str(tmp_path), 2, timeout=0.05)
+    assert os.listdir(str(tmp_path)) == ["%d.ready" % os.getpid()]
+
+
+def test_overlap_is_the_shared_part_of_the_two_loops():
+    assert bench_scaling.overlap([[0.0, 10.0], [1.0, 11.0]]) == pytest.approx(9 / 11)
+    assert bench_scaling.overlap([[0.0, 1.0], [2.0, 3.0]]) == 0.0
+    assert bench_scaling.overlap([[5.0, 9.0], [5.0, 9.0]]) == 1.0
+
+
+def test_ceiling_is_halving_times_contention():
+    f = bench_scaling.round_figures(one=8.0, half=4.4, pair=[5.0, 5.5], two=5.0)
+    assert f["scaling"] == pytest.approx(1.6)
+    assert f["ceiling"] == pytest.approx(8.0 / 5.5)        # the slower half paces the step
+    assert f["halving"] == pytest.approx(8.0 / 4.4)
+    assert f["contention"] == pytest.approx(4.4 / 5.5)
+    assert f["halving"] * f["contention"] == pytest.approx(f["ceiling"])
+    assert f["share"] == pytest.approx(1.6 / (8.0 / 5.5))
+    s = bench_scaling.summarise([f, bench_scaling.round_figures(8.0, 4.0, [5.0, 5.0], 4.0)])
+    assert s["scaling"] == pytest.approx((1.8, 1.6, 2.0))
+    assert s["ceiling"] == pytest.approx(((8 / 5.5 + 1.6) / 2, 8 / 5.5, 1.6))
+
+
 def test_scripts_import_without_torch():
-    code = ("import sys; sys.path.insert(0, %r); import bench_nets, bench_memory; "
+    code = ("import sys; sys.path.insert(0, %r); import bench_nets, bench_memory, bench_scaling; "
             "print('torch' in sys.modules, 'caffepy' in sys.modules)" % BENCH)
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout.split()
