@@ -447,14 +447,24 @@ def test_pool_large_kernel():
             close(bottom[0].diff, expect)
 
 
-def test_pool_window_starting_past_the_image():
+def test_pool_window_starting_past_the_image(caplog):
     # kernel < stride without padding: Caffe keeps a last window that starts outside the
     # image; MAX gives -FLT_MAX with mask -1, AVE gives 0 (divided by a negative size)
     x = rnd(1, 1, 5, 5, seed=3)
     for method in ("MAX", "AVE"):
-        text = 'type: "Pooling" pooling_param { pool: %s kernel_size: 1 stride: 3 }' % method
-        layer, bottom, top = make(text, [x], ntop=2 if method == "MAX" else 1)
-        out = fwd(layer, bottom, top)
+        text = ('name: "p" type: "Pooling" pooling_param { pool: %s kernel_size: 1 stride: 3 }'
+                % method)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="caffepy.layers.pooling"):
+            layer, bottom, top = make(text, [x], ntop=2 if method == "MAX" else 1)
+            out = fwd(layer, bottom, top)
+            fwd(layer, bottom, top)
+        # said once (set-up and two forwards reshape alike), naming the layer and the geometry
+        assert [r.getMessage() for r in caplog.records] == [
+            "Layer 'p' (Pooling): the last row and the last column of windows starts past the "
+            "5x5 input (kernel 1x1, stride 3x3, pad 0x0, output 3x3 rounded up as in Caffe): "
+            "those outputs cover no pixel; as in Caffe they are -FLT_MAX for MAX pooling and 0 "
+            "divided by a window size of 0 or less (NaN or -0) for AVE"]
         y, mask = ref_pool(x, (1, 1), (3, 3), (0, 0), method)
         assert out[0].shape == (1, 1, 3, 3)
         np.testing.assert_array_equal(out[0], y)
@@ -465,6 +475,26 @@ def test_pool_window_starting_past_the_image():
         expect = np.zeros((5, 5), np.float32)
         expect[0:4:3, 0:4:3] = 1
         np.testing.assert_array_equal(bottom[0].diff[0, 0], expect)
+
+
+def test_pool_window_past_the_image_ave_zero_size_is_nan(caplog):
+    # a 3-pixel input, kernel 1, stride 3: the second window starts at the image's end, its
+    # size is 0 and Caffe's AVE divides 0 by it; a window inside the image is not warned about
+    x = rnd(1, 1, 3, 4, seed=4)
+    with caplog.at_level("WARNING", logger="caffepy.layers.pooling"):
+        layer, bottom, top = make('name: "q" type: "Pooling" pooling_param { pool: AVE '
+                                  'kernel_h: 1 kernel_w: 2 stride_h: 3 stride_w: 2 }', [x])
+        y = fwd(layer, bottom, top)[0]
+    assert y.shape == (1, 1, 2, 2)
+    np.testing.assert_array_equal(y[0, 0, 0], [(x[0, 0, 0, 0] + x[0, 0, 0, 1]) / np.float32(2),
+                                               (x[0, 0, 0, 2] + x[0, 0, 0, 3]) / np.float32(2)])
+    assert np.isnan(y[0, 0, 1]).all()
+    assert len(caplog.records) == 1
+    assert "the last row of windows starts past the 3x4 input" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="caffepy.layers.pooling"):
+        make('type: "Pooling" pooling_param { pool: AVE kernel_size: 2 stride: 2 }', [x])
+    assert not caplog.records
 
 
 def test_pool_max_first_maximum_wins_ties():

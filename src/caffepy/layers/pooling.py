@@ -3,6 +3,8 @@
 Each class reproduces the Caffe 1.0 (master) layer of the same name, including its parameter
 rules and its output-size formulas. The window loops live in caffepy.kernels.pooling.
 """
+import logging
+
 import numpy as np
 
 from .. import backend, parallel_chunks
@@ -11,6 +13,8 @@ from ..kernels.pooling import Pool2D, pooled_size, reads_image
 from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 from .shapes import nchw
+
+log = logging.getLogger(__name__)
 
 
 # -- Pooling --------------------------------------------------------------------------------
@@ -131,8 +135,29 @@ class PoolingLayer(Layer):
                              self.kernel_w, self.stride_h, self.stride_w, self.pad_h, self.pad_w)
         for t in top:
             t.reshape(N, C, OH, OW)
+        self._warn_windows_past_input(H, W, OH, OW)
         self._shape = (N * C, H, W, OH, OW)
         self._plan()
+
+    def _warn_windows_past_input(self, H, W, OH, OW):
+        """Rounding up without padding can start a last row or column of windows past the
+        input (a 3-pixel input, kernel 1, stride 3: two outputs). Caffe keeps such windows,
+        which cover no pixel: it gives them -FLT_MAX (MAX) or 0 divided by a window size of 0
+        or less, NaN or -0 (AVE), and so does caffepy; say so once per input size, as it is
+        rarely what the net's author meant."""
+        past = [what for what, out, stride, size, pad in (
+            ("row", OH, self.stride_h, H, self.pad_h),
+            ("column", OW, self.stride_w, W, self.pad_w)) if (out - 1) * stride >= size + pad]
+        if not past or getattr(self, "_warned_input", None) == (H, W):
+            return
+        self._warned_input = (H, W)
+        log.warning("Layer '%s' (Pooling): the last %s of windows starts past the %dx%d input "
+                    "(kernel %dx%d, stride %dx%d, pad %dx%d, output %dx%d rounded up as in "
+                    "Caffe): those outputs cover no pixel; as in Caffe they are -FLT_MAX for "
+                    "MAX pooling and 0 divided by a window size of 0 or less (NaN or -0) for "
+                    "AVE", self.name, " and the last ".join(past), H,
+                    W, self.kernel_h, self.kernel_w, self.stride_h, self.stride_w, self.pad_h,
+                    self.pad_w, OH, OW)
 
     def _plan(self):
         """One Pool2D per range of planes: the planes are independent, so the ranges run side
