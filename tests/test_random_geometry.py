@@ -71,6 +71,9 @@ def run(text, x, compiled, nthreads, seed, monkeypatch):
             [b.diff.copy() for b in layer.blobs])
 
 
+# AVE windows that start past the input divide 0 by a size of 0 (NaN, as in Caffe)
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning",
+                            "ignore:divide by zero encountered in divide:RuntimeWarning")
 @pytest.mark.parametrize("seed", range(16))
 def test_random_geometries(seed, monkeypatch):
     if backend.mode() == backend.GPU:
