@@ -187,8 +187,12 @@ def caffepy_solver(name, batch=None, gpu=False, seed=0):
         param.solver_mode = caffe_pb2.SolverParameter.CPU
     s = caffepy.get_solver(param)
     rng = np.random.default_rng(seed)
-    s.net.blobs[tops[0]].data[...] = rng.random((batch,) + tuple(spec["shape"]), dtype=np.float32)
-    s.net.blobs[tops[1]].data[...] = rng.integers(0, spec["classes"], batch).astype(np.float32)
+    images = rng.random((batch,) + tuple(spec["shape"]), dtype=np.float32)
+    labels = rng.integers(0, spec["classes"], batch).astype(np.float32)
+    for top, values in zip(tops, (images, labels)):
+        data = s.net.blobs[top].data
+        # in GPU mode a device array: CuPy takes host values only through asarray
+        data[...] = caffepy.backend.array_module(data).asarray(values)
     return s
 
 

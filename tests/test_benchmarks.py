@@ -92,6 +92,25 @@ def test_worker_prints_one_json_result():
     assert np.isfinite(res["loss"])
 
 
+def test_gpu_worker_runs_on_the_cupy_stand_in():
+    """The --gpu worker on tests/standin (a strict NumPy-backed CuPy that, like CuPy, refuses
+    host arrays written into device arrays): the benchmark's GPU path runs before any GPU is
+    there to time it."""
+    standin = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [standin] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "bench_nets.py"), "--worker",
+                          "caffepy", "--gpu", "--net", "lenet", "--iterations", "2", "--warmup",
+                          "1", "--per-layer"], stdout=subprocess.PIPE, env=env,
+                         universal_newlines=True, check=True).stdout
+    lines = [x for x in out.splitlines() if x.startswith(bench_nets.RESULT)]
+    res = json.loads(lines[0][len(bench_nets.RESULT):])
+    assert res["info"][0].startswith("CuPy ") and "stand-in" in res["info"][0]
+    assert len(res["wall"]) == 2 and all(w > 0 for w in res["wall"])
+    assert np.isfinite(res["loss"]) and 0 < res["loss"] < 10
+    assert res["per_layer"]["names"][1:3] == ["conv1", "pool1"]
+
+
 def test_pair_of_workers_times_the_two_halves_together():
     """bench_scaling.py's pair: two one-thread workers, half the batch each, whose timed loops
     start at the barrier together."""
