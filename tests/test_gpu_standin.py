@@ -3,6 +3,7 @@ CuPy. These tests check that the stand-in enforces CuPy's host/device rules (els
 caffepy on it would prove nothing), then run every conformance case, layer and solver, with
 caffepy in GPU mode on it, in a child pytest (CAFFEPY_TEST_MODE=gpu CAFFEPY_CUPY_STANDIN=1)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -164,3 +165,20 @@ def test_lenet_trains_resumes_and_snapshots_in_gpu_mode_as_on_the_cpu(tmp_path):
     for name, blobs in nets["cpu"].params.items():
         for a, b in zip(blobs, nets["gpu"].params[name]):
             np.testing.assert_allclose(b.data, a.data, rtol=1e-3, atol=1e-5)
+
+
+def test_time_command_in_gpu_mode_on_the_standin():
+    """`caffepy time -gpu 0` synchronizes the device around every layer (the stand-in's
+    deviceSynchronize, as CuPy's runtime has it) and prints Caffe's per-layer table."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [STANDIN] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    model = os.path.join(os.path.dirname(HERE), "examples", "mnist", "lenet.prototxt")
+    p = subprocess.run([sys.executable, "-m", "caffepy", "time", "-model", model, "-gpu", "0",
+                        "-iterations", "2"], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "Use GPU with device ID 0" in p.stdout
+    for name in ("conv1", "pool1", "conv2", "pool2", "ip1", "relu1", "ip2", "prob"):
+        assert re.search(r"\] +%s\tforward: [0-9.e-]+ ms\." % name, p.stdout), name
+        assert re.search(r"\] +%s\tbackward: [0-9.e-]+ ms\." % name, p.stdout), name
+    assert "Average Forward-Backward:" in p.stdout and "*** Benchmark ends ***" in p.stdout

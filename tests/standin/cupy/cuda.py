@@ -15,6 +15,10 @@ class _Runtime:
         return 12040
 
     @staticmethod
+    def deviceSynchronize():
+        """Nothing to wait for: the stand-in computes synchronously."""
+
+    @staticmethod
     def getDeviceProperties(device_id):
         if device_id != 0:
             raise RuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
