@@ -182,3 +182,24 @@ def test_time_command_in_gpu_mode_on_the_standin():
         assert re.search(r"\] +%s\tforward: [0-9.e-]+ ms\." % name, p.stdout), name
         assert re.search(r"\] +%s\tbackward: [0-9.e-]+ ms\." % name, p.stdout), name
     assert "Average Forward-Backward:" in p.stdout and "*** Benchmark ends ***" in p.stdout
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_runs_through_on_the_standin():
+    """tools/gpu_check.sh, the one script a machine with a GPU runs (docs/gpu.md), end to end on
+    the stand-in: every step reached, the conformance cases and the benchmark exit 0."""
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_ITER="2", GPU_CHECK_BUDGET="400",
+               PYTHONPATH=os.pathsep.join(
+                   [STANDIN] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                if p]))
+    env.pop("OUT", None)
+    env.pop("CAFFEPY_TEST_MODE", None)
+    p = subprocess.run(["bash", os.path.join(os.path.dirname(HERE), "tools", "gpu_check.sh")],
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert "numpy-standin" in p.stdout
+    assert "conformance pytest exit code: 0" in p.stdout
+    assert "benchmark exit code: 0" in p.stdout
+    assert re.search(r"lenet +wall, \d+ threads? +[0-9.]+", p.stdout), p.stdout[-2000:]
+    assert re.search(r"===== \[\d+s\] done in \d+s, status 0 =====", p.stdout)
