@@ -180,3 +180,11 @@ def messages(err):
     """The message part of every glog line."""
     return [m.group(1) for m in re.finditer(r"^[IWEF]\d{4} [\d:.]+ +\d+ [^\]]+\] (.*)$", err,
                                             re.M)]
+
+
+def standin_env(**extra):
+    """os.environ with tests/standin (the strict NumPy-backed CuPy) first on PYTHONPATH, so
+    that a child process's ``import cupy`` finds it; ``extra`` variables set as well."""
+    standin = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin")
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([standin] + path), **extra)

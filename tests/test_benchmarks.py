@@ -14,6 +14,7 @@ sys.path.insert(0, BENCH)
 import bench_memory  # noqa: E402
 import bench_nets  # noqa: E402
 import bench_scaling  # noqa: E402
+from helpers import standin_env  # noqa: E402
 
 # LeNet, batch 64: the floats of each blob the net holds (relu1 works in place on ip1)
 LENET_ACTIVATIONS = {"data": 64 * 1 * 28 * 28, "label": 64, "conv1": 64 * 20 * 24 * 24,
@@ -96,9 +97,7 @@ def test_gpu_worker_runs_on_the_cupy_stand_in():
     """The --gpu worker on tests/standin (a strict NumPy-backed CuPy that, like CuPy, refuses
     host arrays written into device arrays): the benchmark's GPU path runs before any GPU is
     there to time it."""
-    standin = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [standin] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = standin_env()
     out = subprocess.run([sys.executable, os.path.join(BENCH, "bench_nets.py"), "--worker",
                           "caffepy", "--gpu", "--net", "lenet", "--iterations", "2", "--warmup",
                           "1", "--per-layer"], stdout=subprocess.PIPE, env=env,

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import standin_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 STANDIN = os.path.join(HERE, "standin")
 
@@ -170,8 +172,7 @@ def test_lenet_trains_resumes_and_snapshots_in_gpu_mode_as_on_the_cpu(tmp_path):
 def test_time_command_in_gpu_mode_on_the_standin():
     """`caffepy time -gpu 0` synchronizes the device around every layer (the stand-in's
     deviceSynchronize, as CuPy's runtime has it) and prints Caffe's per-layer table."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [STANDIN] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = standin_env()
     model = os.path.join(os.path.dirname(HERE), "examples", "mnist", "lenet.prototxt")
     p = subprocess.run([sys.executable, "-m", "caffepy", "time", "-model", model, "-gpu", "0",
                         "-iterations", "2"], env=env, stdout=subprocess.PIPE,
@@ -188,10 +189,7 @@ def test_time_command_in_gpu_mode_on_the_standin():
 def test_the_prepared_gpu_check_runs_through_on_the_standin():
     """tools/gpu_check.sh, the one script a machine with a GPU runs (docs/gpu.md), end to end on
     the stand-in: every step reached, the conformance cases and the benchmark exit 0."""
-    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_ITER="2", GPU_CHECK_BUDGET="400",
-               PYTHONPATH=os.pathsep.join(
-                   [STANDIN] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                if p]))
+    env = standin_env(PYTHON=sys.executable, GPU_CHECK_ITER="2", GPU_CHECK_BUDGET="400")
     env.pop("OUT", None)
     env.pop("CAFFEPY_TEST_MODE", None)
     p = subprocess.run(["bash", os.path.join(os.path.dirname(HERE), "tools", "gpu_check.sh")],
