@@ -15,6 +15,14 @@ from helpers import standin_env
 HERE = os.path.dirname(os.path.abspath(__file__))
 STANDIN = os.path.join(HERE, "standin")
 
+# These tests start the GPU path from an ordinary CPU session (children in GPU mode, or the
+# stand-in imported beside the session's modules). In a session that is itself in GPU mode the
+# stand-in imported a second time would leave arrays of two different classes behind it, and
+# later tests would fail on the mix; the GPU-mode session tests the GPU path directly instead.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("CAFFEPY_TEST_MODE", "cpu").strip().lower() == "gpu",
+    reason="runs the GPU path from a CPU-mode session")
+
 
 @pytest.fixture(scope="module")
 def cp():

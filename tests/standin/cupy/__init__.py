@@ -108,6 +108,13 @@ def _inplace(name):
     return method
 
 
+class _MemoryPointer:
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr):
+        self.ptr = int(ptr)
+
+
 class ndarray:
     """A device array: a NumPy array that refuses to meet NumPy arrays (see the module)."""
     __slots__ = ("_a", "__weakref__")
@@ -120,6 +127,12 @@ class ndarray:
     def __array__(self, *args, **kwargs):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
                         "`.get()` to construct a NumPy array explicitly.")
+
+    @property
+    def data(self):
+        """CuPy's MemoryPointer of the array: here only its ``ptr``, the address of the host
+        memory that stands in for the device's."""
+        return _MemoryPointer(self._a.ctypes.data)
 
     def get(self, stream=None, order="C", out=None):
         if out is not None:
