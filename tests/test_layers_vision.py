@@ -455,7 +455,7 @@ def test_pool_window_starting_past_the_image(caplog):
         text = ('name: "p" type: "Pooling" pooling_param { pool: %s kernel_size: 1 stride: 3 }'
                 % method)
         caplog.clear()
-        with caplog.at_level("WARNING", logger="caffepy.layers.pooling"):
+        with caplog.at_level("WARNING", logger="caffepy"):
             layer, bottom, top = make(text, [x], ntop=2 if method == "MAX" else 1)
             out = fwd(layer, bottom, top)
             fwd(layer, bottom, top)
@@ -481,7 +481,7 @@ def test_pool_window_past_the_image_ave_zero_size_is_nan(caplog):
     # a 3-pixel input, kernel 1, stride 3: the second window starts at the image's end, its
     # size is 0 and Caffe's AVE divides 0 by it; a window inside the image is not warned about
     x = rnd(1, 1, 3, 4, seed=4)
-    with caplog.at_level("WARNING", logger="caffepy.layers.pooling"):
+    with caplog.at_level("WARNING", logger="caffepy"):
         layer, bottom, top = make('name: "q" type: "Pooling" pooling_param { pool: AVE '
                                   'kernel_h: 1 kernel_w: 2 stride_h: 3 stride_w: 2 }', [x])
         y = fwd(layer, bottom, top)[0]
@@ -492,7 +492,7 @@ def test_pool_window_past_the_image_ave_zero_size_is_nan(caplog):
     assert len(caplog.records) == 1
     assert "the last row of windows starts past the 3x4 input" in caplog.records[0].getMessage()
     caplog.clear()
-    with caplog.at_level("WARNING", logger="caffepy.layers.pooling"):
+    with caplog.at_level("WARNING", logger="caffepy"):
         make('type: "Pooling" pooling_param { pool: AVE kernel_size: 2 stride: 2 }', [x])
     assert not caplog.records
 

@@ -14,7 +14,7 @@ from ..layer import Layer, register_layer
 from ..proto import caffe_pb2
 from .shapes import nchw
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("caffepy")
 
 
 # -- Pooling --------------------------------------------------------------------------------
