@@ -461,7 +461,7 @@ def test_pool_window_starting_past_the_image(caplog):
             fwd(layer, bottom, top)
         # said once (set-up and two forwards reshape alike), naming the layer and the geometry
         assert [r.getMessage() for r in caplog.records] == [
-            "Layer 'p' (Pooling): the last row and the last column of windows starts past the "
+            "Layer 'p' (Pooling): the last row and the last column of windows start past the "
             "5x5 input (kernel 1x1, stride 3x3, pad 0x0, output 3x3 rounded up as in Caffe): "
             "those outputs cover no pixel; as in Caffe they are -FLT_MAX for MAX pooling and 0 "
             "divided by a window size of 0 or less (NaN or -0) for AVE"]

@@ -151,11 +151,12 @@ class PoolingLayer(Layer):
         if not past or getattr(self, "_warned_input", None) == (H, W):
             return
         self._warned_input = (H, W)
-        log.warning("Layer '%s' (Pooling): the last %s of windows starts past the %dx%d input "
+        log.warning("Layer '%s' (Pooling): the last %s of windows %s past the %dx%d input "
                     "(kernel %dx%d, stride %dx%d, pad %dx%d, output %dx%d rounded up as in "
                     "Caffe): those outputs cover no pixel; as in Caffe they are -FLT_MAX for "
                     "MAX pooling and 0 divided by a window size of 0 or less (NaN or -0) for "
-                    "AVE", self.name, " and the last ".join(past), H,
+                    "AVE", self.name, " and the last ".join(past),
+                    "starts" if len(past) == 1 else "start", H,
                     W, self.kernel_h, self.kernel_w, self.stride_h, self.stride_w, self.pad_h,
                     self.pad_w, OH, OW)
 
