@@ -121,6 +121,7 @@ class PoolingLayer(Layer):
                                  self.pad_h, self.pad_w, self.kernel_h, self.kernel_w)
         self.ceil_mode = p.round_mode == caffe_pb2.PoolingParameter.CEIL
         self._key = None
+        self._warned_input = None       # the input size last warned about (windows past it)
 
     def reshape(self, bottom, top):
         N, C, H, W = nchw(self, bottom[0])
@@ -148,7 +149,7 @@ class PoolingLayer(Layer):
         past = [what for what, out, stride, size, pad in (
             ("row", OH, self.stride_h, H, self.pad_h),
             ("column", OW, self.stride_w, W, self.pad_w)) if (out - 1) * stride >= size + pad]
-        if not past or getattr(self, "_warned_input", None) == (H, W):
+        if not past or self._warned_input == (H, W):
             return
         self._warned_input = (H, W)
         log.warning("Layer '%s' (Pooling): the last %s of windows %s past the %dx%d input "
