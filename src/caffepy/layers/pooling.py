@@ -136,7 +136,6 @@ class PoolingLayer(Layer):
                              self.kernel_w, self.stride_h, self.stride_w, self.pad_h, self.pad_w)
         for t in top:
             t.reshape(N, C, OH, OW)
-        self._warn_windows_past_input(H, W, OH, OW)
         self._shape = (N * C, H, W, OH, OW)
         self._plan()
 
@@ -179,6 +178,7 @@ class PoolingLayer(Layer):
         key = (nc, H, W, self.kernel_h, self.kernel_w, OH, OW, nparts, self.xp)
         if key != self._key:
             self._key = key
+            self._warn_windows_past_input(H, W, OH, OW)
             self._ranges = parallel_chunks.split(nc, nparts)
             self.kerns = [Pool2D(self.xp, b - a, H, W, self.kernel_h, self.kernel_w,
                                  self.stride_h, self.stride_w, self.pad_h, self.pad_w, OH, OW)
