@@ -121,6 +121,17 @@ def test_pair_of_workers_times_the_two_halves_together():
     assert bench_scaling.overlap([a["span"], b["span"]]) > 0
 
 
+def test_barrier_waits_for_the_last_worker(tmp_path):
+    import threading
+    import time
+    other = threading.Timer(0.3, lambda: open(str(tmp_path / "1.ready"), "w").close())
+    t0 = time.monotonic()
+    other.start()
+    bench_nets.barrier(str(tmp_path), 2, timeout=10)
+    assert time.monotonic() - t0 >= 0.3
+    assert sorted(os.listdir(str(tmp_path))) == sorted(["1.ready", "%d.ready" % os.getpid()])
+
+
 def test_barrier_names_who_is_missing(tmp_path):
     with pytest.raises(SystemExit, match="1 of 2 workers arrived"):
         bench_nets.barrier(str(tmp_path), 2, timeout=0.05)
