@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from caffepy.kernels import compiled
-from caffepy.kernels.im2col import (IMAGES, LAST, ROWS, ChunkColumns, WindowGeometry,
-                                    col2im_last)
+from caffepy.kernels.im2col import (IMAGES, LAST, ROW_ALIAS_BYTES, ROW_PAD, ROWS, ChunkColumns,
+                                    WindowGeometry, col2im_last, row_length)
 
 # (m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, G)
 CASES = [
@@ -126,7 +126,7 @@ def test_im2col_channels_first_bits(mode, layout, case):
     m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, _ = case
     geom = WindowGeometry((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
     n = m + 1
-    buf = np.full(n * C * kh * kw * geom.out_count, np.nan, np.float32)
+    buf = np.full(ChunkColumns.values_needed(np, C, geom, n, layout), np.nan, np.float32)
     cols = ChunkColumns(np, C, geom, n, buf, layout, compiled_kernels=im2col_kernels_for(mode))
     assert (cols.nbytes == 0) == (mode != "numpy" or not cols.padded)   # no padded copy
     rng = np.random.default_rng(C * H + W)
@@ -170,6 +170,57 @@ def test_im2col_channels_last_bits(mode, case):
         np.testing.assert_array_equal(got.view(np.uint32), reference(x).view(np.uint32))
     wide = rng.standard_normal((m, C, H, 2 * W)).astype(np.float32)
     np.testing.assert_array_equal(cols.fill(wide[..., ::2]), reference(wide[..., ::2]))
+
+
+# (m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, G) and layout, whose column rows are a multiple
+# of 2 KB: 32 × 32 outputs an image (CIFAR-10's first layer), 16 × 32 (stride 2), and 16
+# images of 4 × 8 in a ROWS row (m·P = 512 values)
+PADDED_ROW_CASES = [
+    ((2, 3, 32, 32, 5, 5, 1, 1, 2, 2, 1, 1, 1), IMAGES),
+    ((2, 3, 32, 32, 5, 5, 1, 1, 2, 2, 1, 1, 1), ROWS),
+    ((1, 2, 32, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1), IMAGES),
+    ((3, 2, 32, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1), ROWS),
+    ((16, 2, 8, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1), ROWS),
+]
+
+
+@pytest.mark.parametrize("mode", ["numpy", "python", "numba"])
+@pytest.mark.parametrize("case, layout", PADDED_ROW_CASES)
+def test_im2col_padded_rows(mode, case, layout):
+    """Rows of 2 KB multiples are laid out ROW_PAD values apart (a row stride that does not
+    alias in the CPU's caches): the columns are still Caffe's, bit for bit; they reshape to the
+    GEMM's matrix without a copy, with that row stride; and the padding after each row is never
+    written."""
+    m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, _ = case
+    geom = WindowGeometry((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    P, CK = geom.out_count, C * kh * kw
+    length = P if layout == IMAGES else m * P
+    assert (4 * length) % ROW_ALIAS_BYTES == 0
+    assert row_length(length) == length + ROW_PAD
+    need = ChunkColumns.values_needed(np, C, geom, m, layout)
+    assert need == (m if layout == IMAGES else 1) * CK * (length + ROW_PAD)
+    buf = np.full(need, np.nan, np.float32)
+    cols = ChunkColumns(np, C, geom, m, buf, layout, compiled_kernels=im2col_kernels_for(mode))
+    x = np.random.default_rng(P + C).standard_normal((m, C, H, W)).astype(np.float32)
+    got = cols.fill(x)
+    np.testing.assert_array_equal(got.view(np.uint32),
+                                  im2col_reference(x, geom, layout).view(np.uint32))
+    matrix = got.reshape(m, CK, P) if layout == IMAGES else got.reshape(CK, m * P)
+    assert np.shares_memory(matrix, buf) and matrix.strides[-2] == 4 * (length + ROW_PAD)
+    rows = buf.reshape(-1, length + ROW_PAD)
+    assert np.isnan(rows[:, length:]).all() and not np.isnan(rows[:, :length]).any()
+    with pytest.raises(ValueError, match="need %d" % need):
+        ChunkColumns(np, C, geom, m, buf[:need - 1], layout)
+
+
+def test_rows_are_not_padded_for_other_lengths_or_arrays():
+    """Only lengths of 2 KB multiples are padded, and only NumPy's: CuPy's columns (any array
+    module but NumPy) stay dense."""
+    assert [row_length(n) for n in (1, 500, 511, 513, 576, 1000)] == [1, 500, 511, 513, 576,
+                                                                      1000]
+    assert [row_length(n) for n in (512, 1024, 2048, 3072)] == [528, 1040, 2064, 3088]
+    other = types.SimpleNamespace()
+    assert row_length(1024, other) == 1024
 
 
 # -- a convolution's bias term ----------------------------------------------------------------

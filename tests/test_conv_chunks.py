@@ -91,6 +91,8 @@ CONV_CASES = [
     ("num_output: 3 kernel_size: 3", (1, 2, 4, 4), (1, 1), (0, 0), (1, 1), 1),
     ("num_output: 2 kernel_size: 3 kernel_size: 2 kernel_size: 2 pad: 1 pad: 0 pad: 1 "
      "stride: 1 stride: 2 stride: 1", (18, 2, 4, 5, 3), (1, 2, 1), (1, 0, 1), (1, 1, 1), 1),
+    # 32 × 32 outputs: column rows of 4 KB, laid out a cache line apart (im2col.row_length)
+    ("num_output: 3 kernel_size: 3 pad: 1", (5, 2, 32, 32), (1, 1), (1, 1), (1, 1), 1),
 ]
 
 
@@ -175,6 +177,8 @@ DECONV_CASES = [
     ("num_output: 3 kernel_size: 3 stride: 2 pad: 1", (5, 2, 4, 3), (2, 2), (1, 1), (1, 1), 1),
     ("num_output: 4 kernel_size: 2 stride: 2 group: 2", (3, 4, 3, 3), (2, 2), (0, 0), (1, 1), 2),
     ("num_output: 2 kernel_size: 3 dilation: 2 pad: 1", (1, 3, 4, 4), (1, 1), (1, 1), (2, 2), 1),
+    # 16 × 32 positions an image: rows of the top diff's columns in 2 KB multiples
+    ("num_output: 2 kernel_size: 3 pad: 1", (3, 2, 16, 32), (1, 1), (1, 1), (1, 1), 1),
 ]
 
 

@@ -129,9 +129,9 @@ def _build(numba):
         relu_backward=jit([numba.void(f32[::1], f32[::1], f32[::1], f32)], relu_backward),
         col2im_last_2d=jit([numba.void(f32[:, :, :, :, :, :, ::1], f32[:, :, :, ::1],
                                        i64[::1])], col2im_last_2d),
-        im2col_images_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, :, :, ::1],
+        im2col_images_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, :, ::1],
                                          i64[::1])], im2col_images_2d),
-        im2col_rows_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, :, :, ::1],
+        im2col_rows_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, ::1],
                                        i64[::1])], im2col_rows_2d),
         windows_last_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, :, :, :, ::1],
                                         i64[::1])], windows_last_2d),
@@ -145,56 +145,62 @@ def _build(numba):
 # -- im2col (channels-first, 2-D) ------------------------------------------------------------
 
 def im2col_images_2d(x, col, geom):
-    """col[n, c, kh, kw, oh, ow] = x[n, c, oh·s_h − p_h + kh·d_h, ow·s_w − p_w + kw·d_w], zero
-    outside the image (Caffe's im2col, the IMAGES layout of caffepy.kernels.im2col), read
-    straight from the unpadded images. ``x`` (m, C, H, W); ``geom`` (s_h, s_w, p_h, p_w, d_h,
-    d_w). A copy: the same bits as the NumPy path."""
+    """col[n, c, kh, kw, oh·OW + ow] = x[n, c, oh·s_h − p_h + kh·d_h, ow·s_w − p_w + kw·d_w],
+    zero outside the image (Caffe's im2col, the IMAGES layout of caffepy.kernels.im2col), read
+    straight from the unpadded images. ``x`` (m, C, H, W); ``col`` (m, C, KH, KW, R), each row
+    R >= OH·OW values long (the values past OH·OW, a row's padding, are left as they are);
+    ``geom`` (s_h, s_w, p_h, p_w, d_h, d_w, OH, OW). A copy: the same bits as the NumPy path."""
     m, C, H, W = x.shape
-    KH, KW, OH, OW = col.shape[2], col.shape[3], col.shape[4], col.shape[5]
+    KH, KW = col.shape[2], col.shape[3]
     sh, sw, ph, pw, dh, dw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
+    OH, OW = geom[6], geom[7]
     for n in range(m):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
                     for oh in range(OH):
+                        r = oh * OW
                         ih = oh * sh - ph + kh * dh
                         if ih < 0 or ih >= H:
                             for ow in range(OW):
-                                col[n, c, kh, kw, oh, ow] = 0
+                                col[n, c, kh, kw, r + ow] = 0
                             continue
                         for ow in range(OW):
                             iw = ow * sw - pw + kw * dw
                             if iw >= 0 and iw < W:
-                                col[n, c, kh, kw, oh, ow] = x[n, c, ih, iw]
+                                col[n, c, kh, kw, r + ow] = x[n, c, ih, iw]
                             else:
-                                col[n, c, kh, kw, oh, ow] = 0
+                                col[n, c, kh, kw, r + ow] = 0
 
 
 def im2col_rows_2d(x, col, geom):
-    """im2col_images_2d in the ROWS layout: col[c, kh, kw, n, oh, ow]. (One kernel for both
-    layouts, taking the column strides as arguments or a strided column array, measured 1.2 to
-    5 times slower: numba vectorizes the copy only with the index order fixed at compile
-    time. Sharing the copy of an output row through a helper taking the row as a view was 5 to
-    6 times slower still, so the two loops stay written out.)"""
+    """im2col_images_2d in the ROWS layout: col[c, kh, kw, (n·OH + oh)·OW + ow], ``col``
+    (C, KH, KW, R), R >= m·OH·OW. (One kernel for both layouts, taking the column strides as
+    arguments or a strided column array, measured 1.2 to 5 times slower: numba vectorizes the
+    copy only with the index order fixed at compile time. Sharing the copy of an output row
+    through a helper taking the row as a view was 5 to 6 times slower still, so the two loops
+    stay written out.)"""
     m, C, H, W = x.shape
-    KH, KW, OH, OW = col.shape[1], col.shape[2], col.shape[4], col.shape[5]
+    KH, KW = col.shape[1], col.shape[2]
     sh, sw, ph, pw, dh, dw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
+    OH, OW = geom[6], geom[7]
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
                 for n in range(m):
                     for oh in range(OH):
+                        r = (n * OH + oh) * OW
                         ih = oh * sh - ph + kh * dh
                         if ih < 0 or ih >= H:
                             for ow in range(OW):
-                                col[c, kh, kw, n, oh, ow] = 0
+                                col[c, kh, kw, r + ow] = 0
                             continue
                         for ow in range(OW):
                             iw = ow * sw - pw + kw * dw
                             if iw >= 0 and iw < W:
-                                col[c, kh, kw, n, oh, ow] = x[n, c, ih, iw]
+                                col[c, kh, kw, r + ow] = x[n, c, ih, iw]
                             else:
-                                col[c, kh, kw, n, oh, ow] = 0
+                                col[c, kh, kw, r + ow] = 0
 
 
 def windows_last_2d(xpad, col, geom):

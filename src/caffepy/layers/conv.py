@@ -273,6 +273,11 @@ class _ConvolutionBase(Layer):
             self._blocks.append([(a + i, j - i) for i, j in
                                  parallel_chunks.split(b - a, -(-(b - a) // n))])
         self.chunk = max((m for block in self._blocks for _, m in block), default=1)
+        # a part's column buffer: a chunk's columns in any layout, rows padded (row_length)
+        self._col_values = max([self.chunk * self._col_values_per_image()]
+                               + [ChunkColumns.values_needed(xp, ch, geom, self.chunk, layout)
+                                  for ch, geom in self._column_kinds()
+                                  for layout in (IMAGES, ROWS)])
         # ConvolutionLayer: the weight gradient image by image (DW_PER_IMAGE_VALUES) where the
         # weights are no more values than an image's columns (its terms then take no more
         # scratch than the chunk's columns)
@@ -287,6 +292,15 @@ class _ConvolutionBase(Layer):
         self._wbuf = {}
         self._wsums = self._bsums = None
         self._plan_key = key
+
+    def _column_kinds(self):
+        """(channels, geometry) of each column matrix this layer fills with ChunkColumns."""
+        if self.reverse:
+            return [(self.num_output, self.geom)]
+        kinds = [(self.channels, self.geom)]
+        if self._full is not None:
+            kinds.append((self.num_output, self._full))
+        return kinds
 
     def _run_blocks(self, fn):
         parallel_chunks.run_blocks(fn, len(self._blocks))
@@ -326,7 +340,7 @@ class _ConvolutionBase(Layer):
         """The part's ChunkColumns ``name`` (its columns in the part's shared col buffer)."""
         c = part.cols.get(name)
         if c is None:
-            col = self._buf(part, "col", self.chunk * self._col_values_per_image())
+            col = self._buf(part, "col", self._col_values)
             c = part.cols[name] = ChunkColumns(self.xp, channels, geom, self.chunk, col,
                                                layout, self.group, self._compiled)
         return c
@@ -643,7 +657,7 @@ class ConvolutionLayer(_ConvolutionBase):
                 dy.reshape((m, O) + self.out_sp))
             self._gemm_groups(wx, dcol.reshape(m, O * K, -1), dx.reshape(m, C, -1))
         else:
-            col = self._buf(part, "col", self.chunk * self._col_values_per_image())
+            col = self._buf(part, "col", self._col_values)
             dcol = col[:C * K * m * P].reshape(C * K, -1)
             self._gemm_groups(wx, dyt, dcol, ta=True)
             col2im(dcol.reshape((C,) + self.kernel + (m,) + self.out_sp), dx, self.geom)
@@ -674,7 +688,7 @@ class ConvolutionLayer(_ConvolutionBase):
             dxt = self._chunk_buf(part, "dxt", (m, Pin, C))
             self._gemm_cols(dcol, wx, dxt.reshape(m * Pin, G, -1))
         else:
-            col = self._buf(part, "col", self.chunk * self._col_values_per_image())
+            col = self._buf(part, "col", self._col_values)
             dcol = col[:C * self.kernel_count * m * P].reshape(m * P, G, -1)
             self._gemm_cols(dyt.reshape(m * P, G, -1), wx, dcol, tb=True)
             dxt = self._chunk_buf(part, "dxt", (m, Pin, C))
@@ -731,7 +745,7 @@ class DeconvolutionLayer(_ConvolutionBase):
 
             def block_forward(worker, block, x3=x3, y=y):
                 part = self._parts[worker]
-                col = self._buf(part, "col", self.chunk * self._col_values_per_image())
+                col = self._buf(part, "col", self._col_values)
                 for a, m in self._blocks[block]:
                     xt = self._transposed(part, "xt", x3[a:a + m])
                     dcol = col[:OK * xt.shape[1]].reshape(OK, -1)
