@@ -213,6 +213,41 @@ def test_im2col_padded_rows(mode, case, layout):
         ChunkColumns(np, C, geom, m, buf[:need - 1], layout)
 
 
+@pytest.mark.parametrize("mode", ["numpy", "python", "numba"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], PADDED_ROW_CASES[0][0]])
+def test_im2col_row_of_ones(mode, case):
+    """IMAGES columns with a row of ones per image (a convolution's bias in its product): the
+    C·K rows are Caffe's columns bit for bit, then a row of P ones, then the row padding, never
+    written; the ones are written again by every fill, after another ChunkColumns sharing the
+    buffer has overwritten them."""
+    m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, _ = case
+    geom = WindowGeometry((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    P, CK = geom.out_count, C * kh * kw
+    R = row_length(P)
+    need = ChunkColumns.values_needed(np, C, geom, m, IMAGES, ones_row=True)
+    assert need == m * (CK + 1) * R
+    buf = np.full(need, np.nan, np.float32)
+    kern = im2col_kernels_for(mode)
+    cols = ChunkColumns(np, C, geom, m, buf, IMAGES, compiled_kernels=kern, ones_row=True)
+    other = ChunkColumns(np, C, geom, m, buf, ROWS, compiled_kernels=kern)
+    rng = np.random.default_rng(P)
+    for first in (True, False):
+        x = rng.standard_normal((m, C, H, W)).astype(np.float32)
+        got = cols.fill(x)
+        want = im2col_reference(x, geom, IMAGES)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        aug = cols.with_ones(m)
+        assert aug.shape == (m, CK + 1, P) and np.shares_memory(aug, buf)
+        np.testing.assert_array_equal(aug[:, :CK], want.reshape(m, CK, P))
+        assert (aug[:, CK] == 1).all()
+        if first:                               # (the other columns write past P)
+            assert np.isnan(buf.reshape(m * (CK + 1), R)[:, P:]).all()
+        other.fill(x)                           # overwrites part of the ones rows
+        assert not (cols.with_ones(m)[:, CK] == 1).all()
+    with pytest.raises(ValueError, match="row of ones is for the IMAGES layout"):
+        ChunkColumns(np, C, geom, m, buf, ROWS, ones_row=True)
+
+
 def test_rows_are_not_padded_for_other_lengths_or_arrays():
     """Only lengths of 2 KB multiples are padded, and only NumPy's: CuPy's columns (any array
     module but NumPy) stay dense."""

@@ -114,11 +114,22 @@ def dw_per_image(request, monkeypatch):
     return per_image
 
 
+@pytest.fixture(params=["bias-pass", "bias-in-product"])
+def bias_in_product(request, monkeypatch):
+    """Both ways of a channels-first bias: a pass adding it to the top and a product of the top
+    diff with ones, or a row of ones under the columns and the bias as a column of the weights
+    (where the layer allows it: one group)."""
+    on = request.param == "bias-in-product"
+    monkeypatch.setattr(conv, "BIAS_IN_PRODUCT", on)
+    return on
+
+
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("images", [1, 2, 64])
 @pytest.mark.parametrize("params,shape,stride,pad,dil,group", CONV_CASES)
 def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, images, nthreads,
-                                     lowering, dw_per_image, threads, monkeypatch):
+                                     lowering, dw_per_image, bias_in_product, threads,
+                                     monkeypatch):
     threads(nthreads)
     x = rnd(*shape)
     layer, bottom, top = make('type: "Convolution" convolution_param { %s %s }'
@@ -128,6 +139,7 @@ def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, ima
     y = fwd(layer, bottom, top)[0]
     assert layer._dw_per_image == (dw_per_image and not lowering and group == 1
                                    and layer.blobs[0].count <= layer._col_values_per_image())
+    assert layer._bias_row == (bias_in_product and not lowering and group == 1)
     chunks = check_chunks(layer, shape[0], images)
     if images == 2 and shape[0] > 16:
         assert {m for _, m in chunks} == {1, 2}         # some chunks full, some a remainder
@@ -152,24 +164,31 @@ def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, ima
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("dw_transposed", [True, False])
 @pytest.mark.parametrize("full", [False, True])
-def test_conv_data_gradient_paths_in_chunks(full, dw_transposed, nthreads, lowering, threads,
-                                            monkeypatch):
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_data_gradient_paths_in_chunks(group, full, dw_transposed, nthreads, lowering,
+                                            dw_per_image, threads, monkeypatch):
     # stride 1: the data gradient as a convolution of the top diff, or GEMM + col2im; the
-    # weight gradient as dWᵀ = col·dyᵀ or dW = dy·colᵀ
+    # weight gradient as dWᵀ = col·dyᵀ or dW = dy·colᵀ; with one group, the columns with a
+    # row of ones for the bias share their buffer with the top diff's (the full path)
     threads(nthreads)
     monkeypatch.setattr(conv.ConvolutionLayer, "_full_is_cheaper", lambda self: full)
     monkeypatch.setattr(conv, "DW_TRANSPOSED", dw_transposed)
     x = rnd(5, 4, 6, 5, seed=2)
     layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 6 '
-                              'kernel_size: 3 pad: 1 group: 2 %s }' % FILLERS, [x])
+                              'kernel_size: 3 pad: 1 group: %d %s }' % (group, FILLERS), [x])
     assert (layer._full is not None) == full
     chunk_of(monkeypatch, layer, 2)
-    y = fwd(layer, bottom, top)[0]
-    dy = rnd(*y.shape, seed=3)
-    bwd(layer, bottom, top, [dy])
-    _, rdx, rdw = ref_conv(x, layer.blobs[0].data, dy, (1, 1), (1, 1), (1, 1), 2)
-    close(bottom[0].diff, rdx)
-    close(layer.blobs[0].diff, rdw)
+    for _ in range(2):              # the second forward and backward after the buffer's reuse
+        y = fwd(layer, bottom, top)[0]
+        assert layer._bias_row == (group == 1 and not lowering)
+        ry, _, _ = ref_conv(x, layer.blobs[0].data, None, (1, 1), (1, 1), (1, 1), group)
+        close(y, ry + layer.blobs[1].data.reshape(1, -1, 1, 1))
+        dy = rnd(*y.shape, seed=3)
+        bwd(layer, bottom, top, [dy])
+        _, rdx, rdw = ref_conv(x, layer.blobs[0].data, dy, (1, 1), (1, 1), (1, 1), group)
+        close(bottom[0].diff, rdx)
+        close(layer.blobs[0].diff, rdw)
+        close(layer.blobs[1].diff, dy.sum(axis=(0, 2, 3)))
 
 
 DECONV_CASES = [

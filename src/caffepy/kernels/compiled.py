@@ -129,8 +129,8 @@ def _build(numba):
         relu_backward=jit([numba.void(f32[::1], f32[::1], f32[::1], f32)], relu_backward),
         col2im_last_2d=jit([numba.void(f32[:, :, :, :, :, :, ::1], f32[:, :, :, ::1],
                                        i64[::1])], col2im_last_2d),
-        im2col_images_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, :, ::1],
-                                         i64[::1])], im2col_images_2d),
+        im2col_images_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, ::1], i64[::1])],
+                             im2col_images_2d),
         im2col_rows_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, ::1],
                                        i64[::1])], im2col_rows_2d),
         windows_last_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, :, :, :, ::1],
@@ -145,32 +145,33 @@ def _build(numba):
 # -- im2col (channels-first, 2-D) ------------------------------------------------------------
 
 def im2col_images_2d(x, col, geom):
-    """col[n, c, kh, kw, oh·OW + ow] = x[n, c, oh·s_h − p_h + kh·d_h, ow·s_w − p_w + kw·d_w],
-    zero outside the image (Caffe's im2col, the IMAGES layout of caffepy.kernels.im2col), read
-    straight from the unpadded images. ``x`` (m, C, H, W); ``col`` (m, C, KH, KW, R), each row
-    R >= OH·OW values long (the values past OH·OW, a row's padding, are left as they are);
-    ``geom`` (s_h, s_w, p_h, p_w, d_h, d_w, OH, OW). A copy: the same bits as the NumPy path."""
+    """col[n, (c·KH + kh)·KW + kw, oh·OW + ow] = x[n, c, oh·s_h − p_h + kh·d_h, ow·s_w − p_w +
+    kw·d_w], zero outside the image (Caffe's im2col, the IMAGES layout of
+    caffepy.kernels.im2col), read straight from the unpadded images. ``x`` (m, C, H, W); ``col``
+    (m, rows, R): rows >= C·KH·KW, R >= OH·OW (the rows and values past those, a row's padding
+    or a row of ones, are left as they are); ``geom`` (s_h, s_w, p_h, p_w, d_h, d_w, OH, OW,
+    KH, KW). A copy: the same bits as the NumPy path."""
     m, C, H, W = x.shape
-    KH, KW = col.shape[2], col.shape[3]
     sh, sw, ph, pw, dh, dw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
-    OH, OW = geom[6], geom[7]
+    OH, OW, KH, KW = geom[6], geom[7], geom[8], geom[9]
     for n in range(m):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
+                    k = (c * KH + kh) * KW + kw
                     for oh in range(OH):
                         r = oh * OW
                         ih = oh * sh - ph + kh * dh
                         if ih < 0 or ih >= H:
                             for ow in range(OW):
-                                col[n, c, kh, kw, r + ow] = 0
+                                col[n, k, r + ow] = 0
                             continue
                         for ow in range(OW):
                             iw = ow * sw - pw + kw * dw
                             if iw >= 0 and iw < W:
-                                col[n, c, kh, kw, r + ow] = x[n, c, ih, iw]
+                                col[n, k, r + ow] = x[n, c, ih, iw]
                             else:
-                                col[n, c, kh, kw, r + ow] = 0
+                                col[n, k, r + ow] = 0
 
 
 def im2col_rows_2d(x, col, geom):

@@ -99,12 +99,12 @@ class WindowGeometry:
 
     @property
     def int_params(self):
-        """(stride, pad, dilation, output shape) of a 2-D geometry as an int64 array: (s_h,
-        s_w, p_h, p_w, d_h, d_w, OH, OW), the compiled kernels' form."""
+        """(stride, pad, dilation, output shape, kernel) of a 2-D geometry as an int64 array:
+        (s_h, s_w, p_h, p_w, d_h, d_w, OH, OW, KH, KW), the compiled kernels' form."""
         p = self.__dict__.get("_int_params")
         if p is None:
             p = self._int_params = np.array(self.stride + self.pad + self.dilation
-                                            + self.out_shape, dtype=np.int64)
+                                            + self.out_shape + self.kernel, dtype=np.int64)
         return p
 
     @property
@@ -212,7 +212,7 @@ def window_view(x, geom, layout=ROWS, groups=1):
 
 
 class _ChunkViews:
-    __slots__ = ("interior", "source", "windows", "col", "kcol", "xpad")
+    __slots__ = ("interior", "source", "windows", "col", "kcol", "ones", "xpad")
 
 
 class ChunkColumns:
@@ -226,14 +226,22 @@ class ChunkColumns:
     without a copy. The chunk is first copied into a zero-bordered buffer (channels-last for
     LAST; skipped for the other layouts when there is no padding), whose windows are then one
     strided copy.
+
+    ``ones_row`` (IMAGES only): each image's matrix gets one more row, all ones, after its C·K
+    rows; ``with_ones(m)`` gives the (m, C·K + 1, P) matrices of the last fill. A product with
+    it adds a bias column of the weights (forward) or sums the top diff (the bias gradient)
+    within the convolution's own product.
     """
 
     def __init__(self, xp, channels, geom, n, col_buffer, layout=ROWS, groups=1,
-                 compiled_kernels=None):
+                 compiled_kernels=None, ones_row=False):
+        if ones_row and layout != IMAGES:
+            raise ValueError("a row of ones is for the IMAGES layout, not %s" % layout)
         self.geom = geom
         self.channels = channels
         self.layout = layout
         self.groups = groups
+        self.ones_row = ones_row
         self._pshape = padded_shape(geom)
         self.padded = any(geom.pad) or self._pshape != tuple(geom.in_shape)
         # numba's im2col (caffepy.kernels.compiled) for 2-D channels-first layouts: it reads
@@ -249,7 +257,7 @@ class ChunkColumns:
                 self._kernel = getattr(compiled_kernels, "im2col_rows_2d", None)
             else:
                 self._windows_kernel = getattr(compiled_kernels, "windows_last_2d", None)
-        need = self.values_needed(xp, channels, geom, n, layout)
+        need = self.values_needed(xp, channels, geom, n, layout, ones_row)
         if col_buffer.size < need:
             raise ValueError("col_buffer holds %d values, %d images of columns need %d"
                              % (col_buffer.size, n, need))
@@ -261,11 +269,11 @@ class ChunkColumns:
         self._views = {}
 
     @staticmethod
-    def values_needed(xp, channels, geom, n, layout):
+    def values_needed(xp, channels, geom, n, layout, ones_row=False):
         """The values a column buffer needs for chunks of up to ``n`` images."""
         CK, P = channels * geom.kernel_count, geom.out_count
         if layout == IMAGES:
-            return n * CK * row_length(P, xp)
+            return n * (CK + bool(ones_row)) * row_length(P, xp)
         if layout == ROWS:
             return max(CK * row_length(m * P, xp) for m in range(1, n + 1))
         return n * CK * P
@@ -279,12 +287,14 @@ class ChunkColumns:
         g, C, G = self.geom, self.channels, self.groups
         CK, P = C * g.kernel_count, g.out_count
         v = _ChunkViews()
-        v.kcol = None
+        v.kcol = v.ones = None
         if self.layout == IMAGES:
             R = row_length(P, self._xp)
-            rows = self._col[:m * CK * R].reshape(m, CK, R)
-            v.col = rows[:, :, :P].reshape((m, C) + g.kernel + g.out_shape)
-            v.kcol = rows.reshape((m, C) + g.kernel + (R,))
+            n_rows = CK + bool(self.ones_row)
+            v.kcol = self._col[:m * n_rows * R].reshape(m, n_rows, R)
+            v.col = v.kcol[:, :CK, :P].reshape((m, C) + g.kernel + g.out_shape)
+            if self.ones_row:
+                v.ones = v.kcol[:, :, :P]
         elif self.layout == ROWS:
             R = row_length(m * P, self._xp)
             rows = self._col[:CK * R].reshape(CK, R)
@@ -316,16 +326,22 @@ class ChunkColumns:
             if type(x) is not np.ndarray or not x.flags.c_contiguous or x.dtype != np.float32:
                 x = np.ascontiguousarray(x, dtype=np.float32)
             self._kernel(x, v.kcol, self.geom.int_params)
-            return v.col
-        if v.windows is None:
+        elif v.windows is None:
             v.col[...] = window_view(x, self.geom, self.layout)
-            return v.col
-        v.interior[...] = x.transpose((0,) + v.source) if v.source else x
-        if self._windows_kernel is not None and self.layout == LAST:
-            self._windows_kernel(v.xpad, v.col, self.geom.int_params)
         else:
-            v.col[...] = v.windows
+            v.interior[...] = x.transpose((0,) + v.source) if v.source else x
+            if self._windows_kernel is not None and self.layout == LAST:
+                self._windows_kernel(v.xpad, v.col, self.geom.int_params)
+            else:
+                v.col[...] = v.windows
+        if v.ones is not None:
+            # rewritten each time: other ChunkColumns may share (and overwrite) the buffer
+            v.ones[:, -1] = 1
         return v.col
+
+    def with_ones(self, m):
+        """The last fill's m matrices (m, C·K + 1, P), each with its row of ones."""
+        return self._views[m].ones
 
 
 def col2im_last(col, dx, geom, compiled_kernels=None):
