@@ -6,10 +6,11 @@ For every Convolution and InnerProduct layer of the bench_nets.py net (the examp
 data layer an Input layer), the three products of a training iteration (forward, weight
 gradient and, where the layer propagates down, data gradient) are timed through NumPy's matmul
 on random float32 operands of the layer's shapes: a convolution's products over chunks of
-images as the layer itself chunks them (about CHUNK_BYTES of columns), each in the faster of the two
-orientations (a product or its transpose), times the number of chunks; an InnerProduct's as one
-product over the batch. Nothing else is counted: no im2col, col2im, bias, pooling, activations,
-loss or update, so the sum is a floor, not an estimate.
+images as the layer itself chunks them (about CHUNK_BYTES of columns), each in the faster of
+the two orientations (a product or its transpose, with or without rows padded against cache
+aliasing), times the number of chunks; an InnerProduct's as one product over the batch.
+Nothing else is counted: no im2col, col2im, bias, pooling, activations, loss or update, so the
+sum is a floor, not an estimate.
 
     python benchmarks/bench_gemm_floor.py [--nets lenet,cifar10_quick] [--repeat 30]
 
@@ -56,14 +57,31 @@ def products(net):
     return out
 
 
+def _rows_apart(a):
+    """``a`` with its rows caffepy.kernels.im2col.row_length values apart (a view of a wider
+    array), or ``a`` itself where that adds no padding."""
+    import numpy as np
+    from caffepy.kernels.im2col import row_length
+    r, c = a.shape
+    if row_length(c) == c:
+        return a
+    wide = np.empty((r, row_length(c)), np.float32)
+    wide[:, :c] = a
+    return wide[:, :c]
+
+
 def time_product(m, k, n, repeat, rng):
-    """Median seconds of the faster orientation of an (m × k)·(k × n) product: a·b into an
-    (m × n) array, or bᵀ·aᵀ into an (n × m) one (the same multiply-adds)."""
+    """Median seconds of the fastest way to an (m × k)·(k × n) product: a·b into an (m × n)
+    array, or bᵀ·aᵀ into an (n × m) one (the same multiply-adds), each also with its operands'
+    rows padded as caffepy pads column rows of 2 KB multiples."""
     import numpy as np
     a = rng.random((m, k), dtype=np.float32)
     b = rng.random((k, n), dtype=np.float32)
     best = None
-    for x, y in ((a, b), (np.ascontiguousarray(b.T), np.ascontiguousarray(a.T))):
+    ways = [(a, b), (np.ascontiguousarray(b.T), np.ascontiguousarray(a.T))]
+    ways += [(_rows_apart(x), _rows_apart(y)) for x, y in ways
+             if _rows_apart(x) is not x or _rows_apart(y) is not y]
+    for x, y in ways:
         out = np.empty((x.shape[0], y.shape[1]), np.float32)
         np.matmul(x, y, out=out)
         ts = []
