@@ -93,6 +93,11 @@ CONV_CASES = [
      "stride: 1 stride: 2 stride: 1", (18, 2, 4, 5, 3), (1, 2, 1), (1, 0, 1), (1, 1, 1), 1),
     # 32 × 32 outputs: column rows of 4 KB, laid out a cache line apart (im2col.row_length)
     ("num_output: 3 kernel_size: 3 pad: 1", (5, 2, 32, 32), (1, 1), (1, 1), (1, 1), 1),
+    # products with an inner dimension of 1 (parallel_chunks.matmul): one input value per
+    # output (C·K = 1), one output channel, one output position
+    ("num_output: 3 kernel_size: 1", (4, 1, 3, 3), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 1 kernel_size: 3 stride: 2", (6, 3, 5, 5), (2, 2), (0, 0), (1, 1), 1),
+    ("num_output: 4 kernel_size: 3", (3, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1),
 ]
 
 

@@ -187,6 +187,22 @@ def test_inner_product_split_rows(split_everything, transpose, M):
     assert got[0] == got[1]
 
 
+@pytest.mark.parametrize("shapes", [((5, 1), (1, 7)), ((3, 4, 1), (3, 1, 6)),
+                                    ((2, 1), (1, 1)), ((4, 3), (3, 5))])
+def test_matmul_of_inner_dimension_one(shapes):
+    """parallel_chunks.matmul: an outer product (inner dimension 1) is a broadcast multiply,
+    the same values as NumPy's product, bit for bit; transposed views and stacks included;
+    other shapes go to matmul."""
+    (sa, sb), rng = shapes, np.random.default_rng(7)
+    a = rng.standard_normal(sa).astype(np.float32)
+    b = rng.standard_normal(sb[:-2] + sb[:-3:-1]).astype(np.float32).swapaxes(-1, -2)
+    out = np.full(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), np.nan,
+                  np.float32)
+    parallel_chunks.matmul(np, a, b, out)
+    np.testing.assert_array_equal(out, np.matmul(a, b))
+    np.testing.assert_allclose(out, np.matmul(a.astype(np.float64), b), rtol=1e-6)
+
+
 def test_gemm_row_blocks_depend_on_shape_only(monkeypatch):
     saved = backend._num_threads
     try:

@@ -427,13 +427,13 @@ class _ConvolutionBase(Layer):
         xp = self.xp
         G = self.group
         if G == 1:
-            xp.matmul(a.T if ta else a, b, out=out)
+            parallel_chunks.matmul(xp, a.T if ta else a, b, out)
             return
         ra, rb, ro = a.shape[0] // G, b.shape[-2] // G, out.shape[-2] // G
         for g in range(G):
             ag = a[g * ra:(g + 1) * ra]
-            xp.matmul(ag.T if ta else ag, b[..., g * rb:(g + 1) * rb, :],
-                      out=out[..., g * ro:(g + 1) * ro, :])
+            parallel_chunks.matmul(xp, ag.T if ta else ag, b[..., g * rb:(g + 1) * rb, :],
+                                   out[..., g * ro:(g + 1) * ro, :])
 
     def _gemm_cols(self, a, b, out, ta=False, tb=False):
         """out[:, g] = op(a[:, g]) @ op(b[g]) per group: a (M, G, R) or its transpose,
@@ -442,7 +442,7 @@ class _ConvolutionBase(Layer):
         for g in range(self.group):
             ag = a[:, g]
             bg = b[g]
-            xp.matmul(ag.T if ta else ag, bg.T if tb else bg, out=out[:, g])
+            parallel_chunks.matmul(xp, ag.T if ta else ag, bg.T if tb else bg, out[:, g])
 
     def _transposed(self, part, name, a):
         """a (m, R, P) as R × m·P: a view for one image, else a copy into the part's scratch."""
@@ -671,7 +671,8 @@ class ConvolutionLayer(_ConvolutionBase):
             rows = C * K + ones
             terms = self._buf(part, "dw_terms", self.chunk * (C * K + 1) * O)[:m * rows * O]
             terms = terms.reshape(m, rows, O)
-            xp.matmul(cols.with_ones(m) if ones else col, dy.swapaxes(1, 2), out=terms)
+            parallel_chunks.matmul(xp, cols.with_ones(m) if ones else col, dy.swapaxes(1, 2),
+                                   terms)
             xp.sum(terms[:, :C * K], axis=0, out=wout[0])
             if ones:
                 xp.sum(terms[:, C * K], axis=0, out=bout)
@@ -681,9 +682,11 @@ class ConvolutionLayer(_ConvolutionBase):
             r, s = C * K // G, O // G
             for g in range(G):
                 if DW_TRANSPOSED:
-                    xp.matmul(col[g * r:(g + 1) * r], dyt[g * s:(g + 1) * s].T, out=wout[g])
+                    parallel_chunks.matmul(xp, col[g * r:(g + 1) * r], dyt[g * s:(g + 1) * s].T,
+                                           wout[g])
                 else:
-                    xp.matmul(dyt[g * s:(g + 1) * s], col[g * r:(g + 1) * r].T, out=wout[g])
+                    parallel_chunks.matmul(xp, dyt[g * s:(g + 1) * s], col[g * r:(g + 1) * r].T,
+                                           wout[g])
         if not need_x:
             return
         if self._full is not None:
@@ -710,9 +713,9 @@ class ConvolutionLayer(_ConvolutionBase):
             dyg = dyt.reshape(m * P, G, -1)
             for g in range(G):
                 if DW_TRANSPOSED:
-                    xp.matmul(col[:, g].T, dyg[:, g], out=wout[g])
+                    parallel_chunks.matmul(xp, col[:, g].T, dyg[:, g], wout[g])
                 else:
-                    xp.matmul(dyg[:, g].T, col[:, g], out=wout[g])
+                    parallel_chunks.matmul(xp, dyg[:, g].T, col[:, g], wout[g])
         if not need_x:
             return
         Pin = prod(self.in_sp)
@@ -832,8 +835,8 @@ class DeconvolutionLayer(_ConvolutionBase):
                     if need_w:
                         xt = self._transposed(part, "xt", x3[a:a + m])
                         for g in range(G):
-                            xp.matmul(dcol[g * OKg:(g + 1) * OKg], xt[g * Cg:(g + 1) * Cg].T,
-                                      out=wout[g])
+                            parallel_chunks.matmul(xp, dcol[g * OKg:(g + 1) * OKg],
+                                                   xt[g * Cg:(g + 1) * Cg].T, wout[g])
                         if idx:
                             wacc += wout
                     if need_x:
