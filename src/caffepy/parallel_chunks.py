@@ -230,6 +230,14 @@ def matmul(xp, a, b, out):
         xp.matmul(a, b, out=out)
 
 
+def product(xp, a, b):
+    """a @ b as a new array, for matrices or stacks of them; an outer product (inner dimension
+    1) a broadcast multiply, as in ``matmul``."""
+    if a.ndim >= 2 and b.ndim >= 2 and a.shape[-1] == 1 and xp is _np:
+        return xp.multiply(a, b)
+    return a @ b
+
+
 def gemm_row_blocks(m, n, k, max_block_bytes=None):
     """[start, stop) row ranges of an (m × k)·(k × n) product, fixed by the shapes: two when
     the product is large enough to share, and (``max_block_bytes``) enough that each block's

@@ -15,6 +15,7 @@ Without ``expose_hidden`` the final state of one forward is the initial state of
 """
 import numpy as np
 
+from .. import parallel_chunks
 from ..blob import Blob
 from ..layer import Layer, register_layer
 
@@ -208,7 +209,7 @@ class LSTMLayer(_RecurrentBase):
             dg[:, 2 * H:3 * H] = h_diff * tanh_c * o * (1 - o)
             dg[:, 3 * H:] = c_term * i * (1 - g * g)
             dc_next = ct * c_term * f
-            dw_hc += dg.T @ self._hc[t]
+            dw_hc += parallel_chunks.product(xp, dg.T, self._hc[t])
             dh_next = ct * (dg @ w_hc)
         self._param_and_input_grads(bottom, propagate_down, dgates_all, dw_hc)
 
@@ -221,7 +222,8 @@ class LSTMLayer(_RecurrentBase):
         if self.param_propagate(1):
             self.blobs[1].diff[...] += dg2.sum(axis=0)
         if self.static and self.param_propagate(2):
-            self.blobs[2].diff[...] += dgates_all.sum(axis=0).T @ bottom[2].data.reshape(N, -1)
+            self.blobs[2].diff[...] += parallel_chunks.product(
+                self.xp, dgates_all.sum(axis=0).T, bottom[2].data.reshape(N, -1))
         if self.param_propagate(len(self.blobs) - 1):
             self.blobs[-1].diff[...] += dw_hc
         if propagate_down[0]:
@@ -300,7 +302,7 @@ class RNNLayer(_RecurrentBase):
             h = self._h[t]
             da = (dh_out[t] + dh_next) * (1 - h * h)
             da_all[t] = da
-            dw_hh += da.T @ self._hc[t]
+            dw_hh += parallel_chunks.product(xp, da.T, self._hc[t])
             dh_next = cont[t][:, None] * (da @ w_hh)
         if self.param_propagate(2 + s):
             self.blobs[2 + s].diff[...] += dw_hh
@@ -311,7 +313,8 @@ class RNNLayer(_RecurrentBase):
         if self.param_propagate(1):
             self.blobs[1].diff[...] += da2.sum(axis=0)
         if self.static and self.param_propagate(2):
-            self.blobs[2].diff[...] += da_all.sum(axis=0).T @ bottom[2].data.reshape(N, -1)
+            self.blobs[2].diff[...] += parallel_chunks.product(
+                xp, da_all.sum(axis=0).T, bottom[2].data.reshape(N, -1))
         if propagate_down[0]:
             bottom[0].diff[...] = (da2 @ self.blobs[0].data).reshape(bottom[0].shape)
         if self.static and propagate_down[2]:
