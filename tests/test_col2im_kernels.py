@@ -20,6 +20,11 @@ CASES = [
     (1, 2, 4, 7, 1, 5, 1, 1, 0, 2, 1, 1, 1),      # rectangular kernel
     (2, 3, 8, 8, 5, 5, 1, 1, 2, 2, 1, 1, 1),      # stride 1: up to 25 terms a pixel
     (1, 4, 7, 9, 3, 3, 1, 1, 1, 1, 1, 2, 1),      # horizontal dilation (runs of C)
+    # horizontal strides past the kernel's extent, with padding wider than some taps' reach
+    # and dilation: the stride phases' runs start before the row and end past it
+    (2, 2, 7, 11, 2, 3, 2, 4, 1, 3, 1, 2, 1),
+    (1, 2, 5, 3, 3, 3, 1, 4, 1, 1, 1, 1, 1),      # a row narrower than the stride
+    (2, 3, 23, 23, 11, 11, 4, 4, 0, 0, 1, 1, 1),  # CaffeNet's conv1 geometry, smaller
 ]
 
 
