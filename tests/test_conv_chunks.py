@@ -196,6 +196,24 @@ def test_conv_data_gradient_paths_in_chunks(group, full, dw_transposed, nthreads
         close(layer.blobs[1].diff, dy.sum(axis=(0, 2, 3)))
 
 
+@pytest.mark.parametrize("params,shape,full", [
+    ("num_output: 32 pad: 2 kernel_size: 5", (100, 32, 16, 16), True),      # CIFAR-10 quick conv2
+    ("num_output: 64 pad: 2 kernel_size: 5", (100, 32, 8, 8), False),       # its conv3
+    ("num_output: 50 kernel_size: 5", (64, 20, 12, 12), False),             # LeNet's conv2
+    ("num_output: 256 pad: 2 kernel_size: 5 group: 2", (4, 96, 27, 27), False),  # CaffeNet
+    ("num_output: 384 pad: 1 kernel_size: 3 group: 2", (4, 384, 13, 13), True),
+    ("num_output: 256 pad: 1 kernel_size: 3", (2, 256, 14, 14), True),      # a tie
+])
+def test_data_gradient_path_follows_the_copy_volume(params, shape, full):
+    """Channels-last, the data gradient is a convolution of the top diff when that copies no
+    more values (O·P_in, with the products' sizes) than Wᵀ·dy + col2im does (C·P_out): the
+    choices measured fastest on these layers (docs/performance.md)."""
+    layer, _, _ = make('type: "Convolution" convolution_param { %s %s }' % (params, FILLERS),
+                       [rnd(*shape)])
+    assert layer._last
+    assert (layer._full is not None) == full
+
+
 DECONV_CASES = [
     ("num_output: 3 kernel_size: 3", (19, 2, 4, 4), (1, 1), (0, 0), (1, 1), 1),
     ("num_output: 3 kernel_size: 3 stride: 2 pad: 1", (5, 2, 4, 3), (2, 2), (1, 1), (1, 1), 1),
