@@ -117,6 +117,8 @@ def im2col_kernels_for(mode):
     if mode == "python":
         return types.SimpleNamespace(im2col_images_2d=compiled.im2col_images_2d,
                                      im2col_rows_2d=compiled.im2col_rows_2d,
+                                     im2col_images_strided_2d=compiled.im2col_images_strided_2d,
+                                     im2col_rows_strided_2d=compiled.im2col_rows_strided_2d,
                                      windows_last_2d=compiled.windows_last_2d)
     return kernels_for(mode)
 
@@ -143,6 +145,26 @@ def test_im2col_channels_first_bits(mode, layout, case):
     wide = rng.standard_normal((m, C, H, 2 * W)).astype(np.float32)
     np.testing.assert_array_equal(cols.fill(wide[..., ::2]),
                                   im2col_reference(wide[..., ::2], geom, layout))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[7] > 1])
+def test_im2col_strided_kernels_match_the_general_ones(case):
+    """A horizontal stride above 1 has its own compiled kernels (runs of stride phases); the
+    general ones, which any stride can use, give the same columns, bit for bit."""
+    kern = kernels_for("numba")
+    m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, _ = case
+    geom = WindowGeometry((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    P, CK = geom.out_count, C * kh * kw
+    x = np.random.default_rng(H * W).standard_normal((m, C, H, W)).astype(np.float32)
+    for general, strided, shape in (
+            (kern.im2col_images_2d, kern.im2col_images_strided_2d, (m, CK, P)),
+            (kern.im2col_rows_2d, kern.im2col_rows_strided_2d, (C, kh, kw, m * P))):
+        a = np.full(shape, np.nan, np.float32)
+        b = np.full(shape, np.nan, np.float32)
+        general(x, a, geom.int_params)
+        strided(x, b, geom.int_params)
+        assert not np.isnan(a).any()
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
 @pytest.mark.parametrize("mode", ["numpy", "python", "numba"])

@@ -136,6 +136,10 @@ def _build(numba):
                              im2col_images_2d),
         im2col_rows_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, ::1],
                                        i64[::1])], im2col_rows_2d),
+        im2col_images_strided_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, ::1],
+                                                 i64[::1])], im2col_images_strided_2d),
+        im2col_rows_strided_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, ::1],
+                                               i64[::1])], im2col_rows_strided_2d),
         windows_last_2d=jit([numba.void(f32[:, :, :, ::1], f32[:, :, :, :, :, :, ::1],
                                         i64[::1])], windows_last_2d),
     ))
@@ -157,10 +161,6 @@ def im2col_images_2d(x, col, geom):
     m, C, H, W = x.shape
     sh, sw, ph, pw, dh, dw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
     OH, OW, KH, KW = geom[6], geom[7], geom[8], geom[9]
-    if sw > 1:
-        # (m, rows, R): row (n, k) starts at (n·rows + k)·R
-        _copy_row_runs(x, col.reshape(-1), geom, col.shape[1] * col.shape[2], col.shape[2])
-        return
     for n in range(m):
         for c in range(C):
             for kh in range(KH):
@@ -192,10 +192,6 @@ def im2col_rows_2d(x, col, geom):
     KH, KW = col.shape[1], col.shape[2]
     sh, sw, ph, pw, dh, dw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
     OH, OW = geom[6], geom[7]
-    if sw > 1:
-        # (C, KH, KW, R): row k starts at k·R, image n's positions at n·OH·OW within it
-        _copy_row_runs(x, col.reshape(-1), geom, OH * OW, col.shape[3])
-        return
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
@@ -213,6 +209,20 @@ def im2col_rows_2d(x, col, geom):
                                 col[c, kh, kw, r + ow] = x[n, c, ih, iw]
                             else:
                                 col[c, kh, kw, r + ow] = 0
+
+
+def im2col_images_strided_2d(x, col, geom):
+    """im2col_images_2d for a horizontal stride above 1, as runs of stride phases
+    (_copy_row_runs): the same columns. Its own kernel, so that layers with stride 1 never
+    compile it."""
+    # (m, rows, R): row (n, k) starts at (n·rows + k)·R
+    _copy_row_runs(x, col.reshape(-1), geom, col.shape[1] * col.shape[2], col.shape[2])
+
+
+def im2col_rows_strided_2d(x, col, geom):
+    """im2col_rows_2d for a horizontal stride above 1 (_copy_row_runs): the same columns."""
+    # (C, KH, KW, R): row k starts at k·R, image n's positions at n·OH·OW within it
+    _copy_row_runs(x, col.reshape(-1), geom, geom[6] * geom[7], col.shape[3])
 
 
 def _stride_phases_py(x, sw):
@@ -233,13 +243,14 @@ def _stride_phases_py(x, sw):
 
 
 def _copy_row_runs_py(x, cf, geom, image_step, k_step):
-    """Channels-first im2col with a horizontal stride above 1, for both layouts: the windows'
-    columns at one kernel position along one output row read x's row at kw·d_w − p_w + ow·s_w,
-    every s_w-th value, i.e. one contiguous run of a stride phase of the row (_stride_phases),
-    so each output row is zeros, one run copied, zeros (a strided gather per value measured 2.6
-    times slower for CaffeNet's conv1, 11 × 11 stride 4, and 3.7 times for a 7 × 7 stride 2 one
-    on 224 × 224 images). ``cf`` is the flat column buffer: the row of kernel position k of
-    image n, output row oh starts at n·image_step + k·k_step + oh·OW."""
+    """Channels-first im2col with a horizontal stride above 1 (any stride gives the same
+    columns), for both layouts: the windows' columns at one kernel position along one output
+    row read x's row at kw·d_w − p_w + ow·s_w, every s_w-th value, i.e. one contiguous run of a
+    stride phase of the row (_stride_phases), so each output row is zeros, one run copied,
+    zeros (a strided gather per value measured 2.6 times slower for CaffeNet's conv1, 11 × 11
+    stride 4, and 3.7 times for a 7 × 7 stride 2 one on 224 × 224 images). ``cf`` is the flat
+    column buffer: the row of kernel position k of image n, output row oh starts at
+    n·image_step + k·k_step + oh·OW."""
     m, C, H, W = x.shape
     sh, sw, ph, pw, dh, dw = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
     OH, OW, KH, KW = geom[6], geom[7], geom[8], geom[9]

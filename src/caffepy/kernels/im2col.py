@@ -251,10 +251,12 @@ class ChunkColumns:
         self._windows_kernel = None
         if compiled_kernels is not None and xp is np and len(geom.kernel) == 2:
             # (only the kernel this layout uses: each is compiled the first time it is asked for)
+            # (a horizontal stride above 1 has its own kernels: runs of stride phases)
+            strided = "_strided" if geom.stride[-1] > 1 else ""
             if layout == IMAGES:
-                self._kernel = getattr(compiled_kernels, "im2col_images_2d", None)
+                self._kernel = getattr(compiled_kernels, "im2col_images%s_2d" % strided, None)
             elif layout == ROWS:
-                self._kernel = getattr(compiled_kernels, "im2col_rows_2d", None)
+                self._kernel = getattr(compiled_kernels, "im2col_rows%s_2d" % strided, None)
             else:
                 self._windows_kernel = getattr(compiled_kernels, "windows_last_2d", None)
         need = self.values_needed(xp, channels, geom, n, layout, ones_row)
