@@ -139,12 +139,17 @@ def test_conv_chunks_match_reference(params, shape, stride, pad, dil, group, ima
     x = rnd(*shape)
     layer, bottom, top = make('type: "Convolution" convolution_param { %s %s }'
                               % (params, FILLERS), [x])
-    assert layer._last == lowering
+    # a 1 × 1 kernel, stride 1, no padding, one group: the direct products, never lowered
+    pointwise = (group == 1 and all(k == 1 for k in layer.kernel) and set(stride) == {1}
+                 and not any(pad))
+    assert layer._pointwise == pointwise
+    assert layer._last == (lowering and not pointwise)
     chunk_of(monkeypatch, layer, images)
     y = fwd(layer, bottom, top)[0]
-    assert layer._dw_per_image == (dw_per_image and not lowering and group == 1
+    assert layer._dw_per_image == (dw_per_image and not layer._last and group == 1
                                    and layer.blobs[0].count <= layer._col_values_per_image())
-    assert layer._bias_row == (bias_in_product and not lowering and group == 1)
+    assert layer._bias_row == (bias_in_product and not layer._last and not pointwise
+                               and group == 1)
     chunks = check_chunks(layer, shape[0], images)
     if images == 2 and shape[0] > 16:
         assert {m for _, m in chunks} == {1, 2}         # some chunks full, some a remainder
@@ -194,6 +199,47 @@ def test_conv_data_gradient_paths_in_chunks(group, full, dw_transposed, nthreads
         close(bottom[0].diff, rdx)
         close(layer.blobs[0].diff, rdw)
         close(layer.blobs[1].diff, dy.sum(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("dw_transposed", [True, False])
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("params,shape,stride,pad,group", [
+    ("num_output: 6 kernel_size: 1", (7, 5, 4, 6), (1, 1), (0, 0), 1),
+    ("num_output: 4 kernel_size: 1", (3, 9, 32, 32), (1, 1), (0, 0), 1),     # 4 KB rows
+    ("num_output: 4 kernel_size: 1 stride: 2", (5, 3, 5, 5), (2, 2), (0, 0), 1),
+    ("num_output: 4 kernel_size: 1 pad: 1", (5, 3, 4, 4), (1, 1), (1, 1), 1),
+    ("num_output: 4 kernel_size: 1 group: 2", (5, 6, 4, 4), (1, 1), (0, 0), 2),
+    ("num_output: 3 kernel_size: 1 kernel_size: 1 kernel_size: 1", (4, 2, 3, 2, 5),
+     (1, 1, 1), (0, 0, 0), 1),
+])
+def test_pointwise_convolution(params, shape, stride, pad, group, nthreads, direct,
+                               dw_transposed, threads, monkeypatch):
+    """1 × 1 convolutions: with stride 1, no padding and one group the products read the bottom
+    and top diff directly (no im2col columns are ever made); with a stride, padding or groups,
+    or with POINTWISE_DIRECT off, they go through im2col. Both against the float64 reference,
+    values and all three gradients, chunk sizes of one and two images, the weight gradient
+    either way round."""
+    threads(nthreads)
+    monkeypatch.setattr(conv, "POINTWISE_DIRECT", direct)
+    monkeypatch.setattr(conv, "DW_TRANSPOSED", dw_transposed)
+    x = rnd(*shape)
+    for images in (1, 2):
+        layer, bottom, top = make('type: "Convolution" convolution_param { %s %s }'
+                                  % (params, FILLERS), [x])
+        assert layer._pointwise == (direct and group == 1 and set(stride) == {1} and not any(pad))
+        chunk_of(monkeypatch, layer, images)
+        y = fwd(layer, bottom, top)[0]
+        dy = rnd(*y.shape, seed=1)
+        bwd(layer, bottom, top, [dy])
+        if layer._pointwise:
+            assert all(not part.cols for part in layer._parts)
+        w, b = layer.blobs[0].data, layer.blobs[1].data
+        ry, rdx, rdw = ref_conv(x, w, dy, stride, pad, (1,) * len(stride), group)
+        close(y, ry + b.reshape((1, -1) + (1,) * (x.ndim - 2)))
+        close(bottom[0].diff, rdx)
+        close(layer.blobs[0].diff, rdw)
+        close(layer.blobs[1].diff, dy.sum(axis=(0,) + tuple(range(2, dy.ndim))))
 
 
 @pytest.mark.parametrize("params,shape,full", [

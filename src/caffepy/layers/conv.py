@@ -127,6 +127,13 @@ DW_PER_IMAGE_VALUES = 4096
 # (Caffe's gemms with its bias multiplier, folded into one). CIFAR-10 quick's conv1: forward
 # 3.39 → 2.86 ms, weight and bias gradients 4.00 → 3.61 ms an iteration, one thread.
 BIAS_IN_PRODUCT = True
+# A 1 × 1 convolution with stride 1, no padding and one group (GoogLeNet's, ResNet's and NIN's
+# many 1 × 1 layers, FCN's score layers) multiplies the weights with the bottom directly,
+# image by image: y = W·x, dWᵀ = Σ x·dyᵀ, dx = Wᵀ·dy. Against im2col into channels-last
+# columns and transposes back, measured on one thread on five layer shapes at 1.8–3.2 times
+# the speed forward and 1.2–3.8 times backward (e.g. 256 → 128 channels at 28 × 28, batch 8:
+# 3.53 → 1.97 ms forward, 7.19 → 4.33 backward).
+POINTWISE_DIRECT = True
 
 
 class _Part:
@@ -243,6 +250,8 @@ class _ConvolutionBase(Layer):
         for t in top:
             t.reshape(top_shape)
 
+    _pointwise = False
+
     def _geometry_changed(self):
         pass
 
@@ -288,7 +297,8 @@ class _ConvolutionBase(Layer):
                               and DW_TRANSPOSED
                               and wvalues <= min(DW_PER_IMAGE_VALUES, per_image // 4))
         self._bias_row = (BIAS_IN_PRODUCT and not self.reverse and not self._last
-                          and self.group == 1 and self.bias_term and xp is np)
+                          and not self._pointwise and self.group == 1 and self.bias_term
+                          and xp is np)
         self._block_cap = cap
         self._parts = [_Part() for _ in range(min(threads, len(self._blocks)))]
         # numba's col2im where it is installed (caffepy.kernels.compiled; None: NumPy's)
@@ -472,7 +482,16 @@ class ConvolutionLayer(_ConvolutionBase):
     col2im."""
 
     def _geometry_changed(self):
-        self._last = self._channels_last_is_better()
+        # A 1 × 1 kernel with stride 1, no padding and one group: each image's input is its own
+        # column matrix (C × P), so the products read the bottom and top directly, no im2col,
+        # no col2im and no transposes (POINTWISE_DIRECT)
+        self._pointwise = (POINTWISE_DIRECT and self.group == 1
+                           and all(k == 1 for k in self.kernel)
+                           and all(s == 1 for s in self.stride) and not any(self.pad))
+        self._last = self._channels_last_is_better() and not self._pointwise
+        if self._pointwise:
+            self._full = None
+            return
         # With stride 1 the data gradient is itself a convolution: the top diff, padded by
         # (extent − 1 − pad), with the kernel flipped and its in/out channels swapped. One
         # im2col (a copy) + one matmul may be cheaper than matmul + col2im (k^D slice-adds).
@@ -594,6 +613,18 @@ class ConvolutionLayer(_ConvolutionBase):
                         else:
                             y3[a:a + m] = y
                     return
+                if self._pointwise:
+                    x3 = x.reshape(N, C, P)
+                    for a, m in self._blocks[block]:
+                        y = y3[a:a + m]
+                        parallel_chunks.matmul(self.xp, w, x3[a:a + m], y)
+                        if b3 is None:
+                            continue
+                        if self._compiled is not None and y.flags.c_contiguous:
+                            self._compiled.add_channel_bias(y, b3.reshape(-1))
+                        else:
+                            y += b3
+                    return
                 cols = self._cols(part, "x", C, self.geom, IMAGES, self._bias_row)
                 for a, m in self._blocks[block]:
                     col = cols.fill(x[a:a + m]).reshape(m, C * K, P)
@@ -628,7 +659,8 @@ class ConvolutionLayer(_ConvolutionBase):
         else:
             wx = self.blobs[0].data.reshape(O, -1)
         wsum_shape, weight_view = self._weight_sums()
-        chunk_backward = self._backward_last if self._last else self._backward_first
+        chunk_backward = (self._backward_pointwise if self._pointwise
+                          else self._backward_last if self._last else self._backward_first)
         for i in range(len(top)):
             need_x = propagate_down[i]
             if not (need_w or need_b or need_x):
@@ -651,6 +683,28 @@ class ConvolutionLayer(_ConvolutionBase):
 
             self._run_blocks(block_backward)
             self._add_param_diffs(need_w, need_b, weight_view)
+
+    def _backward_pointwise(self, part, x, dy, dx, wx, wout, bout, need_x):
+        """One chunk of a 1 × 1 convolution (stride 1, no padding, one group), straight from the
+        bottom and the top diff: dWᵀ = Σ x·dyᵀ image by image (or dW = Σ dy·xᵀ), the bias
+        gradient as elsewhere, dx = Wᵀ·dy. x (m, C, *in), dy (m, O, P), dx (m, C, *in)."""
+        xp = self.xp
+        m, O, P = dy.shape
+        C = self.channels
+        x3 = x.reshape(m, C, P)
+        if bout is not None:
+            self._bias_grad(part, dy, bout)
+        if wout is not None:
+            terms = self._buf(part, "pw_terms", self.chunk * C * O)[:m * C * O]
+            if DW_TRANSPOSED:       # wout[0] (C, O)
+                terms = terms.reshape(m, C, O)
+                parallel_chunks.matmul(xp, x3, dy.swapaxes(1, 2), terms)
+            else:                   # wout[0] (O, C)
+                terms = terms.reshape(m, O, C)
+                parallel_chunks.matmul(xp, dy, x3.swapaxes(1, 2), terms)
+            xp.sum(terms, axis=0, out=wout[0])
+        if need_x:
+            parallel_chunks.matmul(xp, wx.T, dy, dx.reshape(m, C, P))
 
     def _backward_first(self, part, x, dy, dx, wx, wout, bout, need_x):
         """One chunk, channels-first: x (m, C, *in), dy (m, O, P), dx (m, C, *in)."""
