@@ -323,6 +323,13 @@ class _ConvolutionBase(Layer):
             kinds.append((self.num_output, self._full, False))
         return kinds
 
+    def _add_bias(self, y, b3):
+        """y (m, O, P) += the bias b3 (1, O, 1): numba's pass where it is installed."""
+        if self._compiled is not None and y.flags.c_contiguous:
+            self._compiled.add_channel_bias(y, b3.reshape(-1))
+        else:
+            y += b3
+
     def _run_blocks(self, fn):
         parallel_chunks.run_blocks(fn, len(self._blocks))
 
@@ -618,12 +625,8 @@ class ConvolutionLayer(_ConvolutionBase):
                     for a, m in self._blocks[block]:
                         y = y3[a:a + m]
                         parallel_chunks.matmul(self.xp, w, x3[a:a + m], y)
-                        if b3 is None:
-                            continue
-                        if self._compiled is not None and y.flags.c_contiguous:
-                            self._compiled.add_channel_bias(y, b3.reshape(-1))
-                        else:
-                            y += b3
+                        if b3 is not None:
+                            self._add_bias(y, b3)
                     return
                 cols = self._cols(part, "x", C, self.geom, IMAGES, self._bias_row)
                 for a, m in self._blocks[block]:
@@ -633,12 +636,8 @@ class ConvolutionLayer(_ConvolutionBase):
                         self.xp.matmul(wb, cols.with_ones(m), out=y)
                         continue
                     self._gemm_groups(w, col, y)
-                    if b3 is None:
-                        continue
-                    if self._compiled is not None and y.flags.c_contiguous:
-                        self._compiled.add_channel_bias(y, b3.reshape(-1))
-                    else:
-                        y += b3
+                    if b3 is not None:
+                        self._add_bias(y, b3)
 
             self._run_blocks(block_forward)
 
@@ -853,11 +852,7 @@ class DeconvolutionLayer(_ConvolutionBase):
                     col2im(dcol.reshape((O,) + self.kernel + (m,) + self.in_sp), y[a:a + m],
                            self.geom)
                     if b3 is not None:
-                        y3 = y[a:a + m].reshape(m, O, -1)
-                        if self._compiled is not None and y3.flags.c_contiguous:
-                            self._compiled.add_channel_bias(y3, b3.reshape(-1))
-                        else:
-                            y3 += b3
+                        self._add_bias(y[a:a + m].reshape(m, O, -1), b3)
 
             self._run_blocks(block_forward)
 
