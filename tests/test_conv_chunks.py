@@ -242,6 +242,28 @@ def test_pointwise_convolution(params, shape, stride, pad, group, nthreads, dire
         close(layer.blobs[1].diff, dy.sum(axis=(0,) + tuple(range(2, dy.ndim))))
 
 
+def test_pointwise_weight_gradient_scratch_is_bounded_by_the_chunk(monkeypatch):
+    """A 1 × 1 layer whose weights outnumber an image's values sums its weight gradient as one
+    product over the chunk, not image by image: no chunk × C × O terms buffer, its scratch no
+    larger than the chunk's bottom and top diff laid out again; the gradient still right."""
+    x = rnd(12, 48, 3, 3)
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 96 '
+                              'kernel_size: 1 %s }' % FILLERS, [x])
+    chunk_of(monkeypatch, layer, 4)
+    y = fwd(layer, bottom, top)[0]
+    dy = rnd(*y.shape, seed=2)
+    bwd(layer, bottom, top, [dy])
+    assert layer._pointwise and not layer._dw_per_image
+    # per worker: x and dy of a chunk laid out again, one weight-gradient sum and the bias
+    # gradient's terms, ones and sum — less than the chunk's image-by-image terms would take
+    m = layer.chunk
+    bound = m * 9 * (48 + 96) + 48 * 96 + m * 96 + 9 + 96
+    for part in layer._parts:
+        assert 0 < sum(b.size for b in part.bufs.values()) <= bound < m * 48 * 96
+    _, _, rdw = ref_conv(x, layer.blobs[0].data, dy, (1, 1), (0, 0), (1, 1), 1)
+    close(layer.blobs[0].diff, rdw)
+
+
 @pytest.mark.parametrize("params,shape,full", [
     ("num_output: 32 pad: 2 kernel_size: 5", (100, 32, 16, 16), True),      # CIFAR-10 quick conv2
     ("num_output: 64 pad: 2 kernel_size: 5", (100, 32, 8, 8), False),       # its conv3

@@ -130,9 +130,9 @@ BIAS_IN_PRODUCT = True
 # A 1 × 1 convolution with stride 1, no padding and one group (GoogLeNet's, ResNet's and NIN's
 # many 1 × 1 layers, FCN's score layers) multiplies the weights with the bottom directly,
 # image by image: y = W·x, dWᵀ = Σ x·dyᵀ, dx = Wᵀ·dy. Against im2col into channels-last
-# columns and transposes back, measured on one thread on five layer shapes at 1.8–3.2 times
-# the speed forward and 1.2–3.8 times backward (e.g. 256 → 128 channels at 28 × 28, batch 8:
-# 3.53 → 1.97 ms forward, 7.19 → 4.33 backward).
+# columns and transposes back, measured on one thread on six layer shapes at 1.7–3.3 times
+# the speed forward and 1.1–3.5 times backward (e.g. 256 → 128 channels at 28 × 28, batch 8:
+# 3.53 → 2.13 ms forward, 7.19 → 4.37 backward).
 POINTWISE_DIRECT = True
 
 
@@ -685,23 +685,28 @@ class ConvolutionLayer(_ConvolutionBase):
 
     def _backward_pointwise(self, part, x, dy, dx, wx, wout, bout, need_x):
         """One chunk of a 1 × 1 convolution (stride 1, no padding, one group), straight from the
-        bottom and the top diff: dWᵀ = Σ x·dyᵀ image by image (or dW = Σ dy·xᵀ), the bias
-        gradient as elsewhere, dx = Wᵀ·dy. x (m, C, *in), dy (m, O, P), dx (m, C, *in)."""
+        bottom and the top diff: the weight gradient image by image where the weights are small
+        (_dw_per_image: dWᵀ = Σ x·dyᵀ), else one product over the chunk of the two laid out
+        C × m·P and O × m·P (block copies, scratch bounded by the chunk); the bias gradient as
+        elsewhere; dx = Wᵀ·dy. x (m, C, *in), dy (m, O, P), dx (m, C, *in)."""
         xp = self.xp
         m, O, P = dy.shape
         C = self.channels
         x3 = x.reshape(m, C, P)
         if bout is not None:
             self._bias_grad(part, dy, bout)
-        if wout is not None:
-            terms = self._buf(part, "pw_terms", self.chunk * C * O)[:m * C * O]
-            if DW_TRANSPOSED:       # wout[0] (C, O)
-                terms = terms.reshape(m, C, O)
-                parallel_chunks.matmul(xp, x3, dy.swapaxes(1, 2), terms)
-            else:                   # wout[0] (O, C)
-                terms = terms.reshape(m, O, C)
-                parallel_chunks.matmul(xp, dy, x3.swapaxes(1, 2), terms)
+        if wout is not None and self._dw_per_image:         # wout[0] (C, O)
+            terms = self._buf(part, "dw_terms", self.chunk * C * O)[:m * C * O]
+            terms = terms.reshape(m, C, O)
+            parallel_chunks.matmul(xp, x3, dy.swapaxes(1, 2), terms)
             xp.sum(terms, axis=0, out=wout[0])
+        elif wout is not None:
+            xt = self._transposed(part, "xt", x3)
+            dyt = self._transposed(part, "dyt", dy)
+            if DW_TRANSPOSED:       # wout[0] (C, O)
+                parallel_chunks.matmul(xp, xt, dyt.T, wout[0])
+            else:                   # wout[0] (O, C)
+                parallel_chunks.matmul(xp, dyt, xt.T, wout[0])
         if need_x:
             parallel_chunks.matmul(xp, wx.T, dy, dx.reshape(m, C, P))
 
