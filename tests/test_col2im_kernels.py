@@ -303,19 +303,44 @@ def test_channel_bias_kernel_bits(mode):
     np.testing.assert_array_equal(y.view(np.uint32), expect.view(np.uint32))
 
 
+@pytest.mark.parametrize("mode", ["python", "numba"])
+def test_bias_from_last_kernel_bits(mode):
+    """dst[n, c, p] = src[n, p, c] + bias[c]: the same bits as NumPy's add over the transposed
+    view, NaN and infinities included; nothing past the destination's slice is written."""
+    fn = (compiled.add_bias_from_last if mode == "python"
+          else kernels_for(mode).add_bias_from_last)
+    rng = np.random.default_rng(8)
+    src = rng.standard_normal((3, 37, 5)).astype(np.float32)
+    src[0, :3, 1] = [np.inf, -np.inf, np.nan]
+    bias = (rng.standard_normal(5) * 100).astype(np.float32)
+    bias[4] = -np.inf
+    expect = src.swapaxes(1, 2) + bias.reshape(1, 5, 1)
+    out = np.full((4, 5, 37), 7, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        fn(src, bias, out[1:])
+    np.testing.assert_array_equal(out[1:].view(np.uint32), expect.view(np.uint32))
+    assert (out[0] == 7).all()
+
+
 @pytest.mark.parametrize("compiled_on", [False, True])
-def test_convolution_forward_with_bias_the_same_either_way(compiled_on, monkeypatch):
-    """A channels-first convolution's forward with the compiled bias term or NumPy's add: the
-    same bits (LeNet's conv1 shape, a batch not divisible by the chunk)."""
+@pytest.mark.parametrize("channels,size,outputs,last", [(1, 28, 20, False), (20, 12, 50, True)])
+def test_convolution_forward_with_bias_the_same_either_way(channels, size, outputs, last,
+                                                           compiled_on, monkeypatch):
+    """A convolution's forward with the compiled bias term or NumPy's add: the same bits, for a
+    channels-first layer (LeNet's conv1 shape) and a channels-last one (LeNet's conv2 shape,
+    whose products are transposed into the top with the bias added), a batch not divisible by
+    the chunk; and the float64 reference."""
     from caffepy.layers import conv
     from helpers import fwd, make
     if compiled_on and compiled.kernels() is None:
         pytest.skip("numba is not installed or CAFFEPY_COMPILED=0")
-    x = np.random.default_rng(5).standard_normal((7, 1, 28, 28)).astype(np.float32)
-    text = ('type: "Convolution" convolution_param { num_output: 20 kernel_size: 5 '
+    x = np.random.default_rng(5).standard_normal((7, channels, size, size)).astype(np.float32)
+    text = ('type: "Convolution" convolution_param { num_output: %d kernel_size: 5 '
             'weight_filler { type: "constant" value: 0.01 } '
-            'bias_filler { type: "constant" value: 0.25 } }')
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 3 * 25 * 576 * 4)     # chunks of 3 images
+            'bias_filler { type: "constant" value: 0.25 } }' % outputs)
+    out_size = size - 4
+    # chunks of 3 images
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 3 * channels * 25 * out_size ** 2 * 4)
     real = compiled.kernels
     got = []
     for on in (False, compiled_on):
@@ -323,13 +348,16 @@ def test_convolution_forward_with_bias_the_same_either_way(compiled_on, monkeypa
         layer, bottom, top = make(text, [x])
         layer.blobs[0].data[...] = np.random.default_rng(6).standard_normal(
             layer.blobs[0].shape).astype(np.float32)
-        assert not layer._channels_last_is_better()
+        layer.blobs[1].data[...] = np.random.default_rng(7).standard_normal(
+            layer.blobs[1].shape).astype(np.float32)
+        assert layer._channels_last_is_better() == last
         out = fwd(layer, bottom, top)[0]
         assert (layer._compiled is not None) == on
+        assert layer.chunk == 3
         got.append(out.copy())
     np.testing.assert_array_equal(got[0].view(np.uint32), got[1].view(np.uint32))
-    w = layer.blobs[0].data.astype(np.float64).reshape(20, 25)
-    cols = np.lib.stride_tricks.sliding_window_view(x[:, 0].astype(np.float64), (5, 5),
-                                                    axis=(1, 2))
-    ref = np.einsum("nhwij,oij->nohw", cols, w.reshape(20, 5, 5)) + 0.25
-    np.testing.assert_allclose(got[1], ref, rtol=1e-5, atol=1e-5)
+    w = layer.blobs[0].data.astype(np.float64)
+    cols = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (5, 5), axis=(2, 3))
+    ref = (np.einsum("nchwij,ocij->nohw", cols, w)
+           + layer.blobs[1].data.reshape(1, -1, 1, 1))
+    np.testing.assert_allclose(got[1], ref, rtol=1e-4, atol=1e-4)

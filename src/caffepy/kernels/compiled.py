@@ -127,6 +127,8 @@ def _build(numba):
         sgd_momentum=jit([numba.void(f32[::1], f32[::1], f32, f32)], sgd_momentum),
         l2_decay=jit([numba.void(f32[::1], f32[::1], f32)], l2_decay),
         add_channel_bias=jit([numba.void(f32[:, :, ::1], f32[::1])], add_channel_bias),
+        add_bias_from_last=jit([numba.void(f32[:, :, ::1], f32[::1], f32[:, :, ::1])],
+                               add_bias_from_last),
         sgd_step=jit([numba.void(f32[::1], f32[::1], f32[::1], f32, f32, f32)], sgd_step),
         relu_forward=jit([numba.void(f32[::1], f32[::1], f32)], relu_forward),
         relu_backward=jit([numba.void(f32[::1], f32[::1], f32[::1], f32)], relu_backward),
@@ -690,6 +692,20 @@ def add_channel_bias(y, bias):
             for p in range(np.uint64(P)):
                 u = np.uint64(p)
                 yf[row + u] += b
+
+
+def add_bias_from_last(src, bias, dst):
+    """dst[n, c, p] = src[n, p, c] + bias[c]: a channels-last convolution's products (images,
+    positions, channels) into the top's layout (images, channels, positions), the bias added
+    on the way. NumPy's broadcast add over the transposed view took 1.4 to 2.4 times as long
+    (LeNet's conv2, 16 images of 64 positions and 50 channels: 17.5 against 7.6 µs; a 784 ×
+    128 image 80 against 50)."""
+    m, P, C = src.shape
+    for n in range(m):
+        for c in range(C):
+            b = bias[c]
+            for p in range(P):
+                dst[n, c, p] = src[n, p, c] + b
 
 
 # -- ReLU ---------------------------------------------------------------------------------------

@@ -603,11 +603,12 @@ class ConvolutionLayer(_ConvolutionBase):
                         col = cols.fill(x[a:a + m]).reshape(m * P, G, -1)
                         yt = self._chunk_buf(part, "yt", (m, P, O))
                         self._gemm_cols(col, w, yt.reshape(m * P, G, -1))
-                        y = yt.swapaxes(1, 2)
-                        if b3 is not None:
-                            self.xp.add(y, b3, out=y3[a:a + m])
+                        if b3 is None:
+                            y3[a:a + m] = yt.swapaxes(1, 2)
+                        elif self._compiled is not None:
+                            self._compiled.add_bias_from_last(yt, b3.reshape(-1), y3[a:a + m])
                         else:
-                            y3[a:a + m] = y
+                            self.xp.add(yt.swapaxes(1, 2), b3, out=y3[a:a + m])
                     return
                 if self._pointwise:
                     x3 = x.reshape(N, C, P)
