@@ -114,9 +114,10 @@ BLOCK_MIN_BYTES = 1 << 20
 # (O × C·K): OpenBLAS is faster that way round on these shapes (measured, one thread). A
 # channels-last one is always dW = dy·col (O × K·C), from the top diff copied as O × m·P (runs
 # of P values, where m·P × O moves single values), which also serves the data gradient's
-# columns dyᵀ·W: per chunk 3-8 % faster than dWᵀ = colᵀ·dy from an m·P × O copy on 25 layer
-# shapes of LeNet, CIFAR-10 quick, CaffeNet and GoogLeNet (LeNet's conv2: 0.53 → 0.49 ms a
-# chunk of 16 images), and the sum's permuted add to the diff is quicker too.
+# columns dyᵀ·W: against dWᵀ = colᵀ·dy from an m·P × O copy, as fast or up to 8 % faster per
+# chunk on 23 of 26 layer shapes of LeNet, CIFAR-10 quick, CaffeNet and GoogLeNet, 2-5 % slower
+# on three (LeNet's conv2: 0.53 → 0.49 ms a chunk of 16 images), and the sum's permuted add to
+# the diff is quicker too.
 DW_TRANSPOSED = True
 # A channels-first weight gradient with at most this many values (C·K × O, one group) is summed
 # image by image (a stacked product of each image's columns with its top diff, then a sum over
