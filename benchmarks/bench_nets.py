@@ -2,11 +2,14 @@
 """Training speed of caffepy against PyTorch (CPU), each framework alone in its own process.
 
 Nets: LeNet (examples/mnist/lenet_train_test.prototxt, batch 64) and CIFAR-10 quick
-(examples/cifar10/cifar10_quick_train_test.prototxt, batch 100), read from the example files with
-their Data layers replaced by an Input layer that holds one random batch. One training iteration
-is one caffepy ``Solver.step(1)`` with the example's solver file (forward, backward, SGD update
-with momentum and weight decay); PyTorch trains the same nets with ``torch.optim.SGD`` (same
-momentum and weight decay, twice the rate on biases as the prototxts' ``lr_mult: 2``).
+(examples/cifar10/cifar10_quick_train_test.prototxt, batch 100), and on request (``--nets``)
+CaffeNet (models/bvlc_reference_caffenet, batch 256) and GoogLeNet (models/bvlc_googlenet,
+batch 32), which have no PyTorch twin here and are timed against Caffe only; read from the
+example files with their Data layers replaced by an Input layer that holds one random batch. One
+training iteration is one caffepy ``Solver.step(1)`` with the example's solver file (forward,
+backward, SGD update with momentum and weight decay); PyTorch trains the same nets with
+``torch.optim.SGD`` (same momentum and weight decay, twice the rate on biases as the prototxts'
+``lr_mult: 2``).
 
 The parent process only starts workers, one process per measurement, and alternates them
 (caffepy, torch, caffepy, torch, ...) for ``--rounds`` rounds, so no two thread pools ever spin on
@@ -76,14 +79,22 @@ NETS = {
                           batch=100, shape=(3, 32, 32), classes=10,
                           base_lr=0.001, momentum=0.9, weight_decay=0.004,
                           iterations=12, warmup=2),
-    # large (61M params); only when asked for (bench_memory.py --net caffenet); no torch twin
+    # large (61M params); only when asked for (bench_memory.py --net caffenet)
     "caffenet": dict(net="models/bvlc_reference_caffenet/train_val.prototxt",
                      solver="models/bvlc_reference_caffenet/solver.prototxt",
                      batch=256, shape=(3, 227, 227), classes=1000,
                      base_lr=0.01, momentum=0.9, weight_decay=0.0005,
                      iterations=2, warmup=1),
+    # 13M params, 59 convolutions (many of them 1 x 1), three losses; only when asked for
+    "googlenet": dict(net="models/bvlc_googlenet/train_val.prototxt",
+                      solver="models/bvlc_googlenet/solver.prototxt",
+                      batch=32, shape=(3, 224, 224), classes=1000,
+                      base_lr=0.01, momentum=0.9, weight_decay=0.0002,
+                      iterations=3, warmup=1),
 }
 DEFAULT_NETS = "lenet,cifar10_quick"
+# the nets torch_nets defines; the others are timed against Caffe only
+TORCH_TWINS = ("lenet", "cifar10_quick")
 DATA_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "Input")
 
 
@@ -386,7 +397,9 @@ def torch_nets():
             x = F.avg_pool2d(F.relu(self.conv3(x)), 3, 2, ceil_mode=True)
             return self.ip2(self.ip1(x.flatten(1)))
 
-    return torch, {"lenet": LeNet, "cifar10_quick": CifarQuick}
+    models = {"lenet": LeNet, "cifar10_quick": CifarQuick}
+    assert tuple(models) == TORCH_TWINS
+    return torch, models
 
 
 def torch_trainer(name, batch=None, device="cpu", seed=0):
@@ -639,6 +652,8 @@ def parent(args):
             its = args.iterations or NETS[name]["iterations"]
             for n in threads:
                 for fw in frameworks:
+                    if fw == "torch" and name not in TORCH_TWINS:
+                        continue
                     res = run_worker(script, fw, name, n, its, NETS[name]["warmup"],
                                      extra + fw_extra.get(fw, []))
                     key = (fw, name, n)

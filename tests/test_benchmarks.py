@@ -43,11 +43,29 @@ def test_lenet_is_the_example_net_fed_by_an_input_layer(lenet):
 
 def test_torch_settings_repeat_the_solver_files():
     from caffepy.solver import read_solver_file
-    for name in ("lenet", "cifar10_quick"):
+    assert set(bench_nets.TORCH_TWINS) <= set(bench_nets.NETS)
+    for name in bench_nets.NETS:
         spec = bench_nets.NETS[name]
         p = read_solver_file(os.path.join(bench_nets.ROOT, spec["solver"]))
         assert (p.base_lr, p.momentum, p.weight_decay) == pytest.approx(
             (spec["base_lr"], spec["momentum"], spec["weight_decay"]))
+
+
+def test_googlenet_is_the_model_fed_by_an_input_layer():
+    """The GoogLeNet entry: the shipped train_val net, TRAIN phase, its Data layer replaced by
+    one Input layer of the stated batch and shape; its three losses and 59 convolutions kept."""
+    from caffepy.proto import caffe_pb2
+    spec = bench_nets.NETS["googlenet"]
+    _, net, tops = bench_nets.input_net("googlenet")
+    assert tops == ["data", "label"]
+    data = net.layer[0]
+    assert data.type == "Input" and list(data.top) == tops
+    assert [list(s.dim) for s in data.input_param.shape] == [
+        [32, 3, 224, 224], [32]] == [[spec["batch"], *spec["shape"]], [spec["batch"]]]
+    types = [lp.type for lp in net.layer]
+    assert types.count("Input") == 1 and "Data" not in types and "Accuracy" not in types
+    assert types.count("SoftmaxWithLoss") == 3 and types.count("Convolution") == 59
+    assert not any(r.phase == caffe_pb2.TEST for lp in net.layer for r in lp.include)
 
 
 def test_accounting_counts_lenet_blobs_and_history(lenet):
