@@ -74,6 +74,63 @@ def test_col2im_last_bits(mode, case):
     np.testing.assert_array_equal(dx.view(np.uint32), reference(col, case, geom).view(np.uint32))
 
 
+@pytest.mark.parametrize("mode", ["python", "numba"])
+@pytest.mark.parametrize("case", CASES)
+def test_col2im_last_first_bits(mode, case):
+    """The channels-first col2im (image by image through a small buffer): the same bits as
+    col2im_last_2d, transposed to (m, C, H·W); the buffer's old contents never leak in."""
+    m, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, G = case
+    geom = WindowGeometry((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    OH, OW = geom.out_shape
+    rng = np.random.default_rng(len(CASES) * m + C + 1)
+    col = (rng.standard_normal((m, OH, OW, G, kh, kw, C // G))
+           * 10.0 ** rng.integers(-3, 3, (m, OH, OW, G, kh, kw, C // G))).astype(np.float32)
+    if mode == "python":
+        fn = compiled.col2im_last_first_2d
+    else:
+        fn = kernels_for(mode).col2im_last_first_2d
+    work = np.full((H, W, C), np.nan, np.float32)
+    dx = np.full((m, C, H * W), np.nan, np.float32)
+    fn(col, work, dx, geom.int_params)
+    expect = reference(col, case, geom).reshape(m, H * W, C).transpose(0, 2, 1)
+    np.testing.assert_array_equal(dx.view(np.uint32), expect.view(np.uint32))
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_channels_last_backward_the_same_with_and_without_the_kernels(group, monkeypatch):
+    """A channels-last convolution's backward (data gradient by GEMM + col2im, summed into a
+    channels-first bottom diff by the compiled kernel, or by NumPy's col2im and a transposing
+    copy): the same bits for the bottom diff and both param diffs, chunks of 3 images."""
+    from caffepy.layers import conv
+    from helpers import bwd, fwd, make
+    if compiled.kernels() is None:
+        pytest.skip("numba is not installed or CAFFEPY_COMPILED=0")
+    monkeypatch.setattr(conv.ConvolutionLayer, "_full_is_cheaper", lambda self: False)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((7, 20, 12, 11)).astype(np.float32)
+    text = ('type: "Convolution" convolution_param { num_output: 10 kernel_size: 5 pad: 1 '
+            'group: %d weight_filler { type: "gaussian" std: 0.1 } '
+            'bias_filler { type: "constant" value: 0.25 } }' % group)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 3 * 20 * 25 * 10 * 9 * 4)
+    real = compiled.kernels
+    got = []
+    for on in (False, True):
+        monkeypatch.setattr(compiled, "kernels", real if on else (lambda: None))
+        layer, bottom, top = make(text, [x])
+        layer.blobs[0].data[...] = np.random.default_rng(6).standard_normal(
+            layer.blobs[0].shape).astype(np.float32)
+        assert layer._channels_last_is_better()
+        y = fwd(layer, bottom, top)[0]
+        assert layer.chunk == 3
+        bwd(layer, bottom, top, [np.random.default_rng(3).standard_normal(y.shape)
+                                 .astype(np.float32)])
+        assert layer._full is None and (layer._compiled is not None) == on
+        got.append([a.copy() for a in (bottom[0].diff, layer.blobs[0].diff,
+                                       layer.blobs[1].diff)])
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
 def test_strided_arrays_take_the_numpy_path():
     """A column array that is not in C order is summed by the NumPy code even when a compiled
     kernel is offered (the kernel takes contiguous arrays only)."""

@@ -776,9 +776,15 @@ class ConvolutionLayer(_ConvolutionBase):
             dcol = col[:C * self.kernel_count * m * P].reshape(m * P, G, -1)
             for g in range(G):      # dcol[:, g] = dyᵀ·W of the group, m·P × K·Cg
                 parallel_chunks.matmul(xp, dyt[g].T, wx[g].T, dcol[:, g])
+            dcol = dcol.reshape((m,) + self.out_sp + (G,) + self.kernel + (C // G,))
+            if self._compiled is not None and self.num_spatial == 2:
+                # summed image by image in a cached (H, W, C) buffer, written channels-first
+                work = self._buf(part, "dx_image", Pin * C).reshape(self.in_sp + (C,))
+                self._compiled.col2im_last_first_2d(dcol, work, dx.reshape(m, C, Pin),
+                                                    self.geom.int_params)
+                return
             dxt = self._chunk_buf(part, "dxt", (m, Pin, C))
-            col2im_last(dcol.reshape((m,) + self.out_sp + (G,) + self.kernel + (C // G,)),
-                        dxt.reshape((m,) + self.in_sp + (C,)), self.geom, self._compiled)
+            col2im_last(dcol, dxt.reshape((m,) + self.in_sp + (C,)), self.geom, self._compiled)
         dx.reshape(m, C, Pin)[...] = dxt.swapaxes(1, 2)
 
     def _channels_last_is_better(self):
