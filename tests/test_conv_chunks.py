@@ -258,8 +258,9 @@ def test_pointwise_weight_gradient_scratch_is_bounded_by_the_chunk(monkeypatch):
     # gradient's terms, ones and sum — less than the chunk's image-by-image terms would take
     m = layer.chunk
     bound = m * 9 * (48 + 96) + 48 * 96 + m * 96 + 9 + 96
-    for part in layer._parts:
-        assert 0 < sum(b.size for b in part.bufs.values()) <= bound < m * 48 * 96
+    # (a worker that took no block, as the thread pool may hand them all to the other, has none)
+    sizes = [sum(b.size for b in part.bufs.values()) for part in layer._parts]
+    assert 0 < max(sizes) and all(s <= bound for s in sizes) and bound < m * 48 * 96
     _, _, rdw = ref_conv(x, layer.blobs[0].data, dy, (1, 1), (0, 0), (1, 1), 1)
     close(layer.blobs[0].diff, rdw)
 
