@@ -96,13 +96,28 @@ def test_col2im_last_first_bits(mode, case):
     np.testing.assert_array_equal(dx.view(np.uint32), expect.view(np.uint32))
 
 
+def layers_without_and_with_kernels(monkeypatch, text, x, compiled_on=True):
+    """(on, layer, bottom, top) for the compiled kernels off, then on (``compiled_on``): the
+    same layer made twice from ``text`` over the bottom ``x``, its params set from fixed
+    seeds, so the two give comparable results."""
+    from helpers import make
+    real = compiled.kernels
+    for on in (False, compiled_on):
+        monkeypatch.setattr(compiled, "kernels", real if on else (lambda: None))
+        layer, bottom, top = make(text, [x])
+        for i, blob in enumerate(layer.blobs):
+            blob.data[...] = np.random.default_rng(6 + i).standard_normal(
+                blob.shape).astype(np.float32)
+        yield on, layer, bottom, top
+
+
 @pytest.mark.parametrize("group", [1, 2])
 def test_channels_last_backward_the_same_with_and_without_the_kernels(group, monkeypatch):
     """A channels-last convolution's backward (data gradient by GEMM + col2im, summed into a
     channels-first bottom diff by the compiled kernel, or by NumPy's col2im and a transposing
     copy): the same bits for the bottom diff and both param diffs, chunks of 3 images."""
     from caffepy.layers import conv
-    from helpers import bwd, fwd, make
+    from helpers import bwd, fwd
     if compiled.kernels() is None:
         pytest.skip("numba is not installed or CAFFEPY_COMPILED=0")
     monkeypatch.setattr(conv.ConvolutionLayer, "_full_is_cheaper", lambda self: False)
@@ -112,13 +127,8 @@ def test_channels_last_backward_the_same_with_and_without_the_kernels(group, mon
             'group: %d weight_filler { type: "gaussian" std: 0.1 } '
             'bias_filler { type: "constant" value: 0.25 } }' % group)
     monkeypatch.setattr(conv, "CHUNK_BYTES", 3 * 20 * 25 * 10 * 9 * 4)
-    real = compiled.kernels
     got = []
-    for on in (False, True):
-        monkeypatch.setattr(compiled, "kernels", real if on else (lambda: None))
-        layer, bottom, top = make(text, [x])
-        layer.blobs[0].data[...] = np.random.default_rng(6).standard_normal(
-            layer.blobs[0].shape).astype(np.float32)
+    for on, layer, bottom, top in layers_without_and_with_kernels(monkeypatch, text, x):
         assert layer._channels_last_is_better()
         y = fwd(layer, bottom, top)[0]
         assert layer.chunk == 3
@@ -388,7 +398,7 @@ def test_convolution_forward_with_bias_the_same_either_way(channels, size, outpu
     whose products are transposed into the top with the bias added), a batch not divisible by
     the chunk; and the float64 reference."""
     from caffepy.layers import conv
-    from helpers import fwd, make
+    from helpers import fwd
     if compiled_on and compiled.kernels() is None:
         pytest.skip("numba is not installed or CAFFEPY_COMPILED=0")
     x = np.random.default_rng(5).standard_normal((7, channels, size, size)).astype(np.float32)
@@ -398,15 +408,9 @@ def test_convolution_forward_with_bias_the_same_either_way(channels, size, outpu
     out_size = size - 4
     # chunks of 3 images
     monkeypatch.setattr(conv, "CHUNK_BYTES", 3 * channels * 25 * out_size ** 2 * 4)
-    real = compiled.kernels
     got = []
-    for on in (False, compiled_on):
-        monkeypatch.setattr(compiled, "kernels", real if on else (lambda: None))
-        layer, bottom, top = make(text, [x])
-        layer.blobs[0].data[...] = np.random.default_rng(6).standard_normal(
-            layer.blobs[0].shape).astype(np.float32)
-        layer.blobs[1].data[...] = np.random.default_rng(7).standard_normal(
-            layer.blobs[1].shape).astype(np.float32)
+    for on, layer, bottom, top in layers_without_and_with_kernels(monkeypatch, text, x,
+                                                                  compiled_on):
         assert layer._channels_last_is_better() == last
         out = fwd(layer, bottom, top)[0]
         assert (layer._compiled is not None) == on
